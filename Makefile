@@ -1,0 +1,34 @@
+# edgefleet — `make demo` and `make test` do all set-up on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export CONTAINERS_CONF := $(CURDIR)/deploy/podman/containers.conf
+
+.PHONY: install system-deps test lint demo bench clean
+
+install: system-deps $(VENV)/.installed
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install lint
+	$(VENV)/bin/pytest
+
+demo: install
+	$(VENV)/bin/edgefleet demo
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

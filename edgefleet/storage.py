@@ -1,0 +1,136 @@
+"""Thin adapter over Google Cloud Storage (or fake-gcs-server via STORAGE_EMULATOR_HOST).
+
+Only what the components need: read with generation, metadata-only generation checks,
+writes and deletes guarded by generation preconditions, listing. Errors are mapped to
+edgefleet's: a failed precondition is :class:`Conflict`, anything a retry may fix is
+:class:`~edgefleet.errors.TransientError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from google.api_core import exceptions as gexc
+from google.cloud import storage
+
+from edgefleet.errors import ConfigError, EdgefleetError, TransientError
+
+LOCAL_PROJECT = "edgefleet-local"
+_TRANSIENT = (
+    gexc.TooManyRequests,
+    gexc.InternalServerError,
+    gexc.BadGateway,
+    gexc.ServiceUnavailable,
+    gexc.GatewayTimeout,
+    gexc.RetryError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+class Conflict(EdgefleetError):
+    """A generation precondition failed: someone else wrote first."""
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    name: str
+    data: bytes
+    generation: int
+
+
+def make_client(project: str | None = None) -> storage.Client:
+    """A client for real GCS, or for the emulator when STORAGE_EMULATOR_HOST is set."""
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project=project or LOCAL_PROJECT, credentials=AnonymousCredentials())
+    return storage.Client(project=project)
+
+
+class Bucket:
+    """One bucket. ``timeout`` bounds every request, so an outage never hangs a caller."""
+
+    def __init__(self, client: storage.Client, name: str, *, timeout: float = 10.0) -> None:
+        if not name:
+            raise ConfigError("no bucket name: set BUCKET / DEPLOY_BUCKET")
+        self.name = name
+        self._client = client
+        self._bucket = client.bucket(name)
+        self._timeout = timeout
+
+    def read(self, name: str, *, max_bytes: int | None = None) -> Blob | None:
+        """The object's bytes and generation, or ``None`` when it does not exist."""
+        blob = self._bucket.blob(name)
+        try:
+            blob.reload(timeout=self._timeout)
+            if max_bytes is not None and (blob.size or 0) > max_bytes:
+                raise TooLarge(f"gs://{self.name}/{name} is {blob.size} bytes, over {max_bytes}")
+            data = blob.download_as_bytes(
+                if_generation_match=blob.generation, timeout=self._timeout
+            )
+        except gexc.NotFound:
+            return None
+        except gexc.PreconditionFailed as exc:
+            raise Conflict(f"gs://{self.name}/{name} changed while being read") from exc
+        except _TRANSIENT as exc:
+            raise TransientError(f"reading gs://{self.name}/{name}: {exc}") from exc
+        return Blob(name, data, int(blob.generation or 0))
+
+    def generation(self, name: str) -> int:
+        """Metadata-only: the live generation, 0 when the object does not exist."""
+        try:
+            blob = self._bucket.get_blob(name, timeout=self._timeout)
+        except _TRANSIENT as exc:
+            raise TransientError(f"reading gs://{self.name}/{name}: {exc}") from exc
+        return int(blob.generation) if blob is not None and blob.generation else 0
+
+    def write(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        if_generation_match: int | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> int:
+        """Write ``data``; with ``if_generation_match`` (0 = must not exist) or raise Conflict."""
+        blob = self._bucket.blob(name)
+        try:
+            blob.upload_from_string(
+                data,
+                content_type=content_type,
+                if_generation_match=if_generation_match,
+                timeout=self._timeout,
+            )
+        except gexc.PreconditionFailed as exc:
+            raise Conflict(f"gs://{self.name}/{name} was written by someone else") from exc
+        except _TRANSIENT as exc:
+            raise TransientError(f"writing gs://{self.name}/{name}: {exc}") from exc
+        return int(blob.generation or 0)
+
+    def delete(self, name: str, *, if_generation_match: int | None = None) -> bool:
+        """Delete; False when already gone. Raise Conflict when the generation moved."""
+        try:
+            self._bucket.blob(name).delete(
+                if_generation_match=if_generation_match, timeout=self._timeout
+            )
+        except gexc.NotFound:
+            return False
+        except gexc.PreconditionFailed as exc:
+            raise Conflict(f"gs://{self.name}/{name} changed before delete") from exc
+        except _TRANSIENT as exc:
+            raise TransientError(f"deleting gs://{self.name}/{name}: {exc}") from exc
+        return True
+
+    def list(self, prefix: str) -> Iterator[str]:
+        try:
+            for blob in self._client.list_blobs(self.name, prefix=prefix, timeout=self._timeout):
+                yield blob.name
+        except _TRANSIENT as exc:
+            raise TransientError(f"listing gs://{self.name}/{prefix}: {exc}") from exc
+
+
+class TooLarge(EdgefleetError):
+    """An object is larger than the caller accepts."""
