@@ -41,6 +41,16 @@ class Blob:
     generation: int
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """An object's metadata as a listing returns it."""
+
+    name: str
+    generation: int
+    md5_hash: str | None
+    size: int
+
+
 def make_client(project: str | None = None) -> storage.Client:
     """A client for real GCS, or for the emulator when STORAGE_EMULATOR_HOST is set."""
     if os.environ.get("STORAGE_EMULATOR_HOST"):
@@ -78,6 +88,22 @@ class Bucket:
         except _TRANSIENT as exc:
             raise TransientError(f"reading gs://{self.name}/{name}: {exc}") from exc
         return Blob(name, data, int(blob.generation or 0))
+
+    def fetch(self, name: str, *, max_bytes: int | None = None) -> Blob | None:
+        """Like :meth:`read` in ONE request (the generation comes from the download's
+        ``x-goog-generation`` header): for hot paths that count storage operations."""
+        blob = self._bucket.blob(name)
+        try:
+            data = blob.download_as_bytes(timeout=self._timeout)
+        except gexc.NotFound:
+            return None
+        except _TRANSIENT as exc:
+            raise TransientError(f"reading gs://{self.name}/{name}: {exc}") from exc
+        if max_bytes is not None and len(data) > max_bytes:
+            raise TooLarge(f"gs://{self.name}/{name} is {len(data)} bytes, over {max_bytes}")
+        if not blob.generation:
+            return self.read(name, max_bytes=max_bytes)  # no header: fall back to two requests
+        return Blob(name, data, int(blob.generation))
 
     def generation(self, name: str) -> int:
         """Metadata-only: the live generation, 0 when the object does not exist."""
@@ -128,6 +154,16 @@ class Bucket:
         try:
             for blob in self._client.list_blobs(self.name, prefix=prefix, timeout=self._timeout):
                 yield blob.name
+        except _TRANSIENT as exc:
+            raise TransientError(f"listing gs://{self.name}/{prefix}: {exc}") from exc
+
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Like :meth:`list`, with each object's generation and MD5 (one request per page)."""
+        try:
+            for blob in self._client.list_blobs(self.name, prefix=prefix, timeout=self._timeout):
+                yield ObjectInfo(
+                    blob.name, int(blob.generation or 0), blob.md5_hash, int(blob.size or 0)
+                )
         except _TRANSIENT as exc:
             raise TransientError(f"listing gs://{self.name}/{prefix}: {exc}") from exc
 
