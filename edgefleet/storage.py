@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import requests
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
@@ -27,6 +29,9 @@ _TRANSIENT = (
     gexc.RetryError,
     ConnectionError,
     TimeoutError,
+    # A refused or dropped connection, once the retry (if any) gives up.
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
 )
 
 
@@ -63,23 +68,33 @@ def make_client(project: str | None = None) -> storage.Client:
 class Bucket:
     """One bucket. ``timeout`` bounds every request, so an outage never hangs a caller."""
 
-    def __init__(self, client: storage.Client, name: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        client: storage.Client,
+        name: str,
+        *,
+        timeout: float = 10.0,
+        retry: Any = None,
+    ) -> None:
+        """``retry``: a ``google.api_core.retry.Retry`` for every call (None = the library's
+        default, which keeps retrying a refused connection for up to two minutes)."""
         if not name:
             raise ConfigError("no bucket name: set BUCKET / DEPLOY_BUCKET")
         self.name = name
         self._client = client
         self._bucket = client.bucket(name)
         self._timeout = timeout
+        self._retry: dict[str, Any] = {} if retry is None else {"retry": retry}
 
     def read(self, name: str, *, max_bytes: int | None = None) -> Blob | None:
         """The object's bytes and generation, or ``None`` when it does not exist."""
         blob = self._bucket.blob(name)
         try:
-            blob.reload(timeout=self._timeout)
+            blob.reload(timeout=self._timeout, **self._retry)
             if max_bytes is not None and (blob.size or 0) > max_bytes:
                 raise TooLarge(f"gs://{self.name}/{name} is {blob.size} bytes, over {max_bytes}")
             data = blob.download_as_bytes(
-                if_generation_match=blob.generation, timeout=self._timeout
+                if_generation_match=blob.generation, timeout=self._timeout, **self._retry
             )
         except gexc.NotFound:
             return None
@@ -94,7 +109,7 @@ class Bucket:
         ``x-goog-generation`` header): for hot paths that count storage operations."""
         blob = self._bucket.blob(name)
         try:
-            data = blob.download_as_bytes(timeout=self._timeout)
+            data = blob.download_as_bytes(timeout=self._timeout, **self._retry)
         except gexc.NotFound:
             return None
         except _TRANSIENT as exc:
@@ -108,7 +123,7 @@ class Bucket:
     def generation(self, name: str) -> int:
         """Metadata-only: the live generation, 0 when the object does not exist."""
         try:
-            blob = self._bucket.get_blob(name, timeout=self._timeout)
+            blob = self._bucket.get_blob(name, timeout=self._timeout, **self._retry)
         except _TRANSIENT as exc:
             raise TransientError(f"reading gs://{self.name}/{name}: {exc}") from exc
         return int(blob.generation) if blob is not None and blob.generation else 0
@@ -129,6 +144,7 @@ class Bucket:
                 content_type=content_type,
                 if_generation_match=if_generation_match,
                 timeout=self._timeout,
+                **self._retry,
             )
         except gexc.PreconditionFailed as exc:
             raise Conflict(f"gs://{self.name}/{name} was written by someone else") from exc
@@ -140,7 +156,7 @@ class Bucket:
         """Delete; False when already gone. Raise Conflict when the generation moved."""
         try:
             self._bucket.blob(name).delete(
-                if_generation_match=if_generation_match, timeout=self._timeout
+                if_generation_match=if_generation_match, timeout=self._timeout, **self._retry
             )
         except gexc.NotFound:
             return False
@@ -152,7 +168,9 @@ class Bucket:
 
     def list(self, prefix: str) -> Iterator[str]:
         try:
-            for blob in self._client.list_blobs(self.name, prefix=prefix, timeout=self._timeout):
+            for blob in self._client.list_blobs(
+                self.name, prefix=prefix, timeout=self._timeout, **self._retry
+            ):
                 yield blob.name
         except _TRANSIENT as exc:
             raise TransientError(f"listing gs://{self.name}/{prefix}: {exc}") from exc
@@ -160,7 +178,9 @@ class Bucket:
     def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         """Like :meth:`list`, with each object's generation and MD5 (one request per page)."""
         try:
-            for blob in self._client.list_blobs(self.name, prefix=prefix, timeout=self._timeout):
+            for blob in self._client.list_blobs(
+                self.name, prefix=prefix, timeout=self._timeout, **self._retry
+            ):
                 yield ObjectInfo(
                     blob.name, int(blob.generation or 0), blob.md5_hash, int(blob.size or 0)
                 )
