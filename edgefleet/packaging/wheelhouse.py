@@ -1,0 +1,162 @@
+"""Host-built wheels for the model-server image, so that the image build needs no network.
+
+The dependency wheels (edgefleet's requirements plus the ``server`` extra) are fetched once
+with the host's pip and cached under a key made of the pyproject content, the target
+platform and the Python version: a later build with an unchanged pyproject reuses them.
+The edgefleet wheel itself is rebuilt for every build, because the source changes without
+pyproject changing. Foreign architectures get binary wheels only (``pip download
+--platform``): nothing is compiled for a platform the host cannot run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from edgefleet.errors import ConfigError, EdgefleetError
+from edgefleet.packaging.base_image import Progress, host_arch, stderr_progress
+
+PYTHON_VERSION = "3.11"
+DEFAULT_EXTRAS: tuple[str, ...] = ("server",)
+_COMPLETE = ".complete"
+# Device arch -> pip platform tags of the binary wheels that run there.
+PIP_PLATFORMS: dict[str, tuple[str, ...]] = {
+    "x86_64": ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64"),
+    "aarch64": ("manylinux2014_aarch64", "manylinux_2_28_aarch64", "manylinux_2_34_aarch64"),
+    "armv7l": ("manylinux2014_armv7l", "manylinux_2_31_armv7l", "linux_armv7l"),
+}
+
+
+def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if env.get("EDGEFLEET_CACHE_DIR"):
+        return Path(env["EDGEFLEET_CACHE_DIR"])
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgefleet"
+
+
+def find_project_root(env: Mapping[str, str] | None = None) -> Path:
+    """The source tree the image is built from: EDGEFLEET_SOURCE, else this checkout."""
+    env = os.environ if env is None else env
+    candidates = [Path(env["EDGEFLEET_SOURCE"])] if env.get("EDGEFLEET_SOURCE") else []
+    candidates.append(Path(__file__).resolve().parents[2])
+    for root in candidates:
+        if (root / "pyproject.toml").is_file() and (root / "model_server").is_dir():
+            return root
+    raise ConfigError(
+        "cannot find the edgefleet source tree (pyproject.toml + model_server/): "
+        "set EDGEFLEET_SOURCE to a checkout"
+    )
+
+
+def requirements(pyproject: Path, extras: Sequence[str] = DEFAULT_EXTRAS) -> list[str]:
+    """The project's requirements plus those of ``extras``, as pip requirement strings."""
+    project = tomllib.loads(pyproject.read_text())["project"]
+    reqs = list(project.get("dependencies", []))
+    optional = project.get("optional-dependencies", {})
+    for extra in extras:
+        if extra not in optional:
+            raise ConfigError(f"pyproject has no extra {extra!r}")
+        reqs += [r for r in optional[extra] if not r.startswith(project["name"])]
+    return list(dict.fromkeys(reqs))
+
+
+def cache_key(pyproject: Path, arch: str, extras: Sequence[str] = DEFAULT_EXTRAS) -> str:
+    digest = hashlib.sha256(pyproject.read_bytes())
+    digest.update(f"|{arch}|{PYTHON_VERSION}|{','.join(extras)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def ensure_dependency_wheels(
+    project_root: Path,
+    arch: str,
+    *,
+    cache_dir: Path | None = None,
+    extras: Sequence[str] = DEFAULT_EXTRAS,
+    progress: Progress = stderr_progress,
+) -> Path:
+    """The cached directory of dependency wheels for ``arch``, built when missing."""
+    if arch not in PIP_PLATFORMS:
+        raise ConfigError(f"no wheel platform for arch {arch!r}")
+    pyproject = project_root / "pyproject.toml"
+    cache_dir = cache_dir or default_cache_dir()
+    target = cache_dir / "wheelhouse" / f"{arch}-{cache_key(pyproject, arch, extras)}"
+    if (target / _COMPLETE).is_file():
+        return target
+    reqs = requirements(pyproject, extras)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    progress(f"building the {arch} wheelhouse ({len(reqs)} requirements) into {target}")
+    with tempfile.TemporaryDirectory(prefix=".tmp-", dir=target.parent) as tmp:
+        req_file = Path(tmp) / "requirements.txt"
+        req_file.write_text("\n".join(reqs) + "\n")
+        out = Path(tmp) / "wheels"
+        if arch == host_arch():
+            argv = ["wheel", "--wheel-dir", str(out), "--prefer-binary", "-r", str(req_file)]
+        else:
+            argv = ["download", "--dest", str(out), "--only-binary=:all:"]
+            argv += [f"--platform={p}" for p in PIP_PLATFORMS[arch]]
+            argv += [f"--python-version={PYTHON_VERSION}", "--implementation=cp"]
+            argv += ["-r", str(req_file)]
+        _pip(argv, f"fetching wheels for {arch}")
+        (out / _COMPLETE).write_text("\n".join(reqs) + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        out.rename(target)
+    return target
+
+
+def build_project_wheel(project_root: Path, out_dir: Path) -> Path:
+    """Build the edgefleet wheel (pure Python, any arch) from the source tree into out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("edgefleet-*.whl"):
+        old.unlink()
+    _pip(["wheel", "--no-deps", "--wheel-dir", str(out_dir), str(project_root)], "edgefleet wheel")
+    wheels = sorted(out_dir.glob("edgefleet-*.whl"))
+    if len(wheels) != 1:
+        raise EdgefleetError(f"expected one edgefleet wheel in {out_dir}, found {len(wheels)}")
+    return wheels[0]
+
+
+def assemble(
+    project_root: Path,
+    arch: str,
+    dest: Path,
+    *,
+    cache_dir: Path | None = None,
+    extras: Sequence[str] = DEFAULT_EXTRAS,
+    progress: Progress = stderr_progress,
+) -> Path:
+    """Fill ``dest`` with every wheel the image needs for ``arch`` (hard links when possible)."""
+    deps = ensure_dependency_wheels(
+        project_root, arch, cache_dir=cache_dir, extras=extras, progress=progress
+    )
+    dest.mkdir(parents=True, exist_ok=True)
+    for wheel in deps.glob("*.whl"):
+        link_or_copy(wheel, dest / wheel.name)
+    build_project_wheel(project_root, dest)
+    spec = "edgefleet[" + ",".join(extras) + "]" if extras else "edgefleet"
+    (dest / "requirements.txt").write_text(spec + "\n")
+    return dest
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    if dst.exists():
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _pip(args: list[str], what: str) -> None:
+    argv = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-4:])
+        raise EdgefleetError(f"{what}: pip failed (exit {result.returncode}): {tail}")
