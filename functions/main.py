@@ -1,0 +1,48 @@
+"""Cloud Functions entry points (gen2, CloudEvents): thin wrappers over edgefleet.control.
+
+Deploy (or run locally):
+    functions-framework --source functions/main.py --target tag_monitor
+    functions-framework --source functions/main.py --target model_done_watcher
+
+Configuration is read from the environment once, on the first event (not at import):
+see docs/control-plane.md for the variables.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import functions_framework
+
+_lock = threading.Lock()
+_services: dict[str, Any] = {}
+
+
+def _service(name: str) -> Any:
+    with _lock:
+        if name not in _services:
+            from edgefleet import control, logs
+
+            if not _services:
+                logs.configure(name, os.environ.get("LOG_LEVEL", "INFO"))
+            if name == "tag_monitor":
+                config = control.TagMonitorConfig.from_env(os.environ)
+                _services[name] = control.TagMonitor.from_config(config)
+            else:
+                config = control.ModelDoneConfig.from_env(os.environ)
+                _services[name] = control.ModelDoneWatcher(config)
+        return _services[name]
+
+
+@functions_framework.cloud_event
+def tag_monitor(cloud_event: Any) -> None:
+    """A registry tag event (Pub/Sub topic ``gcr``) -> manifest sets in the deploy bucket."""
+    _service("tag_monitor").handle_cloud_event(cloud_event)
+
+
+@functions_framework.cloud_event
+def model_done_watcher(cloud_event: Any) -> None:
+    """A ``MODEL/VERSION/…/TRAINER-DONE`` object finalized -> a build request."""
+    _service("model_done_watcher").handle_cloud_event(cloud_event)
