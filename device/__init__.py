@@ -1,0 +1,1 @@
+"""Device-side runtime adapters (kubelet, podman), the health gate, provisioning templates."""

@@ -1,0 +1,1 @@
+"""The device sync agent: poll the channel's manifest set, verify, apply, report."""

@@ -1,0 +1,73 @@
+"""``python -m sync_pod [--once]``: the device sync agent (config from env, see SPEC.md)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import sys
+from collections.abc import Sequence
+
+from edgefleet import logs
+from edgefleet.errors import EdgefleetError
+from sync_pod.config import Config, from_env
+
+# A refused connection fails a poll within seconds instead of the library's two minutes.
+RETRY_SECONDS = 5.0
+JITTER = 0.2
+
+
+def make_agent(config: Config):  # type: ignore[no-untyped-def]
+    """The agent with its real adapters (GCS or the emulator, kubelet or podman)."""
+    from google.api_core.retry import Retry
+
+    from device.podman import PodmanRuntime
+    from device.runtime import KubeletRuntime
+    from edgefleet import storage
+    from sync_pod.agent import Agent
+
+    retry = Retry(initial=0.2, maximum=1.0, multiplier=2.0, timeout=RETRY_SECONDS)
+    bucket = storage.Bucket(storage.make_client(), config.bucket, timeout=10.0, retry=retry)
+    runtime = (
+        PodmanRuntime(
+            config.state_dir,
+            podman=config.podman,
+            tls_verify=config.tls_verify,
+            insecure_registries=config.insecure_registries,
+        )
+        if config.runtime == "podman"
+        else KubeletRuntime()
+    )
+    return Agent(config, bucket, runtime)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sync_pod", description=__doc__)
+    parser.add_argument("--once", action="store_true", help="recover, poll once, report, exit")
+    args = parser.parse_args(argv)
+    logs.configure("sync_pod", os.environ.get("LOG_LEVEL", "INFO"))
+    try:
+        config = from_env()
+        agent = make_agent(config)
+        if args.once:
+            agent.recover()
+            outcome = agent.poll_once()
+            agent.report(force=True)
+            return 0 if outcome not in ("failed",) else 1
+        stopping: list[int] = []
+
+        def stop(signum: int, _frame: object) -> None:
+            stopping.append(signum)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        agent.run(lambda: bool(stopping), jitter=lambda: random.uniform(1 - JITTER, 1 + JITTER))
+        return 0
+    except EdgefleetError as exc:
+        print(f"edgefleet: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

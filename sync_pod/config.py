@@ -1,0 +1,170 @@
+"""The agent's configuration, parsed and validated once from the environment at start.
+
+Every problem is a :class:`~edgefleet.errors.ConfigError` with one line naming the variable
+and the fix, so a misconfigured device fails at boot instead of half-working.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edgefleet import layout, policy, signing
+from edgefleet.errors import ConfigError, InvalidInput
+
+RUNTIMES = ("kubelet", "podman")
+DEFAULT_MANIFEST_DIR = "/opt/device/pods"
+DEFAULT_STATE_DIR = "/var/lib/edgefleet"
+DEFAULT_POLL_SECONDS = 60.0
+DEFAULT_HEALTH_TIMEOUT = 120.0
+DEFAULT_STATUS_SECONDS = 900.0
+# Public keys and the agent's env file live here on a device (see provisioning).
+CONFIG_DIR = "/etc/edgefleet"
+PODMAN_SOCKET_DIR = "/run/podman"
+
+
+@dataclass(frozen=True)
+class Config:
+    bucket: str
+    arch: str
+    channel: str
+    device_id: str
+    manifest_dir: Path = Path(DEFAULT_MANIFEST_DIR)
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    poll_seconds: float = DEFAULT_POLL_SECONDS
+    runtime: str = "kubelet"
+    allowed_registries: tuple[str, ...] | None = None
+    trusted_keys: tuple[Ed25519PublicKey, ...] = ()
+    trusted_key_paths: tuple[str, ...] = ()
+    health_timeout: float = DEFAULT_HEALTH_TIMEOUT
+    status_seconds: float = DEFAULT_STATUS_SECONDS
+    tls_verify: bool = True
+    insecure_registries: tuple[str, ...] = ()
+    podman: str = "podman"
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def set_object(self) -> str:
+        return layout.set_object(self.arch, self.channel)
+
+    @property
+    def status_object(self) -> str:
+        return layout.status_object(self.device_id)
+
+    def sync_pod_paths(self) -> tuple[str, ...]:
+        """Host paths the device's own sync pod may mount: the defaults plus this
+        device's folders (the manifest folder's parent, so the symlink can be swapped)."""
+        extra = (
+            str(self.manifest_dir.parent),
+            str(self.manifest_dir),
+            str(self.state_dir),
+        )
+        return tuple(dict.fromkeys((*policy.SYNC_POD_HOST_PATHS, *extra)))
+
+    def policy(self) -> policy.Policy:
+        return policy.Policy.for_device(self.allowed_registries, self.sync_pod_paths())
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Config:
+    """Build the config from ``env`` (default: ``os.environ``); raise ConfigError."""
+    env = dict(os.environ if env is None else env)
+    bucket = env.get("BUCKET", "").strip()
+    if not bucket:
+        raise ConfigError("BUCKET is not set: name the deploy bucket, e.g. BUCKET=edgefleet-deploy")
+    arch = _checked("ARCH", env.get("ARCH") or os.uname().machine, layout.check_arch)
+    channel_value = (env.get("CHANNEL") or "").strip()
+    track_value = (env.get("TRACK") or "").strip()
+    if channel_value and track_value and channel_value != track_value:
+        raise ConfigError(
+            f"CHANNEL={channel_value} and TRACK={track_value} disagree: set only CHANNEL"
+        )
+    if not (channel_value or track_value):
+        raise ConfigError("CHANNEL is not set: e.g. CHANNEL=stable (TRACK is accepted too)")
+    channel = _checked("CHANNEL", channel_value or track_value, layout.check_channel)
+    device_id = _checked(
+        "DEVICE_ID", env.get("DEVICE_ID") or socket.gethostname(), layout.check_device_id
+    )
+    manifest_dir = _abs_path("MANIFEST_DIR", env.get("MANIFEST_DIR") or DEFAULT_MANIFEST_DIR)
+    state_dir = _abs_path("STATE_DIR", env.get("STATE_DIR") or DEFAULT_STATE_DIR)
+    if _inside(manifest_dir, state_dir) or _inside(state_dir, manifest_dir):
+        raise ConfigError(
+            f"MANIFEST_DIR {manifest_dir} and STATE_DIR {state_dir} must not contain each other"
+        )
+    runtime = (env.get("RUNTIME") or "kubelet").strip()
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"RUNTIME={runtime!r} is unknown: use one of {', '.join(RUNTIMES)}")
+    key_paths = tuple(p.strip() for p in (env.get("TRUSTED_KEYS") or "").split(",") if p.strip())
+    trusted = signing.load_public_keys(",".join(key_paths))
+    registries = policy.parse_registries(env.get("ALLOWED_REGISTRIES"))
+    insecure = tuple(
+        h.strip() for h in (env.get("REGISTRIES_INSECURE") or "").split(",") if h.strip()
+    )
+    return Config(
+        bucket=bucket,
+        arch=arch,
+        channel=channel,
+        device_id=device_id,
+        manifest_dir=manifest_dir,
+        state_dir=state_dir,
+        poll_seconds=_seconds(env, "POLL_SECONDS", DEFAULT_POLL_SECONDS, minimum=0.05),
+        runtime=runtime,
+        allowed_registries=registries,
+        trusted_keys=trusted,
+        trusted_key_paths=key_paths,
+        health_timeout=_seconds(env, "HEALTH_TIMEOUT", DEFAULT_HEALTH_TIMEOUT, minimum=0.1),
+        status_seconds=_seconds(env, "STATUS_SECONDS", DEFAULT_STATUS_SECONDS, minimum=0.1),
+        tls_verify=_bool(env, "TLS_VERIFY", True),
+        insecure_registries=insecure,
+        podman=(env.get("PODMAN") or "podman").strip(),
+    )
+
+
+def _checked(var: str, value: str, check: object) -> str:
+    try:
+        return check(value.strip())  # type: ignore[operator]
+    except InvalidInput as exc:
+        raise ConfigError(f"{var}: {exc}") from exc
+
+
+def _abs_path(var: str, value: str) -> Path:
+    value = value.strip()
+    if not value.startswith("/"):
+        raise ConfigError(f"{var}={value!r} must be an absolute path")
+    norm = posixpath.normpath(value)
+    if norm == "/":
+        raise ConfigError(f"{var} must not be /")
+    return Path(norm)
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    return path == parent or parent in path.parents
+
+
+def _seconds(env: Mapping[str, str], var: str, default: float, *, minimum: float) -> float:
+    raw = (env.get(var) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{var}={raw!r} is not a number of seconds") from None
+    if not value >= minimum or value == float("inf"):
+        raise ConfigError(f"{var}={raw!r} must be at least {minimum} seconds")
+    return value
+
+
+def _bool(env: Mapping[str, str], var: str, default: bool) -> bool:
+    raw = (env.get(var) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{var}={raw!r} must be true or false")

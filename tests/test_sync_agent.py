@@ -1,0 +1,354 @@
+"""The sync agent against the real GCS emulator (kubelet runtime: files only).
+
+Sets are produced exactly like the control plane does (next_set + encode + Bucket.write).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from device.runtime import KubeletRuntime
+from edgefleet import layout, manifest_set, signing, storage
+from sync_pod.agent import APPLIED, OFFLINE, REJECTED, ROLLED_BACK, UNCHANGED, Agent
+from sync_pod.config import from_env
+from sync_pod.testing import FAKE_DIGEST, SetPublisher, entries, pod_yaml
+
+REG = "127.0.0.1:5999"
+IMAGE = f"{REG}/edgefleet/web@{FAKE_DIGEST}"
+SYNC = layout.manifest_file_name(layout.SYNC_POD_NAME)
+
+
+def _env(bucket, tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "BUCKET": bucket.name,
+        "ARCH": "x86_64",
+        "CHANNEL": "beta",
+        "DEVICE_ID": "dev-1",
+        "MANIFEST_DIR": str(tmp_path / "device" / "pods"),
+        "STATE_DIR": str(tmp_path / "state"),
+        "ALLOWED_REGISTRIES": REG,
+        "HEALTH_TIMEOUT": "1.5",
+        "STATUS_SECONDS": "3600",
+    }
+    env.update(extra)
+    return env
+
+
+def make_agent(bucket, tmp_path: Path, **extra: str) -> Agent:
+    config = from_env(_env(bucket, tmp_path, **extra))
+    return Agent(config, bucket, KubeletRuntime())
+
+
+def folder_files(agent: Agent) -> dict[str, str]:
+    d = agent.config.manifest_dir
+    return {p.name: p.read_text() for p in sorted(d.iterdir())} if d.exists() else {}
+
+
+def uploaded_status(bucket) -> dict:
+    blob = bucket.read(layout.status_object("dev-1"))
+    assert blob is not None, "no status uploaded"
+    return json.loads(blob.data)
+
+
+@pytest.fixture
+def pub(bucket) -> SetPublisher:
+    return SetPublisher(bucket, "x86_64", "beta")
+
+
+def test_applies_channel_and_fleet_wide_with_channel_winning(bucket, tmp_path, pub) -> None:
+    agent = make_agent(bucket, tmp_path)
+    items = entries({"web": pod_yaml("web", IMAGE), "shared": pod_yaml("shared", IMAGE)}, "all")
+    channel_shared = pod_yaml("shared", IMAGE, command=["/bin/busybox", "true"])
+    items += entries({"shared": channel_shared})
+    s = pub.publish(items)
+    agent.recover()
+    assert agent.poll_once() == APPLIED
+    files = folder_files(agent)
+    assert sorted(files) == ["shared-pod.yaml", "web-pod.yaml"]
+    assert files["shared-pod.yaml"] == channel_shared
+    assert agent.config.manifest_dir.is_symlink()
+    assert agent.state.applied is not None and agent.state.applied.sequence == s.sequence
+    agent.report(force=True)
+    status = uploaded_status(bucket)
+    assert status["applied"]["digest"] == s.digest()
+    assert status["applied"]["manifests"]["web-pod.yaml"] == manifest_set.sha256_hex(
+        pod_yaml("web", IMAGE)
+    )
+    assert status["offline"] is False and status["channel"] == "beta"
+
+
+def test_noop_poll_is_one_request_and_state_survives_restart(bucket, gcs, tmp_path, pub) -> None:
+    pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
+    agent = make_agent(bucket, tmp_path)
+    agent.recover()
+    assert agent.poll_once() == APPLIED
+    mark = gcs.mark()
+    assert agent.poll_once() == UNCHANGED
+    served = gcs.requests(mark)
+    assert len(served) == 1 and served[0].method == "GET", served
+    # A restarted agent remembers what it applied: still nothing to download.
+    again = make_agent(bucket, tmp_path)
+    again.recover()
+    mark = gcs.mark()
+    assert again.poll_once() == UNCHANGED
+    assert len(gcs.requests(mark)) == 1
+
+
+def test_removed_manifest_disappears_but_own_sync_pod_stays(bucket, tmp_path, pub) -> None:
+    sync = pod_yaml(layout.SYNC_POD_NAME, IMAGE)
+    pub.publish(entries({"web": pod_yaml("web", IMAGE), layout.SYNC_POD_NAME: sync}, "all"))
+    agent = make_agent(bucket, tmp_path)
+    agent.recover()
+    assert agent.poll_once() == APPLIED
+    pub.publish(entries({"other": pod_yaml("other", IMAGE)}))
+    assert agent.poll_once() == APPLIED
+    files = folder_files(agent)
+    assert sorted(files) == sorted(["other-pod.yaml", SYNC])
+    assert files[SYNC] == sync
+
+
+def _bad_sets(pub: SetPublisher) -> dict[str, tuple[str, bytes]]:
+    """name -> (expected reason, raw set document)."""
+
+    def doc(pods: dict[str, str]) -> bytes:
+        return manifest_set.encode(pub.build(entries(pods)))
+
+    unpinned = pod_yaml("web", f"{REG}/edgefleet/web:latest")
+    foreign = pod_yaml("web", f"10.9.9.9:5000/evil/web@{FAKE_DIGEST}")
+    privileged = pod_yaml("web", IMAGE, container_extra={"securityContext": {"privileged": True}})
+    host_path = pod_yaml(
+        "web",
+        IMAGE,
+        extra_spec={"volumes": [{"name": "root", "hostPath": {"path": "/"}}]},
+    )
+    deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n"
+    traversal = json.loads(doc({"web": pod_yaml("web", IMAGE)}))
+    traversal["manifests"][0]["name"] = "../../etc/cron.d/x"
+    return {
+        "corrupt-yaml": ("invalid-manifest", doc({"web": "apiVersion: v1\nkind: Pod\n  : ["})),
+        "non-pod": ("invalid-manifest", doc({"web": deployment})),
+        "unpinned": ("policy", doc({"web": unpinned})),
+        "disallowed-registry": ("policy", doc({"web": foreign})),
+        "privileged": ("policy", doc({"web": privileged})),
+        "host-path": ("policy", doc({"web": host_path})),
+        "path-traversal": ("invalid-set", json.dumps(traversal).encode()),
+        "not-json": ("invalid-set", b"{not json"),
+        "oversized": ("too-large", b" " * (manifest_set.MAX_SET_BYTES + 1)),
+    }
+
+
+def test_bad_content_is_rejected_and_the_previous_set_kept(bucket, tmp_path, pub) -> None:
+    good = pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
+    agent = make_agent(bucket, tmp_path)
+    agent.recover()
+    assert agent.poll_once() == APPLIED
+    before = folder_files(agent)
+    for name, (reason, data) in _bad_sets(pub).items():
+        pub.write_raw(data)
+        assert agent.poll_once() == REJECTED, name
+        assert folder_files(agent) == before, name
+        assert agent.state.applied.digest == good.digest()
+        agent.report(force=True)
+        status = uploaded_status(bucket)
+        assert status["lastRejection"]["reason"] == reason, (name, status["lastRejection"])
+        # The same bad object is not downloaded again.
+        assert agent.poll_once() == UNCHANGED, name
+    assert not any(p.name.startswith("..") for p in tmp_path.rglob("*"))
+    assert not (tmp_path / "etc").exists()
+
+
+def _keys(tmp_path: Path, name: str) -> tuple[Ed25519PrivateKey, str]:
+    key = signing.generate(tmp_path / "keys" / name)
+    return key, str(tmp_path / "keys" / f"{name}.pub")
+
+
+def test_signed_sets_reject_unsigned_tampered_untrusted_expired_replayed(
+    bucket, tmp_path, pub
+) -> None:
+    key, pub_path = _keys(tmp_path, "fleet")
+    rogue, _ = _keys(tmp_path, "rogue")
+    agent = make_agent(bucket, tmp_path, TRUSTED_KEYS=pub_path)
+    agent.recover()
+    first = pub.publish(entries({"web": pod_yaml("web", IMAGE)}), signers=[key])
+    first_doc = pub.history[-1][1]
+    assert agent.poll_once() == APPLIED
+    second = pub.publish(
+        entries({"web": pod_yaml("web", IMAGE, command=["/bin/busybox", "true"])}),
+        signers=[key],
+    )
+    assert agent.poll_once() == APPLIED
+    applied = folder_files(agent)
+
+    tampered = json.loads(
+        manifest_set.encode(pub.build(entries({"web": pod_yaml("web", IMAGE)})), [key])
+    )
+    evil = pod_yaml("web", IMAGE, container_extra={"command": ["/bin/sh", "-c", "evil"]})
+    tampered["manifests"][0].update(yaml=evil, sha256=manifest_set.sha256_hex(evil))
+    cases = {
+        "unsigned": manifest_set.encode(pub.build(entries({"web": evil}))),
+        "bad-signature": json.dumps(tampered).encode(),
+        "untrusted-key": manifest_set.encode(pub.build(entries({"web": evil})), [rogue]),
+        "expired": manifest_set.encode(
+            pub.build(
+                entries({"web": evil}),
+                now=datetime.now(UTC) - timedelta(days=40),
+                ttl=timedelta(days=1),
+            ),
+            [key],
+        ),
+        "replayed": first_doc,
+    }
+    for reason, data in cases.items():
+        pub.write_raw(data)
+        assert agent.poll_once() == REJECTED, reason
+        assert folder_files(agent) == applied, reason
+        agent.report(force=True)
+        assert uploaded_status(bucket)["lastRejection"]["reason"] == reason
+    assert agent.state.applied.digest == second.digest() != first.digest()
+
+
+def test_key_rotation_keeps_the_workload(bucket, tmp_path, pub) -> None:
+    old, old_pub = _keys(tmp_path, "old")
+    new, new_pub = _keys(tmp_path, "new")
+    web = pod_yaml("web", IMAGE)
+    agent = make_agent(bucket, tmp_path, TRUSTED_KEYS=old_pub)
+    agent.recover()
+    pub.publish(entries({"web": web}), signers=[old])
+    assert agent.poll_once() == APPLIED
+    # Changeover: devices trust both, the control plane signs with both.
+    agent = make_agent(bucket, tmp_path, TRUSTED_KEYS=f"{old_pub},{new_pub}")
+    agent.recover()
+    pub.publish(entries({"web": web, "extra": pod_yaml("extra", IMAGE)}), signers=[old, new])
+    assert agent.poll_once() == APPLIED
+    # Done: only the new key signs; the old one is retired on the device.
+    agent = make_agent(bucket, tmp_path, TRUSTED_KEYS=new_pub)
+    agent.recover()
+    pub.publish(entries({"web": web}), signers=[new])
+    assert agent.poll_once() == APPLIED
+    assert folder_files(agent) == {"web-pod.yaml": web}
+    pub.publish(entries({"web": pod_yaml("web", IMAGE, command=["x"])}), signers=[old])
+    assert agent.poll_once() == REJECTED
+    assert folder_files(agent) == {"web-pod.yaml": web}
+
+
+def test_wrong_target_is_rejected(bucket, tmp_path) -> None:
+    other = SetPublisher(bucket, "x86_64", "stable")
+    data = manifest_set.encode(other.build(entries({"web": pod_yaml("web", IMAGE)})))
+    SetPublisher(bucket, "x86_64", "beta").write_raw(data)
+    agent = make_agent(bucket, tmp_path)
+    agent.recover()
+    assert agent.poll_once() == REJECTED
+    assert agent.state.last_rejection.reason == "wrong-target"
+
+
+def test_unready_set_is_rolled_back_and_not_retried(bucket, tmp_path, pub) -> None:
+    good = pod_yaml("web", IMAGE)
+    pub.publish(entries({"web": good}))
+    agent = make_agent(bucket, tmp_path)
+    agent.recover()
+    assert agent.poll_once() == APPLIED
+    from edgefleet.localstack.process import free_port
+
+    bad = pod_yaml("web", IMAGE, port=free_port(), readiness_path="/readyz")  # nothing listens
+    bad_set = pub.publish(entries({"web": bad}))
+    assert agent.poll_once() == ROLLED_BACK
+    assert folder_files(agent) == {"web-pod.yaml": good}
+    assert bad_set.digest() in agent.state.bad_digests
+    agent.report(force=True)
+    status = uploaded_status(bucket)
+    assert status["lastRejection"]["reason"] == "unhealthy"
+    assert "not ready" in status["lastRejection"]["detail"]
+    # The same set, written again (new generation), is not retried…
+    pub.write_raw(pub.history[-1][1])
+    assert agent.poll_once() == UNCHANGED
+    assert folder_files(agent) == {"web-pod.yaml": good}
+    # …but the channel moving on is.
+    pub.publish(entries({"web": good, "b": pod_yaml("b", IMAGE)}))
+    assert agent.poll_once() == APPLIED
+
+
+def test_interrupted_apply_is_finished_or_discarded_on_restart(bucket, tmp_path, pub) -> None:
+    old = pod_yaml("web", IMAGE)
+    pub.publish(entries({"web": old}))
+    agent = make_agent(bucket, tmp_path)
+    agent.recover()
+    assert agent.poll_once() == APPLIED
+    new = pub.publish(entries({"web": pod_yaml("web", IMAGE, command=["true"])}))
+
+    # Crash after preparing but before the switch: a restart discards the new dir.
+    crashing = make_agent(bucket, tmp_path)
+    crashing.folder.switch = _crash  # type: ignore[method-assign]
+    with pytest.raises(_Crash):
+        crashing.poll_once()
+    assert folder_files(crashing) == {"web-pod.yaml": old}
+    restarted = make_agent(bucket, tmp_path)
+    assert restarted.state.pending is not None
+    pending_dir = Path(restarted.state.pending.dir)
+    restarted.recover()
+    assert restarted.state.pending is None and not pending_dir.exists()
+    assert restarted.poll_once() == APPLIED
+
+    # Crash after the switch, before commit: a restart finishes the apply.
+    newer = pub.publish(entries({"web": old}))
+    crashing = make_agent(bucket, tmp_path)
+    crashing._finish = _crash  # type: ignore[method-assign]
+    with pytest.raises(_Crash):
+        crashing.poll_once()
+    restarted = make_agent(bucket, tmp_path)
+    restarted.recover()
+    assert restarted.state.pending is None
+    assert restarted.state.applied.digest == newer.digest() != new.digest()
+    assert folder_files(restarted) == {"web-pod.yaml": old}
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash(*_args, **_kwargs):  # type: ignore[no-untyped-def]
+    raise _Crash()
+
+
+def test_offline_keeps_the_set_and_status_says_offline(tmp_path, monkeypatch) -> None:
+    from edgefleet.localstack.gcs import GcsEmulator
+
+    emulator = GcsEmulator(tmp_path / "gcs").start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.endpoint)
+        emulator.create_bucket("offline-test")
+        from google.api_core.retry import Retry
+
+        bucket = storage.Bucket(
+            storage.make_client(), "offline-test", timeout=2, retry=Retry(timeout=0.5)
+        )
+        pub = SetPublisher(bucket, "x86_64", "beta")
+        pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
+        agent = make_agent(bucket, tmp_path)
+        agent.recover()
+        assert agent.poll_once() == APPLIED
+        agent.report(force=True)
+        applied = folder_files(agent)
+    finally:
+        emulator.stop()
+    assert agent.poll_once() == OFFLINE
+    assert agent.report() is False  # not sent: kept on disk
+    local = json.loads((tmp_path / "state" / "status.json").read_text())
+    assert local["sent"] is False and local["status"]["offline"] is True
+    assert local["status"]["lastError"]["reason"] == "offline"
+    assert folder_files(agent) == applied
+    # Back online (a fresh emulator on the same port): the buffered report goes out.
+    back = GcsEmulator(tmp_path / "gcs2", port=emulator.port).start()
+    try:
+        back.create_bucket("offline-test")
+        pub.write_raw(pub.history[-1][1])
+        assert agent.poll_once() == UNCHANGED
+        assert agent.report() is True
+        assert uploaded_status(bucket)["offline"] is False
+        assert folder_files(agent) == applied
+    finally:
+        back.stop()
