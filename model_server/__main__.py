@@ -1,0 +1,80 @@
+"""``python -m model_server --model M.tflite --labels L.txt --port 5000`` (or ``--model-dir``).
+
+Configuration problems and models that cannot run on this device end the process at
+start-up with one line, ``edgefleet: <what is wrong and the fix>``, and exit code 1 (2 for
+bad flags or env).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from types import FrameType
+
+from edgefleet import logs
+from edgefleet.errors import ConfigError, EdgefleetError
+from edgefleet.logs import fields
+
+log = logging.getLogger("model_server")
+
+
+def _one_line(exc: BaseException) -> str:
+    return "edgefleet: " + " ".join(str(exc).split())
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    from model_server.config import load_config
+
+    try:
+        config = load_config(argv, environ)
+    except ConfigError as exc:
+        print(_one_line(exc), file=sys.stderr)
+        return 2
+    logs.configure("model_server", config.log_level)
+
+    from PIL import Image
+
+    from model_server.app import ModelServer
+    from model_server.serve import http_threads, make_server
+
+    # Oversized images are refused by our own pixel check; Pillow's warning is noise.
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    try:
+        server = ModelServer(config)
+        http = make_server(server.app, config, server.workers)
+    except EdgefleetError as exc:
+        print(_one_line(exc), file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. the port is taken
+        print(_one_line(f"cannot listen on {config.host}:{config.port}: {exc}"), file=sys.stderr)
+        return 1
+
+    def _terminate(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    server.start()
+    log.info(
+        "serving",
+        extra=fields(
+            host=config.host,
+            port=http.effective_port,
+            http_threads=http_threads(config, server.workers),
+        ),
+    )
+    try:
+        http.run()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        http.close()
+        server.close()
+        log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""Inference runtimes: LiteRT on the CPU (XNNPACK), LiteRT + Edge TPU delegate, ONNX Runtime.
+
+A LiteRT interpreter is not thread-safe, so the LiteRT backend keeps a pool of them, one
+per concurrent inference; ``invoke()`` releases the GIL, so two requests on two cores
+really run in parallel. ONNX Runtime sessions are thread-safe and shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import queue
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgefleet.logs import fields
+from model_server.errors import ModelLoadError
+from model_server.package import ModelPackage
+from model_server.preprocess import TensorSpec
+
+log = logging.getLogger(__name__)
+
+EDGETPU_LIB = "libedgetpu.so.1"
+
+
+class DelegateUnavailable(Exception):
+    """The Edge TPU delegate did not load (no library, no device)."""
+
+
+class Backend(Protocol):
+    runtime: str
+    runtime_version: str
+    delegate: str
+    model_path: Path
+    input: TensorSpec
+    output: TensorSpec
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """One inference; returns the raw output tensor of the single example."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib_metadata.version(dist)
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _spec(detail: dict[str, Any]) -> TensorSpec:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return TensorSpec(
+        shape=tuple(int(d) for d in detail["shape"]),
+        dtype=np.dtype(detail["dtype"]),
+        scale=float(scale),
+        zero_point=int(zero_point),
+    )
+
+
+class LiteRTBackend:
+    """A pool of interpreters of one model; each call borrows one for its inference."""
+
+    runtime = "litert"
+
+    def __init__(
+        self,
+        model_path: Path,
+        make_interpreter: Callable[[], Any],
+        *,
+        pool_size: int,
+        delegate: str,
+        runtime_version: str,
+    ) -> None:
+        self.model_path = model_path
+        self.delegate = delegate
+        self.runtime_version = runtime_version
+        self._pool: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        first = None
+        for _ in range(pool_size):
+            interpreter = make_interpreter()
+            interpreter.allocate_tensors()
+            first = first or interpreter
+            self._pool.put(interpreter)
+        assert first is not None
+        inputs, outputs = first.get_input_details(), first.get_output_details()
+        if len(inputs) != 1:
+            raise ModelLoadError(f"{model_path.name}: expected 1 input tensor, has {len(inputs)}")
+        self.input = _spec(inputs[0])
+        self.output = _spec(outputs[0])
+        self._in_index = int(inputs[0]["index"])
+        self._out_index = int(outputs[0]["index"])
+        self.pool_size = pool_size
+        # Warm every interpreter up once: the first invoke allocates and packs weights,
+        # which would otherwise land on the first client requests.
+        zeros = np.zeros(self.input.shape, dtype=self.input.dtype)
+        for _ in range(pool_size):
+            self.run(zeros)
+
+    @contextlib.contextmanager
+    def _borrow(self) -> Iterator[Any]:
+        interpreter = self._pool.get()
+        try:
+            yield interpreter
+        finally:
+            self._pool.put(interpreter)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        with self._borrow() as interpreter:
+            interpreter.set_tensor(self._in_index, x)
+            interpreter.invoke()
+            return interpreter.get_tensor(self._out_index)  # a copy, safe after release
+
+    def close(self) -> None:
+        while not self._pool.empty():
+            self._pool.get_nowait()
+
+
+class OnnxBackend:
+    """ONNX Runtime on the CPU (scikit-learn models exported by skl2onnx, zipmap off)."""
+
+    runtime = "onnxruntime"
+    delegate = "CPUExecutionProvider"
+
+    _DTYPES = {
+        "tensor(float)": np.float32,
+        "tensor(double)": np.float64,
+        "tensor(int64)": np.int64,
+        "tensor(int32)": np.int32,
+    }
+
+    def __init__(self, model_path: Path, threads: int) -> None:
+        import onnxruntime as ort  # imported only when an ONNX model is served
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(
+                str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own exception types
+            raise ModelLoadError(f"{model_path}: ONNX Runtime cannot load it: {exc}") from None
+        self.model_path = model_path
+        self.runtime_version = ort.__version__
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelLoadError(f"{model_path.name}: expected 1 input, has {len(inputs)}")
+        inp = inputs[0]
+        if inp.type not in self._DTYPES:
+            raise ModelLoadError(f"{model_path.name}: input type {inp.type} is not supported")
+        shape = tuple(d if isinstance(d, int) and d > 0 else -1 for d in inp.shape)
+        if len(shape) != 2:
+            raise ModelLoadError(
+                f"{model_path.name}: ONNX models must take a [batch, features] input "
+                f"(got shape {list(inp.shape)}); export image models as TFLite"
+            )
+        self._in_name = inp.name
+        self.input = TensorSpec(shape=shape, dtype=np.dtype(self._DTYPES[inp.type]))
+        candidates = [
+            o
+            for o in self._session.get_outputs()
+            if o.type in ("tensor(float)", "tensor(double)") and len(o.shape) == 2
+        ]
+        named = [o for o in candidates if o.name == "probabilities"]
+        if not (named or candidates):
+            raise ModelLoadError(
+                f"{model_path.name}: no [batch, classes] probability output; export with "
+                "skl2onnx options {'zipmap': False}"
+            )
+        out = (named or candidates)[0]
+        self._out_name = out.name
+        n = out.shape[1] if isinstance(out.shape[1], int) else -1
+        self.output = TensorSpec(shape=(1, n), dtype=np.dtype(np.float32))
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        out = self._session.run([self._out_name], {self._in_name: x.astype(self.input.dtype)})
+        return np.asarray(out[0])[0]
+
+    def close(self) -> None:
+        pass
+
+
+def _litert_interpreter_factory(
+    path: Path, threads: int, delegates: list[Any] | None = None
+) -> Callable[[], Any]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    def make() -> Any:
+        return Interpreter(
+            model_path=str(path), num_threads=threads, experimental_delegates=delegates
+        )
+
+    return make
+
+
+def edgetpu_interpreter_factory(path: Path) -> Callable[[], Any]:
+    """What pycoral's ``make_interpreter`` does; pycoral itself when it is installed."""
+    try:
+        from pycoral.utils import edgetpu as coral  # Coral's own package (not PyPI's)
+    except Exception:  # absent, or PyPI's unrelated "pycoral"
+        coral = None
+    if coral is not None and hasattr(coral, "make_interpreter"):
+        return lambda: coral.make_interpreter(str(path))
+    try:
+        ctypes.CDLL(EDGETPU_LIB)
+    except OSError as exc:
+        raise DelegateUnavailable(str(exc)) from None
+    from ai_edge_litert.interpreter import load_delegate
+
+    try:
+        delegate = load_delegate(EDGETPU_LIB)
+    except (ValueError, OSError) as exc:
+        raise DelegateUnavailable(f"{EDGETPU_LIB} found but no Edge TPU answered: {exc}") from None
+    return _litert_interpreter_factory(path, 1, [delegate])
+
+
+def cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    backend: Backend
+    choice: str  # why this file was picked, for /version/ and the start-up log
+
+
+def _edgetpu_failure(path: Path, reason: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"{path} is compiled for the Edge TPU (unresolved custom op: edgetpu-custom-op on "
+        f"the CPU) but the Edge TPU delegate did not load ({reason}); run it on a device "
+        "with a Coral Edge TPU, or ship the CPU model (model.tflite) in the package"
+    )
+
+
+def load_model(
+    package: ModelPackage,
+    *,
+    workers: int,
+    threads: int,
+    edgetpu_factory: Callable[[Path], Callable[[], Any]] = edgetpu_interpreter_factory,
+) -> LoadedModel:
+    """Pick the Edge TPU variant when its delegate loads, else the CPU model."""
+    if package.edgetpu_model is not None:
+        try:
+            make = edgetpu_factory(package.edgetpu_model)
+        except DelegateUnavailable as exc:
+            if package.cpu_model is None:
+                raise _edgetpu_failure(package.edgetpu_model, str(exc)) from None
+            log.warning(
+                "Edge TPU delegate unavailable; serving the CPU model",
+                extra=fields(reason=str(exc), model=str(package.cpu_model)),
+            )
+            reason = f"Edge TPU unavailable ({exc}); CPU model"
+        else:
+            # One interpreter: the Edge TPU runs one inference at a time anyway.
+            backend = _build(
+                lambda: LiteRTBackend(
+                    package.edgetpu_model,  # type: ignore[arg-type]
+                    make,
+                    pool_size=1,
+                    delegate="edgetpu",
+                    runtime_version=_version("ai-edge-litert"),
+                ),
+                package.edgetpu_model,
+            )
+            return LoadedModel(backend, "Edge TPU delegate loaded; Edge TPU model")
+    else:
+        reason = "CPU model"
+    path = package.cpu_model
+    assert path is not None
+    if path.suffix == ".onnx":
+        return LoadedModel(OnnxBackend(path, threads), reason)
+    make = _litert_interpreter_factory(path, threads)
+    backend = _build(
+        lambda: LiteRTBackend(
+            path,
+            make,
+            pool_size=workers,
+            delegate="xnnpack",
+            runtime_version=_version("ai-edge-litert"),
+        ),
+        path,
+    )
+    return LoadedModel(backend, reason)
+
+
+def _build(construct: Callable[[], LiteRTBackend], path: Path) -> LiteRTBackend:
+    try:
+        return construct()
+    except ModelLoadError:
+        raise
+    except (RuntimeError, ValueError) as exc:
+        message = " ".join(str(exc).split())
+        if "edgetpu-custom-op" in message:
+            raise _edgetpu_failure(path, "the model was loaded on the CPU") from None
+        raise ModelLoadError(f"{path}: LiteRT cannot load it: {message[:300]}") from None
