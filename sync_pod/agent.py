@@ -127,6 +127,8 @@ class Agent:
                     shutil.rmtree(pending.dir, ignore_errors=True)
                 self.state.pending = None
                 self._save()
+        # A crash after commit but before clean-up leaves old set dirs behind.
+        self.folder.gc([_opt_path(self.state.applied), _opt_path(self.state.previous)])
         current = self.folder.current()
         if current is not None:
             try:
