@@ -70,3 +70,56 @@ def bucket(gcs, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def
     name = unique("test")
     gcs.create_bucket(name)
     return storage.Bucket(storage.make_client(), name)
+
+
+@pytest.fixture(scope="session")
+def registry(pubsub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """docker-registry whose notifications reach topic ``gcr`` on the session ``pubsub``
+    through the registry bridge (Registry; the bridge is ``registry.bridge``)."""
+    from edgefleet.localstack.process import free_port
+    from edgefleet.localstack.registry import Registry
+    from edgefleet.localstack.registry_bridge import RegistryBridge
+
+    workdir = tmp_path_factory.mktemp("registry")
+    pubsub.create_topic("gcr")
+    port = free_port()
+    reg = Registry(workdir, notify_url=f"http://127.0.0.1:{port}/events")
+    bridge = RegistryBridge(
+        str(workdir),
+        registry_host=reg.host,
+        pubsub_host=pubsub.host,
+        project=pubsub.project,
+        port=port,
+    )
+    _start(lambda: bridge)
+    try:
+        _start(lambda: reg)
+        reg.bridge = bridge  # type: ignore[attr-defined]
+        yield reg
+    finally:
+        reg.stop()
+        bridge.stop()
+
+
+def _stack(tmp_path_factory: pytest.TempPathFactory, name: str, **config):  # type: ignore[no-untyped-def]
+    from edgefleet.localstack.stack import LocalStack, StackConfig
+
+    return _start(lambda: LocalStack(StackConfig(workdir=tmp_path_factory.mktemp(name), **config)))
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A LocalStack WITHOUT functions: Pub/Sub, GCS (buckets edgefleet-deploy and
+    edgefleet-models), registry + bridge to ``gcr``. Use ``stack.env()`` for clients."""
+    s = _stack(tmp_path_factory, "stack", functions=())
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def stack_functions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A LocalStack with the real functions (functions/main.py): tag_monitor on ``gcr``,
+    model_done_watcher on the model bucket's finalize events."""
+    s = _stack(tmp_path_factory, "stack-functions")
+    yield s
+    s.stop()
