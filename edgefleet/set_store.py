@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 SECRET_PREFIX = "projects/"
 MIRROR_SYNC_ROUNDS = 5
 UPDATE_ATTEMPTS = 20
+MAX_CLOCK_SKEW_S = 24 * 3600
 
 
 class UntrustedSet(EdgefleetError):
@@ -57,6 +58,7 @@ class Snapshot:
     generation: int
     manifest_set: ManifestSet | None
     problem: str = ""  # why the stored set is not trusted ("" when it is)
+    claimed_sequence: int | None = None  # an untrusted set's sequence, if it decodes
 
     @property
     def trusted(self) -> bool:
@@ -143,6 +145,7 @@ class SetStore:
         blob = self.bucket.fetch(name, max_bytes=manifest_set.MAX_SET_BYTES)
         if blob is None:
             return Snapshot(arch, channel, 0, None)
+        signed = None
         try:
             signed = manifest_set.decode(blob.data)
             s = signed.manifest_set
@@ -167,7 +170,8 @@ class SetStore:
                     detail=problem,
                 ),
             )
-            return Snapshot(arch, channel, blob.generation, None, problem)
+            claimed = signed.manifest_set.sequence if signed is not None else None
+            return Snapshot(arch, channel, blob.generation, None, problem, claimed)
         return Snapshot(arch, channel, blob.generation, s)
 
     # -- write ---------------------------------------------------------------------
@@ -188,9 +192,18 @@ class SetStore:
         return self._store(snap, new)
 
     def replace(self, snap: Snapshot, entries: Iterable[ManifestEntry]) -> WriteResult:
-        """Write ``entries`` over an untrusted set (an operator's explicit choice)."""
+        """Write ``entries`` over an untrusted set (an operator's explicit choice).
+
+        The new sequence still exceeds the untrusted set's when that one is plausible
+        (not in the future), so devices never mistake the rebuild for a replay.
+        """
+        now = self._clock()
+        previous = None
+        claimed = snap.claimed_sequence
+        if claimed is not None and claimed <= (now.timestamp() + MAX_CLOCK_SKEW_S) * 1000:
+            previous = ManifestSet(snap.arch, snap.channel, claimed, now, now)
         new = manifest_set.next_set(
-            None, snap.arch, snap.channel, entries, now=self._clock(), ttl=self._ttl
+            previous, snap.arch, snap.channel, entries, now=now, ttl=self._ttl
         )
         return self._store(snap, new)
 
