@@ -265,7 +265,7 @@ def assemble(
         target.mkdir(parents=True, exist_ok=True)
         for wheel in deps.glob("*.whl"):
             wheelhouse.link_or_copy(wheel, target / wheel.name)
-        reqs = wheelhouse.requirements(project_root / "pyproject.toml")
+        reqs = wheelhouse.image_requirements(project_root / "pyproject.toml", package.runtime)
         (target / "requirements.txt").write_text("\n".join(reqs) + "\n")
     wheelhouse.build_project_wheel(project_root, dest / "app")
     return BuildContext(dest, package, tuple(arches))

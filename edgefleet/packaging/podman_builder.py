@@ -255,7 +255,7 @@ class PodmanBuilder:
                 line = str(chunk.get("stream", "")).strip()
                 if line:
                     tail = [*tail[-5:], line]
-                    if line.startswith("STEP ") or line.startswith("COMMIT"):
+                    if "STEP " in line or "COMMIT " in line:
                         self._progress(line)
         except BuildFailed:
             raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,6 +69,38 @@ def requirements(pyproject: Path, extras: Sequence[str] = DEFAULT_EXTRAS) -> lis
     return list(dict.fromkeys(reqs))
 
 
+# What the model-server image installs, beside the ``server`` extra: model_server imports
+# google-cloud-pubsub (telemetry) from the base requirements and nothing else of them.
+IMAGE_BASE_REQUIREMENTS: tuple[str, ...] = ("google-cloud-pubsub",)
+# In the server extra for the drift tests' cross-check only; model_server never imports it.
+IMAGE_EXCLUDED: tuple[str, ...] = ("scipy",)
+# Each model runtime's package: an image carries only the one its model needs.
+RUNTIME_PACKAGES: dict[str, str] = {"tflite": "ai-edge-litert", "onnx": "onnxruntime"}
+
+
+def requirement_name(requirement: str) -> str:
+    """The canonical project name of a requirement string (PEP 503 normalised)."""
+    name = re.split(r"[\s<>=!~;\[(@]", requirement.strip(), maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def image_requirements(pyproject: Path, runtime: str) -> list[str]:
+    """The requirements the model-server image installs for a model of ``runtime``.
+
+    Version bounds come from pyproject, so the image and the host never disagree.
+    """
+    if runtime not in RUNTIME_PACKAGES:
+        raise ConfigError(f"unknown model runtime {runtime!r}")
+    project = tomllib.loads(pyproject.read_text())["project"]
+    base = {requirement_name(r): r for r in project.get("dependencies", [])}
+    chosen = [base[name] for name in IMAGE_BASE_REQUIREMENTS if name in base]
+    dropped = {*IMAGE_EXCLUDED, *(p for k, p in RUNTIME_PACKAGES.items() if k != runtime)}
+    for req in project.get("optional-dependencies", {}).get("server", []):
+        if requirement_name(req) not in dropped:
+            chosen.append(req)
+    return list(dict.fromkeys(chosen))
+
+
 def cache_key(pyproject: Path, arch: str, extras: Sequence[str] = DEFAULT_EXTRAS) -> str:
     digest = hashlib.sha256(pyproject.read_bytes())
     digest.update(f"|{arch}|{PYTHON_VERSION}|{','.join(extras)}".encode())
@@ -121,28 +154,6 @@ def build_project_wheel(project_root: Path, out_dir: Path) -> Path:
     if len(wheels) != 1:
         raise EdgefleetError(f"expected one edgefleet wheel in {out_dir}, found {len(wheels)}")
     return wheels[0]
-
-
-def assemble(
-    project_root: Path,
-    arch: str,
-    dest: Path,
-    *,
-    cache_dir: Path | None = None,
-    extras: Sequence[str] = DEFAULT_EXTRAS,
-    progress: Progress = stderr_progress,
-) -> Path:
-    """Fill ``dest`` with every wheel the image needs for ``arch`` (hard links when possible)."""
-    deps = ensure_dependency_wheels(
-        project_root, arch, cache_dir=cache_dir, extras=extras, progress=progress
-    )
-    dest.mkdir(parents=True, exist_ok=True)
-    for wheel in deps.glob("*.whl"):
-        link_or_copy(wheel, dest / wheel.name)
-    build_project_wheel(project_root, dest)
-    spec = "edgefleet[" + ",".join(extras) + "]" if extras else "edgefleet"
-    (dest / "requirements.txt").write_text(spec + "\n")
-    return dest
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
