@@ -312,7 +312,9 @@ class ModelServer:
         return report
 
     def _build_app(self) -> Flask:
-        app = Flask("model_server")
+        # Explicit paths: Flask's package lookup trips over editable-install namespace paths.
+        here = str(Path(__file__).parent)
+        app = Flask("model_server", root_path=here, instance_path=here)
         app.config["MAX_CONTENT_LENGTH"] = self.config.max_body_bytes
         app.config["MAX_FORM_PARTS"] = 16
         app.url_map.strict_slashes = False
