@@ -250,6 +250,11 @@ class RegistryClient:
                 stream=True,
                 allow_redirects=True,
             )
+        except requests.exceptions.SSLError as exc:
+            raise RegistryError(
+                f"{method} {url}: TLS failed ({exc}); a plain-HTTP registry must be listed "
+                "in INSECURE_REGISTRIES"
+            ) from exc
         except (requests.Timeout, requests.ConnectionError) as exc:
             raise TransientError(f"{method} {url}: {exc.__class__.__name__}: {exc}") from exc
         except requests.RequestException as exc:
@@ -359,8 +364,7 @@ def _media_type(resp: requests.Response, doc: dict[str, Any], ref: ImageRef) -> 
     media_type = header if header in MANIFEST_TYPES else declared
     if media_type not in MANIFEST_TYPES:
         raise RegistryError(
-            f"{ref}: unsupported manifest type {header or declared!r}; expected one of "
-            f"{ACCEPT}"
+            f"{ref}: unsupported manifest type {header or declared!r}; expected one of {ACCEPT}"
         )
     if isinstance(declared, str) and declared and declared != media_type:
         raise RegistryError(f"{ref}: Content-Type {media_type} but mediaType {declared}")
