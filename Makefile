@@ -32,3 +32,11 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# The local stack in the background (docs/local-stack.md).
+.PHONY: up down
+up: install
+	$(VENV)/bin/edgefleet up
+
+down:
+	$(VENV)/bin/edgefleet down

@@ -1,0 +1,191 @@
+"""LocalStack end to end: events reach functions by push, stack.json drives ``down``,
+and simulated devices get their own network namespace."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgefleet import storage
+from edgefleet.localstack import netns, process
+from edgefleet.localstack.process import StackError
+from edgefleet.localstack.stack import LocalStack, StackConfig, down, read_state
+
+HERE = Path(__file__).resolve().parent
+TEST_FUNCTIONS = HERE / "localstack_functions" / "main.py"
+
+
+def _records(path: Path, want: int) -> list[dict]:
+    def enough() -> bool:
+        return path.exists() and len(path.read_text().splitlines()) >= want
+
+    process.wait_for(enough, timeout=30, what=f"{want} event(s) in {path.name}")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def recorded_stack(tmp_path_factory):  # type: ignore[no-untyped-def]
+    record_dir = tmp_path_factory.mktemp("records")
+    config = StackConfig(
+        workdir=tmp_path_factory.mktemp("recorded-stack"),
+        function_source=TEST_FUNCTIONS,
+        function_env={"RECORD_DIR": str(record_dir), "EXTRA": "passed"},
+    )
+    with LocalStack(config) as s:
+        yield s, record_dir
+
+
+def test_registry_push_reaches_tag_monitor_as_a_cloudevent(recorded_stack):
+    s, record_dir = recorded_stack
+    digest = s.registry.push_minimal_image("fleet/model-server", "beta", salt="stack")
+    [event] = _records(record_dir / "tag_monitor.jsonl", 1)
+    assert event["type"] == "google.cloud.pubsub.topic.v1.messagePublished"
+    payload = json.loads(base64.b64decode(event["data"]["message"]["data"]))
+    name = f"{s.registry.host}/fleet/model-server"
+    assert payload == {"action": "INSERT", "digest": f"{name}@{digest}", "tag": f"{name}:beta"}
+    assert event["env"] == {
+        "DEPLOY_BUCKET": "edgefleet-deploy",
+        "INSECURE_REGISTRIES": s.registry.host,
+        "EXTRA": "passed",
+    }
+
+
+def test_model_bucket_finalize_reaches_model_done_watcher(recorded_stack, monkeypatch):
+    s, record_dir = recorded_stack
+    for key, value in s.env().items():
+        monkeypatch.setenv(key, value)
+    client = storage.make_client()
+    storage.Bucket(client, "edgefleet-deploy").write("x86_64/beta/ignored.yaml", b"x")
+    storage.Bucket(client, "edgefleet-models").write("mnist/mnist_1_1700000000/TRAINER-DONE", b"")
+    [event] = _records(record_dir / "model_done_watcher.jsonl", 1)
+    attrs = event["data"]["message"]["attributes"]
+    assert attrs["eventType"] == "OBJECT_FINALIZE"
+    assert attrs["bucketId"] == "edgefleet-models"
+    assert attrs["objectId"] == "mnist/mnist_1_1700000000/TRAINER-DONE"
+
+
+def test_state_file_and_second_start_refused(recorded_stack):
+    s, _ = recorded_stack
+    state = read_state(s.workdir)
+    names = {p["name"] for p in state["processes"]}
+    assert {"pubsub-emulator", "fake-gcs-server", "registry", "registry-bridge"} <= names
+    assert {"function-tag_monitor", "function-model_done_watcher"} <= names
+    assert state["env"]["STORAGE_EMULATOR_HOST"] == s.gcs.endpoint
+    with pytest.raises(StackError, match="already running"):
+        LocalStack(StackConfig(workdir=s.workdir, functions=())).start()
+    assert all(process.pid_alive(p["pid"]) for p in state["processes"])
+
+
+def _edgefleet(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    return subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+
+
+def test_cli_up_devices_down(tmp_path):
+    workdir = tmp_path / "cli"
+    up = _edgefleet("up", "--workdir", str(workdir), "--no-functions", "--devices", "2")
+    try:
+        assert up.returncode == 0, up.stderr
+        assert "export STORAGE_EMULATOR_HOST=" in up.stdout
+        state = read_state(workdir)
+        pids = [p["pid"] for p in state["processes"]]
+        assert all(process.pid_alive(pid) for pid in pids)
+        devices = state["devices"]
+        assert [d["name"] for d in devices] == ["ef-dev1", "ef-dev2"]
+        endpoint = state["env"]["STORAGE_EMULATOR_HOST"]
+        for device in devices:
+            # Each device binds its own 127.0.0.1:5000 and reaches the host's emulator
+            # at the host's address.
+            server = subprocess.Popen(
+                netns.ns_command(
+                    device["name"], [sys.executable, "-m", "http.server", "5000", "-b", "127.0.0.1"]
+                ),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                probe = f"{endpoint}/storage/v1/b"
+                got = netns.run_in(
+                    device["name"],
+                    [
+                        sys.executable,
+                        "-c",
+                        "import sys, urllib.request, time\n"
+                        "for _ in range(50):\n"
+                        "    try: urllib.request.urlopen('http://127.0.0.1:5000/', timeout=1)\n"
+                        "    except OSError: time.sleep(0.1)\n"
+                        "    else: break\n"
+                        f"print(urllib.request.urlopen({probe!r}, timeout=5).status)",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                assert got.stdout.strip() == "200", got.stderr
+            finally:
+                server.terminate()
+                server.wait(timeout=5)
+        again = _edgefleet("up", "--workdir", str(workdir), "--no-functions")
+        assert again.returncode == 1
+        error = again.stderr.strip().splitlines()[-1]
+        assert error.startswith("edgefleet: a local stack is already running")
+        assert "edgefleet down --workdir" in error
+    finally:
+        stopped = _edgefleet("down", "--workdir", str(workdir))
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped device ef-dev1" in stopped.stdout
+    assert not any(process.pid_alive(pid) for pid in pids)
+    assert not Path("/run/netns/ef-dev1").exists()
+    assert not Path("/sys/class/net/efh-dev2").exists()
+    assert read_state(workdir) is None
+    assert down(workdir) == []  # idempotent
+    assert "nothing running" in _edgefleet("down", "--workdir", str(workdir)).stdout
+
+
+def test_device_link_down_is_offline_and_teardown_removes_everything(gcs, tmp_path):
+    import uuid
+
+    record = netns.create_device(
+        f"t{uuid.uuid4().hex[:6]}", workdir=tmp_path, forward_ports=[gcs.port]
+    )
+    probe = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3"]
+    url = f"{gcs.endpoint}/storage/v1/b"
+    try:
+        assert (
+            netns.run_in(record["name"], [*probe, url], capture_output=True, text=True).stdout
+            == "200"
+        )
+        netns.set_online(record, False)
+        offline = netns.run_in(record["name"], [*probe, url], capture_output=True, text=True)
+        assert offline.stdout != "200"
+        netns.set_online(record, True)
+        assert (
+            netns.run_in(record["name"], [*probe, url], capture_output=True, text=True).stdout
+            == "200"
+        )
+    finally:
+        netns.teardown_recorded(record)
+    assert not Path(f"/run/netns/{record['name']}").exists()
+    assert not Path(f"/sys/class/net/{record['host_if']}").exists()
+    assert not process.pid_alive(record["forwarder"]["pid"])
+    netns.teardown_recorded(record)  # idempotent
+
+
+def test_device_ids_are_validated():
+    from edgefleet.errors import InvalidInput
+
+    for bad in ("", "UPPER", "x" * 12, "-lead", "a/b"):
+        with pytest.raises(InvalidInput):
+            netns.check_id(bad)
