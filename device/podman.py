@@ -185,7 +185,7 @@ class PodmanRuntime:
             )
         except RuntimeFailure:
             # Whatever half-started must not look like a healthy, recorded pod.
-            self._run(["pod", "rm", "-f", "--ignore", name], QUERY_TIMEOUT, check=False)
+            self._run(["pod", "rm", "-f", "-t", "0", "--ignore", name], QUERY_TIMEOUT, check=False)
             self._record_path(name).unlink(missing_ok=True)
             raise
         finally:

@@ -12,6 +12,8 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 command -v newuidmap >/dev/null 2>&1 || need+=(uidmap)
 command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
+# Device tests build tiny images from the static busybox (a file copy, no network).
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 
 if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then

@@ -1,0 +1,225 @@
+"""A podman device on the real stack: fake-gcs-server, docker-registry, podman kube play.
+
+Images are Debian's busybox-static imported with podman and pushed to the local registry,
+then run pinned by digest. Kept to two tests: every `kube play` costs about a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from google.api_core.retry import Retry
+
+from device.podman import PodmanRuntime, adapt_for_podman
+from edgefleet import layout, storage
+from edgefleet.localstack.process import free_port
+from sync_pod.agent import APPLIED, OFFLINE, ROLLED_BACK, Agent
+from sync_pod.config import from_env
+from sync_pod.testing import SetPublisher, entries, pod_yaml
+
+BUSYBOX = Path("/bin/busybox")
+# busybox as PID 1 ignores SIGTERM: without this every replace/down waits 10 s.
+QUICK_STOP = {"terminationGracePeriodSeconds": 1}
+
+pytestmark = [pytest.mark.podman, pytest.mark.stack]
+
+
+def test_host_network_ports_are_dropped_for_podman() -> None:
+    text = pod_yaml("w", "127.0.0.1:1/x@sha256:" + "a" * 64, port=80, readiness_path="/")
+    adapted = adapt_for_podman(text.encode()).decode()
+    assert "containerPort" not in adapted and "readinessProbe" in adapted
+    bridged = pod_yaml("w", "127.0.0.1:1/x@sha256:" + "a" * 64, port=80, host_network=False)
+    assert adapt_for_podman(bridged.encode()) == bridged.encode()
+
+
+@pytest.fixture(scope="module")
+def device_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from edgefleet.localstack.registry import Registry
+
+    reg = Registry(tmp_path_factory.mktemp("registry")).start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="module")
+def podman_env(device_registry, tmp_path_factory) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    from edgefleet.localstack.podman import PodmanEnv
+
+    return {
+        **os.environ,
+        **PodmanEnv(tmp_path_factory.mktemp("podman"), [device_registry.host]).env(),
+    }
+
+
+@pytest.fixture(scope="module")
+def busybox_image(device_registry, podman_env, tmp_path_factory) -> str:  # type: ignore[no-untyped-def]
+    """A busybox image with /www/v1 and /www/v2, pushed; returns the digest-pinned ref."""
+    if not BUSYBOX.is_file():
+        pytest.fail("/bin/busybox is missing: apt install busybox-static (make install)")
+    root = tmp_path_factory.mktemp("bbroot")
+    (root / "bin").mkdir()
+    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
+    for applet in ("sh", "httpd", "sleep", "true"):
+        (root / "bin" / applet).symlink_to("busybox")
+    for version in ("v1", "v2"):
+        (root / "www" / version).mkdir(parents=True)
+        (root / "www" / version / "index.html").write_text(version)
+    tar = root.parent / f"{root.name}.tar"
+    with tarfile.open(tar, "w") as tf:
+        for entry in sorted(root.iterdir()):
+            tf.add(entry, arcname=entry.name)
+    repo = f"{device_registry.host}/edgefleet/bb-{uuid.uuid4().hex[:8]}"
+    run = lambda *a: subprocess.run(  # noqa: E731
+        ["podman", *a], env=podman_env, check=True, capture_output=True, text=True, timeout=120
+    )
+    run("import", "-q", str(tar), f"{repo}:test")
+    digest_file = root.parent / "digest"
+    run("push", "-q", "--tls-verify=false", "--digestfile", str(digest_file), f"{repo}:test")
+    run("rmi", f"{repo}:test")  # the device has to pull it by digest
+    return f"{repo}@{digest_file.read_text().strip()}"
+
+
+def _httpd(name: str, image: str, port: int, version: str) -> str:
+    cmd = ["/bin/busybox", "httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", f"/www/{version}"]
+    return pod_yaml(name, image, command=cmd, port=port, readiness_path="/", extra_spec=QUICK_STOP)
+
+
+def _get(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+            return resp.read().decode()
+    except OSError:
+        return None
+
+
+def _pods(env: dict[str, str]) -> dict[str, str]:
+    out = subprocess.run(
+        ["podman", "pod", "ps", "--format", "json"], env=env, capture_output=True, text=True
+    )
+    return {p["Name"]: p["Status"] for p in json.loads(out.stdout or "[]")}
+
+
+@pytest.fixture
+def names(podman_env) -> Iterator[list[str]]:  # type: ignore[no-untyped-def]
+    made: list[str] = []
+    yield made
+    for name in made:
+        subprocess.run(
+            ["podman", "pod", "rm", "-f", "-t", "0", "--ignore", name], env=podman_env, timeout=60
+        )
+
+
+def _agent(bucket, tmp_path, registry_host, podman_env, **extra) -> Agent:  # type: ignore[no-untyped-def]
+    config = from_env(
+        {
+            "BUCKET": bucket.name,
+            "ARCH": "x86_64",
+            "CHANNEL": "beta",
+            "DEVICE_ID": "podman-dev",
+            "RUNTIME": "podman",
+            "MANIFEST_DIR": str(tmp_path / "device" / "pods"),
+            "STATE_DIR": str(tmp_path / "state"),
+            "ALLOWED_REGISTRIES": registry_host,
+            "REGISTRIES_INSECURE": registry_host,
+            "HEALTH_TIMEOUT": "20",
+            "STATUS_SECONDS": "3600",
+            **extra,
+        }
+    )
+    runtime = PodmanRuntime(
+        config.state_dir, insecure_registries=config.insecure_registries, env=podman_env
+    )
+    return Agent(config, bucket, runtime)
+
+
+def test_podman_device_converges_and_survives_an_outage(
+    device_registry, podman_env, busybox_image, names, tmp_path, monkeypatch
+) -> None:
+    from edgefleet.localstack.gcs import GcsEmulator
+
+    suffix = uuid.uuid4().hex[:6]
+    a, b = f"web-a-{suffix}", f"web-b-{suffix}"
+    names += [a, b]
+    pa, pb = free_port(), free_port()
+    emulator = GcsEmulator(tmp_path / "gcs").start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.endpoint)
+        emulator.create_bucket("podman-dev")
+        bucket = storage.Bucket(
+            storage.make_client(), "podman-dev", timeout=2, retry=Retry(timeout=0.5)
+        )
+        pub = SetPublisher(bucket, "x86_64", "beta")
+        agent = _agent(bucket, tmp_path, device_registry.host, podman_env)
+        agent.recover()
+
+        pub.publish(entries({a: _httpd(a, busybox_image, pa, "v1")}))
+        assert agent.poll_once() == APPLIED
+        assert _get(pa) == "v1"
+
+        # Change a, add b: both (re)played, both ready.
+        pub.publish(
+            entries({a: _httpd(a, busybox_image, pa, "v2"), b: _httpd(b, busybox_image, pb, "v1")})
+        )
+        assert agent.poll_once() == APPLIED
+        assert (_get(pa), _get(pb)) == ("v2", "v1")
+
+        # a disappears from the channel: taken down; b untouched.
+        pub.publish(entries({b: _httpd(b, busybox_image, pb, "v1")}))
+        assert agent.poll_once() == APPLIED
+        assert a not in _pods(podman_env) and _get(pa) is None
+        assert _get(pb) == "v1"
+        agent.report(force=True)
+        status = json.loads(bucket.read(layout.status_object("podman-dev")).data)
+        [pod] = [p for p in status["pods"] if p["name"] == b]
+        assert pod["running"] is True
+        assert pod["containers"][0]["imageDigest"] == busybox_image.split("@")[1]
+        assert status["health"] == "healthy"
+    finally:
+        emulator.stop()
+    # Bucket gone: the pods keep running and the status says offline.
+    assert agent.poll_once() == OFFLINE
+    agent.report()
+    local = json.loads((tmp_path / "state" / "status.json").read_text())["status"]
+    assert local["offline"] is True and local["lastError"]["reason"] == "offline"
+    time.sleep(1)
+    assert _get(pb) == "v1" and _pods(podman_env).get(b) == "Running"
+
+
+def test_unready_image_is_rolled_back(
+    device_registry, podman_env, busybox_image, names, bucket, tmp_path
+) -> None:
+    name = f"web-{uuid.uuid4().hex[:6]}"
+    names.append(name)
+    port = free_port()
+    pub = SetPublisher(bucket, "x86_64", "beta")
+    agent = _agent(bucket, tmp_path, device_registry.host, podman_env, HEALTH_TIMEOUT="4")
+    agent.recover()
+    pub.publish(entries({name: _httpd(name, busybox_image, port, "v1")}))
+    assert agent.poll_once() == APPLIED
+    # The new version runs but never listens: not ready before the deadline.
+    never = pod_yaml(
+        name,
+        busybox_image,
+        command=["/bin/busybox", "sleep", "3600"],
+        port=port,
+        readiness_path="/",
+        extra_spec=QUICK_STOP,
+    )
+    bad = pub.publish(entries({name: never}))
+    assert agent.poll_once() == ROLLED_BACK
+    assert _get(port) == "v1"
+    assert bad.digest() in agent.state.bad_digests
+    agent.report(force=True)
+    status = json.loads(bucket.read(layout.status_object("podman-dev")).data)
+    assert status["lastRejection"]["reason"] == "unhealthy"
+    assert status["health"] == "healthy"
