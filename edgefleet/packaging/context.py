@@ -269,3 +269,41 @@ def assemble(
         (target / "requirements.txt").write_text("\n".join(reqs) + "\n")
     wheelhouse.build_project_wheel(project_root, dest / "app")
     return BuildContext(dest, package, tuple(arches))
+
+
+BUILD_ARGS_FILE = "build-args"
+
+
+def prepare(
+    request: BuildRequest,
+    dest: Path,
+    arches: Sequence[str],
+    *,
+    bucket: Any,
+    project_root: Path,
+    created: str,
+    revision: str = "",
+    cache_dir: Path | None = None,
+    progress: Progress = stderr_progress,
+) -> tuple[BuildContext, dict[str, str]]:
+    """Fetch + validate the package and lay out the context: the steps every builder shares.
+
+    Also writes ``dest/build-args`` (``--build-arg=K=V`` per line) for builders that run
+    ``docker buildx`` from a shell (Cloud Build); values never contain white space.
+    """
+    check_request(request)
+    _, prefix = parse_source(request.source)
+    package = fetch_package(bucket, prefix, version=request.version)
+    progress(
+        f"fetched {request.source} ({len(package.files)} files, {package.size} bytes, "
+        f"model sha256 {package.model_sha256[:12]}…)"
+    )
+    ctx = assemble(
+        package, dest, arches, project_root=project_root, cache_dir=cache_dir, progress=progress
+    )
+    args = ctx.build_args(request, created=created, revision=revision)
+    for key, value in args.items():
+        if any(c.isspace() for c in value):
+            raise InvalidInput(f"build argument {key}={value!r} contains white space")
+    (dest / BUILD_ARGS_FILE).write_text("".join(f"--build-arg={k}={v}\n" for k, v in args.items()))
+    return ctx, args

@@ -157,29 +157,20 @@ class PodmanBuilder:
         detail = skipped_message(arches, skipped) if skipped else f"built {', '.join(arches)}"
         if skipped:
             self._say(detail, level=logging.WARNING)
-        bucket_name, prefix = context.parse_source(request.source)
-        package = context.fetch_package(
-            self._bucket_factory(bucket_name), prefix, version=request.version
-        )
-        self._say(
-            f"fetched {request.source} ({len(package.files)} files, {package.size} bytes, "
-            f"model sha256 {package.model_sha256[:12]}…)"
-        )
+        bucket_name, _ = context.parse_source(request.source)
         repo = refs.parse(f"{self.config.image_repository}/{request.model}:{request.version}")
         root = self.config.project_root or wheelhouse.find_project_root()
         with tempfile.TemporaryDirectory(prefix="edgefleet-build-") as tmp:
-            ctx = context.assemble(
-                package,
+            ctx, args = context.prepare(
+                request,
                 Path(tmp) / "context",
                 arches,
+                bucket=self._bucket_factory(bucket_name),
                 project_root=root,
-                cache_dir=self.config.cache_dir,
-                progress=self._progress,
-            )
-            args = ctx.build_args(
-                request,
                 created=datetime.now(UTC).isoformat(timespec="seconds"),
                 revision=_git_revision(root),
+                cache_dir=self.config.cache_dir,
+                progress=self._progress,
             )
             client = self._client()
             try:

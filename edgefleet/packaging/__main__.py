@@ -1,0 +1,63 @@
+"""``python -m edgefleet.packaging prepare …``: the context step of a Cloud Build build.
+
+Runs inside the build's Python step with the edgefleet source at hand: fetches and
+validates the model package with the build's credentials and lays out the build context
+(model, wheels per platform, Containerfile, build-args), exactly as the local builder does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from edgefleet import storage
+from edgefleet.build import BuildRequest
+from edgefleet.errors import EdgefleetError
+from edgefleet.packaging import context
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edgefleet.packaging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    prep = sub.add_parser("prepare", help="fetch + validate a model package, lay out a context")
+    prep.add_argument("--model", required=True)
+    prep.add_argument("--version", required=True)
+    prep.add_argument("--major", type=int, required=True)
+    prep.add_argument("--trained-at", type=int, required=True)
+    prep.add_argument("--source", required=True, help="gs://BUCKET/MODEL/VERSION/")
+    prep.add_argument("--arches", required=True, help="comma-separated, e.g. x86_64,aarch64")
+    prep.add_argument("--context", type=Path, required=True, help="output directory")
+    prep.add_argument("--source-root", type=Path, required=True, help="edgefleet source tree")
+    prep.add_argument("--revision", default="")
+    args = parser.parse_args(argv)
+    request = BuildRequest(
+        model=args.model,
+        version=args.version,
+        major=args.major,
+        trained_at=args.trained_at,
+        source=args.source,
+        arches=tuple(a.strip() for a in args.arches.split(",") if a.strip()),
+    )
+    try:
+        bucket_name, _ = context.parse_source(request.source)
+        ctx, _ = context.prepare(
+            request,
+            args.context,
+            request.arches,
+            bucket=storage.Bucket(storage.make_client(), bucket_name, timeout=60.0),
+            project_root=args.source_root,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            revision=args.revision,
+        )
+    except EdgefleetError as exc:
+        print(f"edgefleet: {exc}", file=sys.stderr)
+        return 1
+    print(f"edgefleet: build context ready in {ctx.path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

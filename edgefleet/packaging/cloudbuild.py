@@ -1,0 +1,241 @@
+"""The cloud builder: the same packaging steps as PodmanBuilder, as a Cloud Build build.
+
+:func:`build_request_body` is a pure function from a BuildRequest and a config to the
+Cloud Build ``Build`` resource; :class:`CloudBuildBuilder` submits it through the REST API
+(``projects.locations.builds.create``) with application-default credentials and returns
+the planned image tags with the long-running operation's name (the build is asynchronous;
+the registry's tag events report the result).
+
+Steps, in the build's workspace (the edgefleet source tarball, ``CLOUDBUILD_SOURCE``):
+
+1. ``prepare`` (Python image): ``python -m edgefleet.packaging prepare`` fetches and
+   validates the model package from GCS and lays out the context: model/, wheels per
+   platform, app/, Containerfile, build-args — the code PodmanBuilder runs locally.
+2. ``binfmt`` (only for foreign platforms): registers qemu emulators on the build VM.
+3. ``buildx``: a docker-container buildx builder, for multi-platform builds.
+4. ``build``: ``docker buildx build`` of model_server/Containerfile for every platform,
+   pushed to Artifact Registry as ``REPO/MODEL:VERSION`` and ``REPO/MODEL:latest``.
+
+Step images are public short names by default (no registry host is written here) and can
+be overridden: ``CLOUDBUILD_PYTHON_IMAGE``, ``CLOUDBUILD_DOCKER_IMAGE``,
+``CLOUDBUILD_BINFMT_IMAGE``.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edgefleet import refs
+from edgefleet.build import BuildRequest, BuildResult
+from edgefleet.errors import ConfigError, EdgefleetError, TransientError
+from edgefleet.packaging import context
+
+API = "https://cloudbuild.googleapis.com/v1"
+SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+WORKSPACE = "/workspace"
+CONTEXT_DIR = f"{WORKSPACE}/build-context"
+BUILDX_NAME = "edgefleet"
+# qemu names tonistiigi/binfmt installs, per device arch.
+BINFMT_ARCH = {"aarch64": "arm64", "armv7l": "arm", "x86_64": "amd64"}
+
+_SA_EMAIL = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z0-9.-]+\.iam\.gserviceaccount\.com$")
+_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_REGION = re.compile(r"^(global|[a-z]+-[a-z]+[0-9])$")
+_GS_OBJECT = re.compile(r"^gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/(?P<obj>[^\s]+)$")
+
+
+@dataclass(frozen=True)
+class CloudBuildConfig:
+    project: str
+    region: str
+    image_repository: str  # e.g. the Artifact Registry repository's registryUri
+    source: str  # gs://BUCKET/OBJECT.tar.gz: the edgefleet source tree
+    service_account: str  # the build's least-privilege service account (email)
+    base_image: str | None = None
+    python_image: str = "python:3.11-slim"
+    docker_image: str = "docker:27-cli"
+    binfmt_image: str = "tonistiigi/binfmt:latest"
+    machine_type: str = "E2_HIGHCPU_8"
+    timeout_seconds: int = 1800
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> CloudBuildConfig:
+        def need(name: str, hint: str) -> str:
+            value = (env.get(name) or "").strip()
+            if not value:
+                raise ConfigError(f"{name} is not set: {hint}")
+            return value
+
+        project = (env.get("CLOUDBUILD_PROJECT") or env.get("GOOGLE_CLOUD_PROJECT") or "").strip()
+        if not project:
+            raise ConfigError("CLOUDBUILD_PROJECT is not set: the project that runs builds")
+        config = cls(
+            project=project,
+            region=(env.get("CLOUDBUILD_REGION") or "global").strip(),
+            image_repository=need(
+                "IMAGE_REPOSITORY", "the Artifact Registry repository path"
+            ).rstrip("/"),
+            source=need("CLOUDBUILD_SOURCE", "gs:// path of the edgefleet source tarball"),
+            service_account=need(
+                "CLOUDBUILD_SERVICE_ACCOUNT", "the build service account (deploy-gcp.sh makes it)"
+            ),
+            base_image=(env.get("BASE_IMAGE") or "").strip() or None,
+            **{
+                key: env[name].strip()
+                for key, name in (
+                    ("python_image", "CLOUDBUILD_PYTHON_IMAGE"),
+                    ("docker_image", "CLOUDBUILD_DOCKER_IMAGE"),
+                    ("binfmt_image", "CLOUDBUILD_BINFMT_IMAGE"),
+                    ("machine_type", "CLOUDBUILD_MACHINE_TYPE"),
+                )
+                if env.get(name, "").strip()
+            },
+        )
+        return config.check()
+
+    def check(self) -> CloudBuildConfig:
+        if not _PROJECT.match(self.project):
+            raise ConfigError(f"invalid project id {self.project!r}")
+        if not _REGION.match(self.region):
+            raise ConfigError(f"invalid Cloud Build region {self.region!r}: e.g. europe-west1")
+        refs.parse(f"{self.image_repository}/model:tag")
+        if not _GS_OBJECT.match(self.source):
+            raise ConfigError(f"invalid CLOUDBUILD_SOURCE {self.source!r}: gs://BUCKET/OBJECT")
+        if not _SA_EMAIL.match(self.service_account):
+            raise ConfigError(f"invalid service account {self.service_account!r}")
+        return self
+
+
+def image_tags(config: CloudBuildConfig, request: BuildRequest) -> tuple[str, str]:
+    repo = refs.parse(f"{config.image_repository}/{request.model}:{request.version}")
+    return str(repo), str(repo.with_tag("latest"))
+
+
+def build_request_body(config: CloudBuildConfig, request: BuildRequest) -> dict[str, Any]:
+    """The Cloud Build ``Build`` resource that packages ``request`` (pure)."""
+    context.check_request(request)
+    arches = tuple(dict.fromkeys(request.arches))
+    platforms = ",".join(context.PLATFORM[a] for a in arches)
+    foreign = [BINFMT_ARCH[a] for a in arches if a != "x86_64"]  # Cloud Build VMs are amd64
+    version_tag, latest_tag = image_tags(config, request)
+    source = _GS_OBJECT.match(config.source)
+    assert source is not None
+    prepare = [
+        "pip install --quiet --disable-pip-version-check --root-user-action=ignore "
+        f"{WORKSPACE}",
+        shlex.join(
+            [
+                "python", "-m", "edgefleet.packaging", "prepare",
+                "--model", request.model,
+                "--version", request.version,
+                "--major", str(request.major),
+                "--trained-at", str(request.trained_at),
+                "--source", request.source,
+                "--arches", ",".join(arches),
+                "--context", CONTEXT_DIR,
+                "--source-root", WORKSPACE,
+            ]
+        ),
+    ]  # fmt: skip
+    steps: list[dict[str, Any]] = [
+        {
+            "id": "prepare",
+            "name": config.python_image,
+            "entrypoint": "bash",
+            "args": ["-euc", " && ".join(prepare)],
+        }
+    ]
+    if foreign:
+        steps.append(
+            {
+                "id": "binfmt",
+                "name": config.docker_image,
+                "args": ["run", "--privileged", "--rm", config.binfmt_image,
+                         "--install", ",".join(foreign)],
+                "waitFor": ["-"],
+            }
+        )  # fmt: skip
+    steps.append(
+        {
+            "id": "buildx",
+            "name": config.docker_image,
+            "args": ["buildx", "create", "--name", BUILDX_NAME, "--driver", "docker-container"],
+            "waitFor": ["-"],
+        }
+    )
+    build = [
+        "docker", "buildx", "build", "--builder", BUILDX_NAME,
+        "--platform", platforms,
+        "--provenance=false", "--sbom=false",
+        "--tag", version_tag, "--tag", latest_tag,
+        "--file", f"{CONTEXT_DIR}/Containerfile", "--push",
+    ]  # fmt: skip
+    if config.base_image:
+        build.append(f"--build-arg=BASE_IMAGE={config.base_image}")
+    steps.append(
+        {
+            "id": "build",
+            "name": config.docker_image,
+            "entrypoint": "sh",
+            "args": [
+                "-euc",
+                f"{shlex.join(build)} $(cat {CONTEXT_DIR}/{context.BUILD_ARGS_FILE}) {CONTEXT_DIR}",
+            ],
+            "waitFor": ["prepare", "buildx", *(["binfmt"] if foreign else [])],
+        }
+    )
+    return {
+        "source": {
+            "storageSource": {"bucket": source["bucket"], "object": source["obj"]},
+        },
+        "steps": steps,
+        "timeout": f"{config.timeout_seconds}s",
+        "serviceAccount": f"projects/{config.project}/serviceAccounts/{config.service_account}",
+        "options": {"logging": "CLOUD_LOGGING_ONLY", "machineType": config.machine_type},
+        "tags": ["edgefleet", request.model, request.version],
+    }
+
+
+def build_url(config: CloudBuildConfig) -> str:
+    return f"{API}/projects/{config.project}/locations/{config.region}/builds"
+
+
+class CloudBuildBuilder:
+    """Builder (edgefleet.build) for GCP: submits the build, does not wait for it."""
+
+    def __init__(self, config: CloudBuildConfig, *, session: Any = None) -> None:
+        self.config = config.check()
+        self._session = session
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> CloudBuildBuilder:
+        return cls(CloudBuildConfig.from_env(env))
+
+    def build(self, request: BuildRequest) -> BuildResult:
+        body = build_request_body(self.config, request)
+        session = self._session or _authorized_session()
+        try:
+            resp = session.post(build_url(self.config), json=body, timeout=30)
+        except Exception as exc:  # transport errors: Pub/Sub/Eventarc retries the event
+            raise TransientError(f"submitting the Cloud Build build: {exc}") from exc
+        if resp.status_code >= 500 or resp.status_code == 429:
+            raise TransientError(f"Cloud Build answered {resp.status_code}: {resp.text[:300]}")
+        if resp.status_code >= 400:
+            raise EdgefleetError(f"Cloud Build refused the build ({resp.status_code}): "
+                                 f"{resp.text[:300]}")  # fmt: skip
+        operation = resp.json().get("name", "")
+        return BuildResult(images=image_tags(self.config, request), detail=operation)
+
+
+def _authorized_session() -> Any:
+    try:
+        import google.auth
+        from google.auth.transport.requests import AuthorizedSession
+    except ImportError as exc:  # pragma: no cover - google-auth is a core dependency
+        raise ConfigError("google-auth is missing: pip install edgefleet") from exc
+    credentials, _ = google.auth.default(scopes=[SCOPE])
+    return AuthorizedSession(credentials)
