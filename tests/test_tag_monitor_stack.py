@@ -1,0 +1,368 @@
+"""tag_monitor on the real local stack: registry -> bridge -> Pub/Sub emulator -> push ->
+functions-framework (functions/main.py) -> GCS emulator.
+
+Every test uses its own repository (so its own pod name) in the shared deploy bucket and
+asserts only on its own entries.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import yaml
+from podman_images import push_multiarch
+
+from edgefleet import layout, manifest_set
+from edgefleet.storage import Bucket, make_client
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+ARCHES = layout.ARCHES
+
+
+@pytest.fixture
+def deploy(stack_functions, monkeypatch) -> Bucket:
+    for key, value in stack_functions.env().items():
+        monkeypatch.setenv(key, value)
+    return Bucket(make_client(), stack_functions.config.deploy_bucket)
+
+
+def new_repo() -> tuple[str, str]:
+    """(repository, pod name) unique to one test."""
+    name = f"tm-{uuid.uuid4().hex[:8]}"
+    return f"ctl/{name}", name
+
+
+def wait_until(check: Callable[[], object], what: str, timeout: float = 30.0) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def set_entry(bucket: Bucket, arch: str, channel: str, name: str):
+    blob = bucket.read(layout.set_object(arch, channel))
+    if blob is None:
+        return None
+    return manifest_set.decode(blob.data).manifest_set.entry("channel", name)
+
+
+def image_of(yaml_text: str) -> str:
+    return yaml.safe_load(yaml_text)["spec"]["containers"][0]["image"]
+
+
+def mirror(bucket: Bucket, arch: str, channel: str, name: str) -> bytes | None:
+    blob = bucket.read(layout.manifest_object(arch, channel, name))
+    return blob.data if blob else None
+
+
+def function_log(stack) -> list[dict]:
+    path = stack.functions["tag_monitor"].process.log_path
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def manifest_bytes(registry, repository: str, digest: str) -> tuple[bytes, str]:
+    resp = requests.get(
+        f"{registry.url}/v2/{repository}/manifests/{digest}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        timeout=10,
+    )
+    resp.raise_for_status()
+    return resp.content, resp.headers["Content-Type"]
+
+
+def retag(registry, repository: str, digest: str, tag: str) -> None:
+    body, media_type = manifest_bytes(registry, repository, digest)
+    registry.put_manifest(repository, tag, body, media_type)
+
+
+# -----------------------------------------------------------------------------------------
+
+
+def test_retag_appears_as_pinned_manifest_and_follows_the_tag(stack_functions, deploy) -> None:
+    reg = stack_functions.registry
+    repo, name = new_repo()
+    first = reg.push_minimal_image(repo, "v1", arch="amd64", salt="1")
+    retag(reg, repo, first, "beta")
+    pinned = f"{reg.host}/{repo}@{first}"
+
+    entry = wait_until(
+        lambda: (e := set_entry(deploy, "x86_64", "beta", name)) and image_of(e.yaml) == pinned,
+        "the beta manifest",
+    )
+    assert entry
+    text = mirror(deploy, "x86_64", "beta", name)
+    assert text is not None and image_of(text.decode()) == pinned
+    # Only the image's own arch; the version tag v1 wrote nothing anywhere.
+    for arch in ("aarch64", "armv7l"):
+        assert set_entry(deploy, arch, "beta", name) is None
+    for channel in ("latest", "alpha", "stable"):
+        assert set_entry(deploy, "x86_64", channel, name) is None
+
+    second = reg.push_minimal_image(repo, "beta", arch="amd64", salt="2")
+    pinned2 = f"{reg.host}/{repo}@{second}"
+    wait_until(
+        lambda: (e := set_entry(deploy, "x86_64", "beta", name)) and image_of(e.yaml) == pinned2,
+        "the moved beta manifest",
+    )
+    wait_until(
+        lambda: (m := mirror(deploy, "x86_64", "beta", name)) and image_of(m.decode()) == pinned2,
+        "the mirror of the moved manifest",
+    )
+
+
+def test_multiarch_index_yields_one_manifest_per_arch_and_delete_removes_them(
+    stack_functions, deploy, tmp_path
+) -> None:
+    reg = stack_functions.registry
+    repo, name = new_repo()
+    index = push_multiarch(reg.host, repo, "stable", workdir=tmp_path)
+    children = {
+        m["platform"]["architecture"] + m["platform"].get("variant", ""): m["digest"]
+        for m in json.loads(
+            requests.get(
+                f"{reg.url}/v2/{repo}/manifests/{index}",
+                headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+                timeout=10,
+            ).content
+        )["manifests"]
+    }
+    expected = {
+        "x86_64": children["amd64"],
+        "aarch64": children["arm64"],
+        "armv7l": children["armv7"],
+    }
+
+    def all_pinned() -> bool:
+        for arch, digest in expected.items():
+            e = set_entry(deploy, arch, "stable", name)
+            if e is None or image_of(e.yaml) != f"{reg.host}/{repo}@{digest}":
+                return False
+            m = mirror(deploy, arch, "stable", name)
+            if m is None or m.decode() != e.yaml:
+                return False
+        return True
+
+    wait_until(all_pinned, "one manifest per arch")
+    for arch in ARCHES:
+        pod = yaml.safe_load(set_entry(deploy, arch, "stable", name).yaml)
+        assert pod["metadata"]["labels"]["edgefleet.dev/arch"] == arch
+
+    # Deleting the tagged image (the index) removes its manifests everywhere.
+    reg.delete_manifest(repo, index)
+
+    def all_gone() -> bool:
+        return all(
+            set_entry(deploy, arch, "stable", name) is None
+            and mirror(deploy, arch, "stable", name) is None
+            for arch in ARCHES
+        )
+
+    wait_until(all_gone, "the manifests of the deleted image to disappear")
+
+
+def test_duplicated_shuffled_concurrent_events_converge(stack_functions, deploy) -> None:
+    """200 events (old digests, duplicates, untagged pushes, deletes of unknown digests),
+    shuffled and published from 8 threads: the set ends at the registry's final state."""
+    reg, pubsub = stack_functions.registry, stack_functions.pubsub
+    repo, name = new_repo()
+    digests = [reg.push_minimal_image(repo, f"v{i}", arch="amd64", salt=f"c{i}") for i in range(5)]
+    for digest in digests:  # real tag moves, each with its own event
+        retag(reg, repo, digest, "alpha")
+    final = f"{reg.host}/{repo}@{digests[-1]}"
+
+    rng = random.Random(7)
+    events = []
+    for _ in range(200):
+        d = rng.choice(digests)
+        kind = rng.random()
+        if kind < 0.6:
+            doc = {"action": "INSERT", "digest": f"{reg.host}/{repo}@{d}",
+                   "tag": f"{reg.host}/{repo}:alpha"}  # fmt: skip
+        elif kind < 0.75:
+            doc = {"action": "INSERT", "digest": f"{reg.host}/{repo}@{d}"}
+        elif kind < 0.9:
+            doc = {"action": "DELETE", "tag": f"{reg.host}/{repo}:alpha"}
+        else:
+            doc = {"action": "DELETE", "digest": f"{reg.host}/{repo}@sha256:{uuid.uuid4().hex * 2}"}
+        events.append(json.dumps(doc).encode())
+    rng.shuffle(events)
+
+    publisher = pubsub.publisher
+    topic = pubsub.topic_path("gcr")
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def publish(chunk: list[bytes]) -> None:
+        futures = [publisher.publish(topic, data) for data in chunk]
+        got = [f.result(timeout=30) for f in futures]
+        with lock:
+            ids.extend(got)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(publish, [events[i::8] for i in range(8)]))
+    assert len(ids) == 200
+
+    def all_handled() -> bool:
+        seen = {e.get("event_id") for e in function_log(stack_functions)
+                if e.get("event") in ("tag-event", "tag-event-rejected")}  # fmt: skip
+        return set(ids) <= seen
+
+    wait_until(all_handled, "tag_monitor to handle all 200 events", timeout=120)
+    e = set_entry(deploy, "x86_64", "alpha", name)
+    assert e is not None and image_of(e.yaml) == final
+    assert image_of(mirror(deploy, "x86_64", "alpha", name).decode()) == final
+    for arch in ("aarch64", "armv7l"):
+        assert set_entry(deploy, arch, "alpha", name) is None
+    handled = [e for e in function_log(stack_functions) if e.get("event_id") in set(ids)]
+    assert not [e for e in handled if e.get("event") == "tag-event-rejected"]
+
+
+def push_body(data: bytes | str, message_id: str) -> dict:
+    raw = data if isinstance(data, str) else base64.b64encode(data).decode()
+    return {
+        "message": {"data": raw, "messageId": message_id, "attributes": {}},
+        "subscription": "projects/edgefleet-local/subscriptions/direct",
+    }
+
+
+def malformed_payloads(host: str, n: int) -> list[dict | bytes]:
+    rng = random.Random(1000)
+    d = "sha256:" + "ab" * 32
+
+    def js(**doc: object) -> bytes:
+        return json.dumps(doc).encode()
+
+    bodies: list[Callable[[], bytes | str]] = [
+        lambda: rng.randbytes(rng.randint(0, 64)),
+        lambda: "%%%" + str(rng.random()),
+        lambda: b"[1, 2, 3]",
+        lambda: b'"just a string"',
+        lambda: js(action="INSERT"),
+        lambda: js(action="UPSERT", tag=f"{host}/x:beta"),
+        lambda: js(action="INSERT", tag="no-host:beta"),
+        lambda: js(action="INSERT", tag=f"{host}/UPPER:beta"),
+        lambda: js(action="INSERT", tag=f"{host}/x:beta", digest=f"{host}/y@{d}"),
+        lambda: js(action="DELETE", digest=f"{host}/x@md5:zz"),
+        lambda: js(action="INSERT", tag=["a"]),
+        lambda: b"\xff\xfe" + rng.randbytes(8),
+    ]
+    raw: list[Callable[[int], dict | bytes]] = [
+        lambda i: {"message": {"data": 5, "messageId": f"m{i}"}, "subscription": "s"},
+        lambda i: {"message": {"data": "", "messageId": f"m{i}", "attributes": {"a": 1}},
+                   "subscription": "s"},
+        lambda i: b"not json at all",
+        lambda i: b'{"message": {}}',
+    ]  # fmt: skip
+    out: list[dict | bytes] = []
+    for i in range(n):
+        k = i % (len(bodies) + len(raw))
+        if k < len(bodies):
+            out.append(push_body(bodies[k](), f"m{i}"))
+        else:
+            out.append(raw[k - len(bodies)](i))
+    return out
+
+
+def test_malformed_payloads_write_nothing_and_crash_nothing(stack_functions, deploy) -> None:
+    """1,000 malformed pushes straight to the functions-framework endpoint."""
+    reg = stack_functions.registry
+    url = stack_functions.functions["tag_monitor"].url
+    before = {info.name: info.generation for info in deploy.list_objects("")}
+    payloads = malformed_payloads(reg.host, 1000)
+    session = requests.Session()
+
+    def post(payload: dict | bytes) -> int:
+        if isinstance(payload, bytes):
+            resp = session.post(url, data=payload, headers={"Content-Type": "application/json"},
+                                timeout=30)  # fmt: skip
+        else:
+            resp = session.post(url, json=payload, timeout=30)
+        return resp.status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(post, payloads))
+    assert all(s < 500 for s in statuses), sorted(set(statuses))
+    reached = [p for p, s in zip(payloads, statuses, strict=True) if s == 200]
+    assert len(reached) >= 800  # the framework itself refuses only the non-Pub/Sub bodies
+
+    after = {info.name: info.generation for info in deploy.list_objects("")}
+    assert after == before
+    # One structured error per payload that reached the function.
+    ids = {p["message"]["messageId"] for p in reached if isinstance(p, dict)}
+    logged = [e for e in function_log(stack_functions) if e.get("event_id") in ids]
+    assert len(logged) == len(ids)
+    assert all(e["event"] == "tag-event-rejected" and e["severity"] == "ERROR" for e in logged)
+
+    # Still alive and working.
+    repo, name = new_repo()
+    digest = reg.push_minimal_image(repo, "latest", arch="arm64", salt="alive")
+    wait_until(
+        lambda: set_entry(deploy, "aarch64", "latest", name), "a valid event after 1,000 bad"
+    )
+    assert image_of(set_entry(deploy, "aarch64", "latest", name).yaml).endswith(digest)
+
+
+def test_unknown_arch_template_errors_and_policy_violations_write_nothing(
+    stack_functions, deploy
+) -> None:
+    reg = stack_functions.registry
+    before = {info.name: info.generation for info in deploy.list_objects("sets/")}
+    # An image for an arch no device has.
+    odd_repo, odd = new_repo()
+    reg.push_minimal_image(odd_repo, "beta", arch="s390x", salt="odd")
+    # A repository whose own template is broken, and one whose template asks for privilege.
+    broken_repo, broken = new_repo()
+    deploy.write(layout.template_object(broken), b"metadata: {{ missing_variable }}\n")
+    evil_repo, evil = new_repo()
+    template = deploy.read("templates/model-server.yaml.j2")
+    source = template.data.decode() if template else None
+    if source is None:
+        from edgefleet.render import PackagedTemplates
+
+        source = PackagedTemplates().load("model-server")
+    deploy.write(
+        layout.template_object(evil),
+        source.replace("allowPrivilegeEscalation: false", "privileged: true").encode(),
+    )
+    reg.push_minimal_image(broken_repo, "beta", arch="amd64", salt="broken")
+    reg.push_minimal_image(evil_repo, "beta", arch="amd64", salt="evil")
+
+    def rejected() -> dict[str, str]:
+        out = {}
+        for e in function_log(stack_functions):
+            if e.get("event") == "tag-event-rejected" and e.get("tag"):
+                for n in (odd, broken, evil):
+                    if f"/{n}:beta" in e["tag"]:
+                        out[n] = e["error"]
+        return out
+
+    errors = wait_until(lambda: len(r := rejected()) == 3 and r, "three rejections")
+    assert "unknown arch" in errors[odd]
+    assert "missing_variable" in errors[broken]
+    assert "privileged" in errors[evil]
+    after = {info.name: info.generation for info in deploy.list_objects("sets/")}
+    changed = {n for n in after if after[n] != before.get(n)}
+    for name in changed:  # other tests may write, but never these three
+        s = manifest_set.decode(deploy.read(name).data).manifest_set
+        assert not {e.name for e in s.entries} & {odd, broken, evil}
