@@ -27,6 +27,7 @@ DEFAULT_STATUS_SECONDS = 900.0
 # Public keys and the agent's env file live here on a device (see provisioning).
 CONFIG_DIR = "/etc/edgefleet"
 PODMAN_SOCKET_DIR = "/run/podman"
+DEVICE_ID_FILE = f"{CONFIG_DIR}/device-id"
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
     if not (channel_value or track_value):
         raise ConfigError("CHANNEL is not set: e.g. CHANNEL=stable (TRACK is accepted too)")
     channel = _checked("CHANNEL", channel_value or track_value, layout.check_channel)
-    device_id = _checked(
-        "DEVICE_ID", env.get("DEVICE_ID") or socket.gethostname(), layout.check_device_id
-    )
+    device_id = _checked("DEVICE_ID", _device_id(env), layout.check_device_id)
     manifest_dir = _abs_path("MANIFEST_DIR", env.get("MANIFEST_DIR") or DEFAULT_MANIFEST_DIR)
     state_dir = _abs_path("STATE_DIR", env.get("STATE_DIR") or DEFAULT_STATE_DIR)
     if _inside(manifest_dir, state_dir) or _inside(state_dir, manifest_dir):
@@ -123,6 +122,20 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         insecure_registries=insecure,
         podman=(env.get("PODMAN") or "podman").strip(),
     )
+
+
+def _device_id(env: Mapping[str, str]) -> str:
+    """DEVICE_ID, else the file provisioning wrote (the channel's shared sync pod manifest
+    cannot carry a per-device id), else the host name."""
+    if env.get("DEVICE_ID"):
+        return env["DEVICE_ID"]
+    path = Path(env.get("DEVICE_ID_FILE") or DEVICE_ID_FILE)
+    try:
+        return path.read_text().strip() or socket.gethostname()
+    except FileNotFoundError:
+        return socket.gethostname()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}: fix it or set DEVICE_ID") from exc
 
 
 def _checked(var: str, value: str, check: object) -> str:
