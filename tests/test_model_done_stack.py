@@ -1,0 +1,116 @@
+"""model_done_watcher in a real functions-framework process (the stack's), fed GCS
+notifications in the Pub/Sub push format and Eventarc storage CloudEvents over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+
+import pytest
+import requests
+
+pytestmark = [pytest.mark.stack]
+
+
+def log_entries(stack) -> list[dict]:
+    path = stack.functions["model_done_watcher"].process.log_path
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def wait_for_entry(stack, event_id: str, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for e in log_entries(stack):
+            if e.get("event_id") == event_id:
+                return e
+        time.sleep(0.05)
+    raise AssertionError(f"no log entry for event {event_id}")
+
+
+def notification(bucket: str, name: str, event_type: str = "OBJECT_FINALIZE") -> tuple[dict, str]:
+    message_id = uuid.uuid4().hex
+    body = {
+        "message": {
+            "data": base64.b64encode(
+                json.dumps({"bucket": bucket, "name": name}).encode()
+            ).decode(),
+            "attributes": {"eventType": event_type, "bucketId": bucket, "objectId": name},
+            "messageId": message_id,
+        },
+        "subscription": "projects/edgefleet-local/subscriptions/model-done-direct",
+    }
+    return body, message_id
+
+
+def post(stack, body: dict) -> int:
+    url = stack.functions["model_done_watcher"].url
+    return requests.post(url, json=body, timeout=30).status_code
+
+
+def test_other_objects_and_events_are_ignored(stack_functions) -> None:
+    models = stack_functions.config.model_bucket
+    for name, kind in [
+        ("equipmentparts/equipmentparts_1_1501089026/model.tflite", "OBJECT_FINALIZE"),
+        ("equipmentparts/equipmentparts_1_1501089026/TRAINER-DONE", "OBJECT_DELETE"),
+    ]:
+        body, message_id = notification(models, name, kind)
+        assert post(stack_functions, body) == 200
+        entry = wait_for_entry(stack_functions, message_id)
+        assert entry["severity"] == "INFO" and "ignored" in entry["message"]
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("equipmentparts/TRAINER-DONE", "MODEL/VERSION"),
+        ("equipmentparts/other_1_1501089026/TRAINER-DONE", "must be named"),
+        ("equipmentparts/equipmentparts_1_12345/TRAINER-DONE", "must be named"),
+        ("equipmentparts/equipmentparts_1_99999999999/TRAINER-DONE", "plausible"),
+        ("Equipment/Equipment_1_1501089026/TRAINER-DONE", "model name"),
+    ],
+)
+def test_bad_markers_logged_once_and_acknowledged(stack_functions, name, fragment) -> None:
+    body, message_id = notification(stack_functions.config.model_bucket, name)
+    assert post(stack_functions, body) == 200  # acknowledged: a retry cannot fix a name
+    entries = [e for e in log_entries(stack_functions) if e.get("event_id") == message_id]
+    assert len(entries) == 1
+    assert entries[0]["event"] == "model-done-rejected" and fragment in entries[0]["error"]
+
+
+def test_marker_in_another_bucket_rejected(stack_functions) -> None:
+    body, message_id = notification("someone-elses-bucket", "m/m_1_1501089026/TRAINER-DONE")
+    assert post(stack_functions, body) == 200
+    assert "MODEL_BUCKET" in wait_for_entry(stack_functions, message_id)["error"]
+
+
+def test_valid_marker_becomes_a_build_request(stack_functions) -> None:
+    """Eventarc's storage CloudEvent (binary mode): the watcher asks the configured builder.
+    The shared stack runs the function without builder settings, so the builder's config
+    error surfaces loudly (HTTP 500, Pub/Sub would retry) after the request was logged."""
+    models = stack_functions.config.model_bucket
+    event_id = uuid.uuid4().hex
+    headers = {
+        "ce-id": event_id,
+        "ce-specversion": "1.0",
+        "ce-type": "google.cloud.storage.object.v1.finalized",
+        "ce-source": f"//storage.googleapis.com/projects/_/buckets/{models}",
+        "Content-Type": "application/json",
+    }
+    name = "equipmentparts/equipmentparts_3_1700000000/export/TRAINER-DONE"
+    url = stack_functions.functions["model_done_watcher"].url
+    resp = requests.post(url, json={"bucket": models, "name": name}, headers=headers, timeout=30)
+    entry = wait_for_entry(stack_functions, event_id)
+    assert entry["event"] == "build-requested"
+    assert (entry["model"], entry["version"]) == ("equipmentparts", "equipmentparts_3_1700000000")
+    assert entry["source"] == f"gs://{models}/equipmentparts/equipmentparts_3_1700000000/"
+    assert entry["arches"] == ["x86_64", "aarch64", "armv7l"]
+    assert resp.status_code == 500
