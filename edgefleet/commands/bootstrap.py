@@ -185,7 +185,22 @@ def run(
         (*policy.SYNC_POD_HOST_PATHS, options.manifest_dir, options.state_dir),
     )
 
-    # 1. Templates.
+    # 1. The sync image, per arch.
+    say(f"resolving {sync_ref} …")
+    digests = platforms.resolve(registry, sync_ref)
+    missing = [a for a in options.arches if a not in digests]
+    if missing:
+        raise InvalidInput(
+            f"sync image {sync_ref} has no image for {', '.join(missing)} (it has "
+            f"{', '.join(sorted(digests)) or 'none'}): build it for them or pass --arch"
+        )
+
+    # 2. Fleet-wide manifests.
+    fleet = (
+        load_fleet_wide(options.fleet_wide, options.arches, allowed) if options.fleet_wide else None
+    )
+
+    # 3. Templates (after every input is known to be good).
     packaged = PackagedTemplates()
     for name in packaged.names():
         data = (packaged.load(name) or "").encode()
@@ -196,21 +211,6 @@ def run(
         bucket.write(layout.template_object(name), data, content_type="text/plain")
         report.templates_written.append(name)
         say(f"template {name}: uploaded")
-
-    # 2. The sync image, per arch.
-    say(f"resolving {sync_ref} …")
-    digests = platforms.resolve(registry, sync_ref)
-    missing = [a for a in options.arches if a not in digests]
-    if missing:
-        raise InvalidInput(
-            f"sync image {sync_ref} has no image for {', '.join(missing)} (it has "
-            f"{', '.join(sorted(digests)) or 'none'}): build it for them or pass --arch"
-        )
-
-    # 3. Fleet-wide manifests.
-    fleet = (
-        load_fleet_wide(options.fleet_wide, options.arches, allowed) if options.fleet_wide else None
-    )
 
     # 4. Every arch x channel set.
     templates = Templates([packaged])
