@@ -1,0 +1,199 @@
+"""Cost of a device's no-op poll, next to a gsutil-rsync-style baseline, in one run.
+
+    .venv/bin/python bench/bench_sync_poll.py [--polls 50] [--idle-seconds 20]
+
+Against a real fake-gcs-server (edgefleet.localstack.gcs) behind a counting TCP proxy:
+requests per poll come from the emulator's access log, bytes per poll (both directions,
+headers included) from the proxy. The baseline lists ``ARCH/all/`` and
+``ARCH/CHANNEL/`` and fetches every object's metadata on every poll, as an rsync of the
+two prefixes would. Then the real agent (``python -m sync_pod``) runs as a process with
+POLL_SECONDS=1 after applying a set: its RSS and CPU while idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from device.runtime import KubeletRuntime  # noqa: E402
+from edgefleet import layout, storage  # noqa: E402
+from edgefleet.localstack.gcs import GcsEmulator  # noqa: E402
+from sync_pod.agent import Agent  # noqa: E402
+from sync_pod.config import from_env  # noqa: E402
+from sync_pod.testing import FAKE_DIGEST, SetPublisher, entries, pod_yaml  # noqa: E402
+
+ARCH, CHANNEL, REG = "x86_64", "beta", "127.0.0.1:5999"
+
+
+class CountingProxy:
+    """A TCP proxy on 127.0.0.1 that counts the bytes it forwards, both ways."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.bytes = 0
+        self._lock = threading.Lock()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self._sock.accept()
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                with self._lock:
+                    self.bytes += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
+def publish_fleet(bucket: storage.Bucket) -> None:
+    """A realistic channel: the sync pod, a model server, a fleet-wide pod; plus the
+    human-readable mirror objects the baseline syncs."""
+    image = f"{REG}/edgefleet/model@{FAKE_DIGEST}"
+    pods = {
+        layout.SYNC_POD_NAME: pod_yaml(layout.SYNC_POD_NAME, f"{REG}/edgefleet/sync@{FAKE_DIGEST}"),
+        "equipmentparts": pod_yaml("equipmentparts", image),
+    }
+    fleet = {"telemetry": pod_yaml("telemetry", image)}
+    SetPublisher(bucket, ARCH, CHANNEL).publish(entries(pods) + entries(fleet, "all"))
+    for name, text in pods.items():
+        bucket.write(layout.manifest_object(ARCH, CHANNEL, name), text.encode())
+    for name, text in fleet.items():
+        bucket.write(layout.manifest_object(ARCH, "all", name), text.encode())
+
+
+def rsync_style_poll(client, bucket_name: str) -> None:  # type: ignore[no-untyped-def]
+    gcs_bucket = client.bucket(bucket_name)
+    for prefix in (f"{ARCH}/all/", f"{ARCH}/{CHANNEL}/"):
+        for blob in client.list_blobs(bucket_name, prefix=prefix):
+            gcs_bucket.get_blob(blob.name)
+
+
+def measure(gcs: GcsEmulator, proxy: CountingProxy, polls: int, poll) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    poll()  # warm the connection pool
+    mark, before = gcs.mark(), proxy.bytes
+    for _ in range(polls):
+        poll()
+    time.sleep(0.2)
+    return len(gcs.requests(mark)) / polls, (proxy.bytes - before) / polls
+
+
+def proc_stats(pid: int) -> tuple[float, float, float]:
+    """(RSS MiB, peak RSS MiB, CPU seconds) of a process, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    rss = int(fields["VmRSS"].split()[0]) / 1024
+    hwm = int(fields["VmHWM"].split()[0]) / 1024
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    return rss, hwm, cpu
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--polls", type=int, default=50)
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
+    with GcsEmulator(work / "gcs") as gcs:
+        proxy = CountingProxy(gcs.port)
+        endpoint = f"http://127.0.0.1:{proxy.port}"
+        os.environ["STORAGE_EMULATOR_HOST"] = endpoint
+        gcs.create_bucket("bench")
+        client = storage.make_client()
+        bucket = storage.Bucket(client, "bench")
+        publish_fleet(bucket)
+        env = {
+            "BUCKET": "bench",
+            "ARCH": ARCH,
+            "CHANNEL": CHANNEL,
+            "DEVICE_ID": "bench-1",
+            "MANIFEST_DIR": str(work / "device" / "pods"),
+            "STATE_DIR": str(work / "state"),
+            "ALLOWED_REGISTRIES": REG,
+            "STATUS_SECONDS": "3600",
+        }
+        agent = Agent(from_env(env), bucket, KubeletRuntime())
+        agent.recover()
+        assert agent.poll_once() == "applied"
+        agent.report(force=True)
+
+        agent_req, agent_bytes = measure(gcs, proxy, args.polls, agent.poll_once)
+        base_req, base_bytes = measure(
+            gcs, proxy, args.polls, lambda: rsync_style_poll(client, "bench")
+        )
+        print(f"no-op poll, mean of {args.polls} (fake-gcs-server, counting proxy):")
+        print(f"  sync agent      {agent_req:5.1f} requests  {agent_bytes:8.0f} bytes")
+        print(f"  rsync baseline  {base_req:5.1f} requests  {base_bytes:8.0f} bytes")
+        print(
+            f"  ratio baseline/agent: {base_req / agent_req:.1f}x requests, "
+            f"{base_bytes / agent_bytes:.1f}x bytes"
+        )
+        print(
+            f"  targets: 1 request {'MET' if agent_req <= 1 else 'MISSED'}, "
+            f"< 2 KB {'MET' if agent_bytes < 2048 else 'MISSED'}"
+        )
+
+        # The real agent process, idle after an apply (new state dir: it applies first).
+        proc_env = {
+            **os.environ,
+            **env,
+            "STATE_DIR": str(work / "state2"),
+            "MANIFEST_DIR": str(work / "device2" / "pods"),
+            "POLL_SECONDS": "1",
+            "PYTHONPATH": str(REPO),
+        }
+        log = open(work / "agent.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, "-m", "sync_pod"], env=proc_env, stderr=log)
+        try:
+            deadline = time.time() + 60
+            while b"manifest set applied" not in (work / "agent.log").read_bytes():
+                if time.time() > deadline or proc.poll() is not None:
+                    raise SystemExit("agent did not apply the set: see " + str(work / "agent.log"))
+                time.sleep(0.1)
+            time.sleep(2)
+            _, _, cpu0 = proc_stats(proc.pid)
+            t0 = time.time()
+            time.sleep(args.idle_seconds)
+            rss, hwm, cpu1 = proc_stats(proc.pid)
+            idle = time.time() - t0
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            log.close()
+        print(f"agent process (POLL_SECONDS=1, {idle:.0f} s idle after an apply):")
+        print(
+            f"  RSS {rss:.1f} MiB (peak {hwm:.1f} MiB), target <= 40 MiB: "
+            f"{'MET' if rss <= 40 else 'MISSED'}"
+        )
+        print(
+            f"  idle CPU {100 * (cpu1 - cpu0) / idle:.2f} % of one core "
+            f"({(cpu1 - cpu0) / idle * 1000:.1f} ms per second at 1 poll/s)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
