@@ -71,7 +71,7 @@ def test_bootstrap_writes_templates_sync_pods_and_is_idempotent(
         env = {e["name"]: e["value"] for e in c["env"]}
         assert env["CHANNEL"] == channel and env["ARCH"] == "x86_64"
         assert env["BUCKET"] == bucket.name and env["RUNTIME"] == "podman"
-        assert env["TRUSTED_KEYS"] == "/etc/edgefleet/signing.pub"
+        assert env["TRUSTED_KEYS"] == f"/etc/edgefleet/trusted/{signing.key_id(public)}.pub"
         assert env["ALLOWED_REGISTRIES"] == registry.host
         assert env["STORAGE_EMULATOR_HOST"] == "http://127.0.0.1:1"
         mirror = bucket.read(f"x86_64/{channel}/{layout.SYNC_POD_NAME}-pod.yaml")

@@ -24,7 +24,8 @@ from edgefleet.render import SYNC_POD_TEMPLATE, PackagedTemplates, Templates, ch
 from edgefleet.set_store import SetStore, Snapshot, load_signer
 from edgefleet.storage import Bucket, make_client
 
-DEFAULT_DEVICE_KEY = "/etc/edgefleet/signing.pub"
+# Where `edgefleet provision` installs trusted public keys on a device.
+DEVICE_KEY_DIR = "/etc/edgefleet/trusted"
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device-trusted-keys",
         help=f"TRUSTED_KEYS for the sync pod: public key paths ON THE DEVICE "
-        f"(default {DEFAULT_DEVICE_KEY} when signing)",
+        f"(default {DEVICE_KEY_DIR}/KEYID.pub of the signing key, as provisioned)",
     )
     p.add_argument(
         "--allowed-registries",
@@ -175,7 +176,7 @@ def run(
     if options.device_trusted_keys is not None:
         trusted = options.device_trusted_keys
     else:
-        trusted = DEFAULT_DEVICE_KEY if signer else ""
+        trusted = f"{DEVICE_KEY_DIR}/{signing.key_id(signer.public_key())}.pub" if signer else ""
     if signer is not None and not trusted:
         raise ConfigError(
             "sets will be signed but --device-trusted-keys is empty: devices would not verify"
