@@ -36,7 +36,7 @@ class Options:
     channels: tuple[str, ...] = layout.DEFAULT_CHANNELS
     fleet_wide: Path | None = None
     signing_key: str = ""
-    device_trusted_keys: str | None = None  # None: DEFAULT_DEVICE_KEY when signing
+    device_trusted_keys: str | None = None  # None: DEVICE_KEY_DIR/KEYID.pub when signing
     allowed_registries: str = ""
     runtime: str = "kubelet"
     poll_seconds: float = 60.0
