@@ -155,3 +155,38 @@ def test_bad_fleet_wide_manifest_refused(bucket, registry, capsys, tmp_path) -> 
     )  # fmt: skip
     assert code == 1 and "evil-pod.yaml" in err and "not pinned" in err
     assert not list(bucket.list(""))  # nothing at all: not even templates
+
+
+def test_key_rotation_resigns_sets_that_the_old_key_signed(bucket, registry, capsys, tmp_path):
+    registry.push_minimal_image("ctl/rot-sync", "v1", arch="amd64", salt="rotate")
+    old, new = tmp_path / "old.pem", tmp_path / "new.pem"
+    signing.generate(old)
+    signing.generate(new)
+    base = [
+        "bootstrap", "--bucket", bucket.name, "--arch", "x86_64", "--channels", "beta",
+        "--sync-image", f"{registry.host}/ctl/rot-sync:v1",
+        "--insecure-registries", registry.host,
+    ]  # fmt: skip
+    assert run(capsys, *base, "--signing-key", str(old))[0] == 0
+    first = manifest_set.decode(bucket.read("sets/x86_64/beta.json").data)
+
+    # The new key alone does not trust the old set: nothing is built on it.
+    code, err = run(capsys, *base, "--signing-key", str(new))
+    assert code != 0 and "not trusted" in err
+    assert manifest_set.decode(bucket.read("sets/x86_64/beta.json").data) == first
+
+    # With the old public key trusted, the set is re-signed by the new key, newer sequence.
+    code, err = run(capsys, *base, "--signing-key", str(new), "--trusted-keys", f"{old}.pub")
+    assert code == 0, err
+    second = manifest_set.decode(bucket.read("sets/x86_64/beta.json").data)
+    new_public = signing.load_public_key(f"{new}.pub")
+    old_public = signing.load_public_key(f"{old}.pub")
+    assert [sig.key_id for sig in second.signatures] == [signing.key_id(new_public)]
+    assert second.manifest_set.sequence > first.manifest_set.sequence
+    # A device trusting both keys during the changeover accepts it as the next set.
+    manifest_set.verify(
+        second, [old_public, new_public], arch="x86_64", channel="beta",
+        now=second.manifest_set.issued_at,
+        applied_sequence=first.manifest_set.sequence,
+        applied_digest=first.manifest_set.digest(),
+    )  # fmt: skip

@@ -36,6 +36,7 @@ class Options:
     channels: tuple[str, ...] = layout.DEFAULT_CHANNELS
     fleet_wide: Path | None = None
     signing_key: str = ""
+    trusted_keys: str = ""  # public keys (besides the signer's) whose stored sets to build on
     device_trusted_keys: str | None = None  # None: DEVICE_KEY_DIR/KEYID.pub when signing
     allowed_registries: str = ""
     runtime: str = "kubelet"
@@ -76,6 +77,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--signing-key",
         default=os.environ.get("SIGNING_KEY", ""),
         help="sign the sets with this Ed25519 key (default $SIGNING_KEY)",
+    )
+    p.add_argument(
+        "--trusted-keys",
+        default=os.environ.get("TRUSTED_KEYS", ""),
+        help="comma-separated public keys whose existing sets may be re-signed, e.g. the "
+        "old key during a rotation (default $TRUSTED_KEYS)",
     )
     p.add_argument(
         "--device-trusted-keys",
@@ -139,6 +146,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         channels=channels,
         fleet_wide=args.fleet_wide,
         signing_key=args.signing_key or "",
+        trusted_keys=args.trusted_keys or "",
         device_trusted_keys=args.device_trusted_keys,
         allowed_registries=args.allowed_registries or "",
         runtime=args.runtime,
@@ -170,7 +178,9 @@ def run(
     report = report if report is not None else Report()
     say: Callable[[str], None] = lambda line: print(line, file=out, flush=True)  # noqa: E731
     signer = load_signer(options.signing_key)
-    store = SetStore(bucket, signer=signer)
+    store = SetStore(
+        bucket, signer=signer, trusted_keys=signing.load_public_keys(options.trusted_keys)
+    )
     sync_ref = refs.parse(options.sync_image)
     allowed = options.allowed_registries or sync_ref.registry
     if options.device_trusted_keys is not None:
