@@ -33,10 +33,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -
     """Replace ``path`` with ``data`` through a fsynced temporary dot-file and one rename."""
     target = Path(path)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
+    tmp.unlink(missing_ok=True)
     write_file_synced(tmp, data, mode)
     os.replace(tmp, target)
     fsync_dir(target.parent)
