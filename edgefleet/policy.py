@@ -20,9 +20,10 @@ from edgefleet.errors import InvalidInput, InvalidReference, PolicyViolation
 
 MAX_MANIFEST_BYTES = 256 * 1024
 ANY_POD = "*"
-# Host paths the sync pod mounts by default (see manifests/sync-pod.yaml.j2).
+# Host paths the sync pod mounts by default (see manifests/sync-pod.yaml.j2). The manifest
+# folder is a symlink the agent swaps, so the pod mounts its parent, never the link itself.
 SYNC_POD_HOST_PATHS: tuple[str, ...] = (
-    "/opt/device/pods",
+    "/opt/device",
     "/var/lib/edgefleet",
     "/etc/edgefleet",
     "/run/podman",
@@ -62,6 +63,13 @@ class Policy:
             host_paths={layout.SYNC_POD_NAME: sync_pod_paths, ANY_POD: WORKLOAD_HOST_PATHS},
             require_limits=require_limits,
         )
+
+
+def sync_pod_host_paths(manifest_dir: str, state_dir: str) -> tuple[str, ...]:
+    """What a device's own sync pod may mount: the defaults plus this device's folders
+    (the manifest folder's parent, where the agent swaps the symlink, and its state)."""
+    parent = posixpath.dirname(posixpath.normpath(manifest_dir)) or "/"
+    return tuple(dict.fromkeys((*SYNC_POD_HOST_PATHS, parent, posixpath.normpath(state_dir))))
 
 
 def parse_registries(value: str | None) -> tuple[str, ...] | None:

@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
+import posixpath
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import jinja2
@@ -246,3 +247,53 @@ def render_workload(
 def check(text: str, pod_policy: policy.Policy, name: str) -> dict[str, Any]:
     """Check a rendered manifest (v1 Pod, policy, ``metadata.name`` = ``name``)."""
     return policy.check_manifest(text, pod_policy, expected_name=name)
+
+
+@dataclass(frozen=True)
+class SyncPodSpec:
+    """What the sync pod of one arch + channel runs with (its env contract is SPEC's)."""
+
+    image: ImageRef  # pinned by digest
+    bucket: str
+    arch: str
+    channel: str
+    manifest_dir: str
+    state_dir: str
+    poll_seconds: float
+    runtime: str
+    allowed_registries: str
+    trusted_keys: str
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    def policy(self) -> policy.Policy:
+        """The policy the device itself will judge this pod by."""
+        return policy.Policy.for_device(
+            policy.parse_registries(self.allowed_registries),
+            policy.sync_pod_host_paths(self.manifest_dir, self.state_dir),
+        )
+
+
+def render_sync_pod(templates: Templates, spec: SyncPodSpec) -> str:
+    """Render and check the sync pod manifest; bootstrap and provision both use this."""
+    if not spec.image.digest:
+        raise InvalidInput(f"sync image {spec.image} is not pinned by digest")
+    poll = spec.poll_seconds
+    context = {
+        "name": layout.SYNC_POD_NAME,
+        "image": str(spec.image),
+        "digest": spec.image.digest,
+        "bucket": spec.bucket,
+        "arch": spec.arch,
+        "channel": spec.channel,
+        "manifest_dir": spec.manifest_dir,
+        "manifest_root": posixpath.dirname(posixpath.normpath(spec.manifest_dir)) or "/",
+        "state_dir": spec.state_dir,
+        "poll_seconds": int(poll) if float(poll).is_integer() else poll,
+        "runtime": spec.runtime,
+        "allowed_registries": spec.allowed_registries,
+        "trusted_keys": spec.trusted_keys,
+        "extra_env": dict(spec.extra_env),
+    }
+    _, text = templates.render([SYNC_POD_TEMPLATE], context)
+    check(text, spec.policy(), layout.SYNC_POD_NAME)
+    return text

@@ -59,14 +59,7 @@ class Config:
         return layout.status_object(self.device_id)
 
     def sync_pod_paths(self) -> tuple[str, ...]:
-        """Host paths the device's own sync pod may mount: the defaults plus this
-        device's folders (the manifest folder's parent, so the symlink can be swapped)."""
-        extra = (
-            str(self.manifest_dir.parent),
-            str(self.manifest_dir),
-            str(self.state_dir),
-        )
-        return tuple(dict.fromkeys((*policy.SYNC_POD_HOST_PATHS, *extra)))
+        return policy.sync_pod_host_paths(str(self.manifest_dir), str(self.state_dir))
 
     def policy(self) -> policy.Policy:
         return policy.Policy.for_device(self.allowed_registries, self.sync_pod_paths())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import yaml
 
@@ -172,37 +174,47 @@ def test_quote_filter_is_yaml_safe() -> None:
 
 
 def test_sync_pod_template_renders_valid_pod() -> None:
-    templates = packaged()
-    context = {
-        "name": layout.SYNC_POD_NAME,
-        "image": f"localhost:5000/edgefleet/sync@{DIGEST}",
-        "digest": DIGEST,
-        "bucket": "deploy",
-        "arch": "armv7l",
-        "channel": "stable",
-        "manifest_dir": "/opt/device/pods",
-        "state_dir": "/var/lib/edgefleet",
-        "poll_seconds": 30,
-        "runtime": "podman",
-        "allowed_registries": "localhost:5000",
-        "trusted_keys": "/etc/edgefleet/keys/a.pub",
-        "extra_env": {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:4443"},
-    }
-    _, text = templates.render(["sync-pod"], context)
-    pod = render.check(text, policy.Policy(), layout.SYNC_POD_NAME)
+    spec = render.SyncPodSpec(
+        image=refs.parse(f"localhost:5000/edgefleet/sync@{DIGEST}"),
+        bucket="deploy",
+        arch="armv7l",
+        channel="stable",
+        manifest_dir="/srv/device/pods",
+        state_dir="/srv/edgefleet-state",
+        poll_seconds=30,
+        runtime="podman",
+        allowed_registries="localhost:5000",
+        trusted_keys="/etc/edgefleet/keys/a.pub",
+        extra_env={"STORAGE_EMULATOR_HOST": "http://127.0.0.1:4443"},
+    )
+    text = render.render_sync_pod(packaged(), spec)
+    pod = render.check(text, spec.policy(), layout.SYNC_POD_NAME)
     env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
     for key in ("BUCKET", "ARCH", "CHANNEL", "MANIFEST_DIR", "STATE_DIR", "POLL_SECONDS"):
         assert key in env
     assert env["RUNTIME"] == "podman" and env["POLL_SECONDS"] == "30"
+    assert env["MANIFEST_DIR"] == "/srv/device/pods"
     assert env["STORAGE_EMULATOR_HOST"] == "http://127.0.0.1:4443"
     paths = {v["hostPath"]["path"] for v in pod["spec"]["volumes"]}
-    assert "/run/podman" in paths
-    assert all(
-        any(p == a or p.startswith(a + "/") for a in policy.SYNC_POD_HOST_PATHS) for p in paths
-    )
-    context["runtime"] = "kubelet"
-    _, text = templates.render(["sync-pod"], context)
-    assert "/run/podman" not in text
+    # The agent swaps MANIFEST_DIR (a symlink) by a rename in its parent: the pod mounts the
+    # parent, never the link itself (a mount would pin the old set inside the container).
+    assert "/srv/device" in paths and "/srv/device/pods" not in paths
+    assert {"/srv/edgefleet-state", "/run/podman"} <= paths
+    # A default-policy device refuses the custom folders; the device's own policy allows them.
+    with pytest.raises(PolicyViolation, match="hostPath /srv/device"):
+        render.check(text, policy.Policy(), layout.SYNC_POD_NAME)
+    kubelet = render.render_sync_pod(packaged(), replace(spec, runtime="kubelet"))
+    assert "/run/podman" not in kubelet
+
+
+def test_sync_pod_must_be_pinned() -> None:
+    spec = render.SyncPodSpec(
+        image=refs.parse("localhost:5000/edgefleet/sync:v1"), bucket="b", arch="x86_64",
+        channel="beta", manifest_dir="/opt/device/pods", state_dir="/var/lib/edgefleet",
+        poll_seconds=5, runtime="kubelet", allowed_registries="", trusted_keys="",
+    )  # fmt: skip
+    with pytest.raises(InvalidInput, match="not pinned"):
+        render.render_sync_pod(packaged(), spec)
 
 
 # -- platforms -----------------------------------------------------------------------------

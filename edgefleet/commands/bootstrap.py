@@ -20,7 +20,13 @@ from edgefleet import layout, platforms, policy, refs, signing
 from edgefleet.errors import ConfigError, InvalidInput
 from edgefleet.manifest_set import SCOPE_ALL, SCOPE_CHANNEL, ManifestEntry
 from edgefleet.registry import RegistryClient, parse_insecure
-from edgefleet.render import SYNC_POD_TEMPLATE, PackagedTemplates, Templates, check
+from edgefleet.render import (
+    PackagedTemplates,
+    SyncPodSpec,
+    Templates,
+    check,
+    render_sync_pod,
+)
 from edgefleet.set_store import SetStore, Snapshot, load_signer
 from edgefleet.storage import Bucket, make_client
 
@@ -191,11 +197,6 @@ def run(
         raise ConfigError(
             "sets will be signed but --device-trusted-keys is empty: devices would not verify"
         )
-    sync_policy = policy.Policy.for_device(
-        policy.parse_registries(allowed),
-        (*policy.SYNC_POD_HOST_PATHS, options.manifest_dir, options.state_dir),
-    )
-
     # 1. The sync image, per arch.
     say(f"resolving {sync_ref} …")
     digests = platforms.resolve(registry, sync_ref)
@@ -227,10 +228,10 @@ def run(
     templates = Templates([packaged])
     for arch in options.arches:
         for channel in options.channels:
-            sync_entry = render_sync_pod(
-                templates, options, sync_ref, digests[arch], arch, channel, allowed, trusted
-            )
-            check(sync_entry.yaml, sync_policy, layout.SYNC_POD_NAME)
+            sync_entry = sync_pod_entry(
+                templates, options, sync_ref.with_digest(digests[arch]), arch, channel, allowed,
+                trusted,
+            )  # fmt: skip
 
             extra = list(fleet[arch]) if fleet is not None else []
 
@@ -264,34 +265,29 @@ def run(
     return 0
 
 
-def render_sync_pod(
+def sync_pod_entry(
     templates: Templates,
     options: Options,
-    sync_ref: refs.ImageRef,
-    digest: str,
+    image: refs.ImageRef,
     arch: str,
     channel: str,
     allowed: str,
     trusted: str,
 ) -> ManifestEntry:
-    poll = options.poll_seconds
-    context = {
-        "name": layout.SYNC_POD_NAME,
-        "image": str(sync_ref.with_digest(digest)),
-        "digest": digest,
-        "bucket": options.bucket,
-        "arch": arch,
-        "channel": channel,
-        "manifest_dir": options.manifest_dir,
-        "state_dir": options.state_dir,
-        "poll_seconds": int(poll) if float(poll).is_integer() else poll,
-        "runtime": options.runtime,
-        "allowed_registries": allowed,
-        "trusted_keys": trusted,
-        "extra_env": dict(options.sync_env),
-    }
-    _, text = templates.render([SYNC_POD_TEMPLATE], context)
-    return ManifestEntry(layout.SYNC_POD_NAME, SCOPE_CHANNEL, text)
+    spec = SyncPodSpec(
+        image=image,
+        bucket=options.bucket,
+        arch=arch,
+        channel=channel,
+        manifest_dir=options.manifest_dir,
+        state_dir=options.state_dir,
+        poll_seconds=options.poll_seconds,
+        runtime=options.runtime,
+        allowed_registries=allowed,
+        trusted_keys=trusted,
+        extra_env=options.sync_env,
+    )
+    return ManifestEntry(layout.SYNC_POD_NAME, SCOPE_CHANNEL, render_sync_pod(templates, spec))
 
 
 def load_fleet_wide(

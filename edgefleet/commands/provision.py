@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jinja2
 
-from edgefleet import layout, policy, refs, signing
+from edgefleet import layout, refs, signing
 from edgefleet.errors import ConfigError, EdgefleetError, InvalidInput
 from edgefleet.fsutil import atomic_write
 
@@ -138,7 +138,7 @@ def plan(args: argparse.Namespace) -> list[Planned]:
 
 
 def _sync_pod_manifest(args: argparse.Namespace, config, env: dict[str, str]) -> str:  # type: ignore[no-untyped-def]
-    from edgefleet.render import PackagedTemplates, Templates
+    from edgefleet.render import PackagedTemplates, SyncPodSpec, Templates, render_sync_pod
 
     if not args.sync_image:
         raise ConfigError("--sync-image is required for the kubelet runtime (REPO@sha256:...)")
@@ -150,24 +150,19 @@ def _sync_pod_manifest(args: argparse.Namespace, config, env: dict[str, str]) ->
         raise ConfigError(
             f"--sync-image {args.sync_image} is not pinned by digest: use REPO@sha256:..."
         )
-    context = {
-        "name": layout.SYNC_POD_NAME,
-        "image": str(ref),
-        "digest": ref.digest,
-        "bucket": config.bucket,
-        "arch": config.arch,
-        "channel": config.channel,
-        "manifest_dir": str(config.manifest_dir),
-        "state_dir": str(config.state_dir),
-        "poll_seconds": env["POLL_SECONDS"],
-        "runtime": config.runtime,
-        "allowed_registries": env["ALLOWED_REGISTRIES"],
-        "trusted_keys": env["TRUSTED_KEYS"],
-        "extra_env": {},
-    }
-    _, text = Templates([PackagedTemplates()]).render([SYNC_POD_TEMPLATE], context)
-    # The device will judge this manifest with its own policy: judge it the same way now.
-    policy.check_manifest(text, config.policy(), expected_name=layout.SYNC_POD_NAME)
+    spec = SyncPodSpec(
+        image=ref,
+        bucket=config.bucket,
+        arch=config.arch,
+        channel=config.channel,
+        manifest_dir=str(config.manifest_dir),
+        state_dir=str(config.state_dir),
+        poll_seconds=float(env["POLL_SECONDS"]),
+        runtime=config.runtime,
+        allowed_registries=env["ALLOWED_REGISTRIES"],
+        trusted_keys=env["TRUSTED_KEYS"],
+    )
+    text = render_sync_pod(Templates([PackagedTemplates()]), spec)
     return text
 
 
