@@ -21,6 +21,25 @@ from edgefleet.logs import fields
 log = logging.getLogger("model_server")
 
 
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas before any thread starts.
+
+    glibc gives each thread its own arena (up to 8 per core); with a dozen request,
+    interpreter and telemetry threads the freed image buffers then sit fragmented in many
+    arenas, and the resident size of the server grows by tens of MB. Same effect as
+    ``MALLOC_ARENA_MAX``; a no-op on other C libraries.
+    """
+    import ctypes
+    import ctypes.util
+
+    m_arena_max = -8  # from glibc's malloc.h
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(m_arena_max, arenas)
+    except (OSError, AttributeError):
+        pass
+
+
 def _one_line(exc: BaseException) -> str:
     return "edgefleet: " + " ".join(str(exc).split())
 
@@ -34,6 +53,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(_one_line(exc), file=sys.stderr)
         return 2
     logs.configure("model_server", config.log_level)
+    limit_malloc_arenas()
 
     from PIL import Image
 

@@ -132,7 +132,9 @@ class ModelServer:
         self.package = resolve_package(config)
         workers = config.workers or cpu_count()
         loaded = load_model(self.package, workers=workers, threads=config.interpreter_threads)
-        self.predictor = Predictor(loaded, self.package, max_pixels=config.max_pixels)
+        self.predictor = Predictor(
+            loaded, self.package, max_pixels=config.max_pixels, decode_slots=workers
+        )
         backend = self.predictor.backend
         self.workers = getattr(backend, "pool_size", workers)
         self.model_sha256 = _sha256(backend.model_path)

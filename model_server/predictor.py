@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 
@@ -49,12 +50,22 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, loaded: LoadedModel, package: ModelPackage, *, max_pixels: int) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        package: ModelPackage,
+        *,
+        max_pixels: int,
+        decode_slots: int = 2,
+    ) -> None:
         self.backend = loaded.backend
         self.choice = loaded.choice
         self.package = package
         self.labels = package.labels
         self.max_pixels = max_pixels
+        # Full-size decoded frames are the server's largest allocations: at most this many
+        # exist at once, whatever the number of HTTP threads.
+        self._decode_slots = threading.BoundedSemaphore(decode_slots)
         spec = self.backend.input
         self.task = package.metadata.task or {4: "image", 2: "tabular"}.get(len(spec.shape), "")
         if not self.task:
@@ -95,7 +106,8 @@ class Predictor:
             raise RequestError(
                 415, "unsupported_media_type", 'this model takes JSON {"features": [...]}'
             )
-        return image_to_tensor(decode_image(data, self.max_pixels), self.image_input)
+        with self._decode_slots:
+            return image_to_tensor(decode_image(data, self.max_pixels), self.image_input)
 
     def features_tensor(self, body: bytes) -> np.ndarray:
         if self.task != "tabular":

@@ -98,7 +98,9 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
             f"image is {width}x{height} pixels, more than the limit of {max_pixels}",
         )
     try:
-        return img.convert("RGB")
+        img.load()
+        # convert() of an RGB image would copy it: a full-size frame per request saved.
+        return img if img.mode == "RGB" else img.convert("RGB")
     except Image.DecompressionBombError as exc:
         raise RequestError(413, "too_many_pixels", f"image too large: {exc}") from None
     except Exception as exc:  # truncated/corrupt data raise OSError, ValueError…

@@ -56,16 +56,17 @@ class BackgroundServer:
         return self
 
     def close(self) -> None:
-        # Closing every dispatcher empties waitress's socket map, which ends its loop.
         from waitress.channel import HTTPChannel
 
+        # Running requests finish first (they wake the I/O loop when done), then every
+        # dispatcher closes, which empties waitress's socket map and ends its loop.
+        self.http.task_dispatcher.shutdown(cancel_pending=True, timeout=10)
         while self.http._map:
             for dispatcher in list(self.http._map.values()):
                 if isinstance(dispatcher, HTTPChannel):
                     dispatcher.handle_close()  # also frees the channel's buffers
                 else:
                     dispatcher.close()  # the listening socket and the wake-up trigger
-        self.http.task_dispatcher.shutdown()
         self._thread.join(10)
 
     def __enter__(self) -> BackgroundServer:
