@@ -560,3 +560,20 @@ def test_cli_serves_version_and_stops_on_sigterm(tmp_path: Path, coral: Path) ->
     messages = [e["message"] for e in entries]
     assert "model loaded" in messages and "serving" in messages and "stopped" in messages
     assert all(e["component"] == "model_server" for e in entries)
+
+
+def test_create_app_factory_serves_under_waitress(coral: Path) -> None:
+    from model_server.app import create_app
+    from model_server.serve import BackgroundServer
+
+    cfg = config(coral, V1, workers=1)
+    app = create_app(cfg)
+    server = app.extensions["model_server"]
+    try:
+        with BackgroundServer(app, cfg, server.workers) as http:
+            server.wait_selftest()
+            assert requests.get(f"{http.url}/healthz").json() == {"status": "ok"}
+            assert requests.get(f"{http.url}/readyz").status_code == 200
+            assert post_image(http.url, coral / "cat_720p.jpg", multipart=True)["index"] == 283
+    finally:
+        server.close()
