@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 PLAY_TIMEOUT = 600.0
 QUERY_TIMEOUT = 30.0
+MAX_ANNOTATION = 63
 
 
 class RuntimeFailure(EdgefleetError):
@@ -43,9 +44,16 @@ def adapt_for_podman(text: bytes) -> bytes:
     """
     pod = yaml.safe_load(text)
     spec = pod.get("spec") or {}
-    if not spec.get("hostNetwork"):
-        return text
     changed = False
+    # podman 4.3 refuses annotation values longer than 63 characters (a label limit it
+    # applies to annotations), e.g. a digest-pinned image reference: they are only
+    # informational, so long ones are dropped.
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    for key in [k for k, v in annotations.items() if len(str(v)) > MAX_ANNOTATION]:
+        del annotations[key]
+        changed = True
+    if not spec.get("hostNetwork"):
+        return yaml.safe_dump(pod, sort_keys=False).encode() if changed else text
     for c in (spec.get("containers") or []) + (spec.get("initContainers") or []):
         if c.pop("ports", None) is not None:
             changed = True

@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "provision",
     "stack",
     "fleet",
+    "demo",
 )
 
 

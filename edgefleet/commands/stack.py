@@ -18,6 +18,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--workdir", default=DEFAULT_WORKDIR, help="state, logs and data")
     up.add_argument("--devices", type=int, default=0, help="simulated devices (namespaces)")
     up.add_argument(
+        "--channels",
+        default="latest,beta,stable",
+        help="channels assigned to the devices round-robin (default %(default)s)",
+    )
+    up.add_argument(
+        "--poll-seconds", type=float, default=2.0, help="device poll interval (default 2)"
+    )
+    up.add_argument(
+        "--no-signing",
+        action="store_true",
+        help="do not sign manifest sets (default: a key in WORKDIR/keys, devices trust it)",
+    )
+    up.add_argument(
         "--no-functions", action="store_true", help="do not start tag_monitor/model_done_watcher"
     )
     up.add_argument(
@@ -39,37 +52,43 @@ def _progress(message: str) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from edgefleet.localstack.stack import FUNCTIONS, LocalStack, StackConfig
+    from edgefleet import layout
+    from edgefleet.errors import InvalidInput
+    from edgefleet.localstack.devices import launch
 
     if not 0 <= args.devices <= 64:
         raise ConfigError(f"--devices {args.devices}: choose 0 to 64")
+    if not 0.05 <= args.poll_seconds <= 3600:
+        raise ConfigError(f"--poll-seconds {args.poll_seconds}: choose 0.05 to 3600")
+    try:
+        channels = layout.parse_channels(args.channels)
+    except InvalidInput as exc:
+        raise ConfigError(f"--channels: {exc}") from exc
     extra: dict[str, str] = {}
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--env {item!r}: expected KEY=VALUE")
         extra[key] = value
-    config = StackConfig(
-        workdir=Path(args.workdir),
-        functions=() if args.no_functions else FUNCTIONS,
+    stack = launch(
+        Path(args.workdir),
+        devices=args.devices,
+        channels=channels,
+        poll_seconds=args.poll_seconds,
+        signing_on=not args.no_signing,
+        functions=not args.no_functions,
         function_env=extra,
+        progress=_progress,
     )
-    stack = LocalStack(config)
-    _progress(f"starting the local stack in {stack.workdir} (logs in {stack.workdir}/logs)")
-    stack.start()
-    try:
-        if args.devices:
-            _progress(f"creating {args.devices} simulated device network(s)")
-            stack.add_devices(args.devices)
-    except BaseException:
-        stack.stop()
-        raise
     state = stack.state()
     print(f"local stack up in {stack.workdir}")
     for name, port in state["ports"].items():
         print(f"  {name:28} 127.0.0.1:{port}")
     for device in state["devices"]:
-        print(f"  device {device['id']:21} netns {device['name']} ({device['ns_addr']})")
+        print(
+            f"  device {device['id']:21} netns {device['name']} ({device['ns_addr']})"
+            f" channel {device.get('channel', '-')}"
+        )
     print("# for your shell:")
     for key, value in state["env"].items():
         print(f"export {key}={shlex.quote(value)}")

@@ -99,6 +99,10 @@ def teardown_recorded(record: Mapping[str, Any]) -> None:
     for key in ("agent", "forwarder"):
         if record.get(key):
             proc.stop_recorded(record[key])
+    if record.get("device_dir"):
+        from edgefleet.localstack.devices import teardown_storage
+
+        teardown_storage(record)  # the pods the device's agent started, its storage
     ip = shutil.which("ip") or "ip"
     host_if = record.get("host_if")
     if host_if and Path(f"/sys/class/net/{host_if}").exists():

@@ -179,8 +179,13 @@ class LocalStack:
                 GCR_TOPIC, "tag-monitor-push", self.functions["tag_monitor"].url
             )
         if "model_done_watcher" in self.functions:
+            # A build takes minutes: a short ack deadline would redeliver the marker and
+            # start a second, concurrent build of the same version.
             pubsub.create_push_subscription(
-                MODEL_EVENTS_TOPIC, "model-done-push", self.functions["model_done_watcher"].url
+                MODEL_EVENTS_TOPIC,
+                "model-done-push",
+                self.functions["model_done_watcher"].url,
+                ack_deadline_seconds=600,
             )
         if cfg.podman_service:
             self.podman_service = self._own(PodmanService(self.workdir, self.podman))
@@ -235,6 +240,11 @@ class LocalStack:
 
     def function_env(self) -> dict[str, str]:
         env = self.env()
+        if self.config.podman_service and self.registry is not None:
+            # model_done_watcher's PodmanBuilder: build through the stack's podman service
+            # (started after the functions; the socket path is fixed) into its registry.
+            env["IMAGE_REPOSITORY"] = f"{self.registry.host}/edgefleet"
+            env["PODMAN_SOCKET"] = f"unix://{self.workdir / 'podman.sock'}"
         env.update(self.config.function_env)
         return env
 
