@@ -8,31 +8,42 @@ edgefleet's: a failed precondition is :class:`Conflict`, anything a retry may fi
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
-
-import requests
-from google.api_core import exceptions as gexc
-from google.cloud import storage
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edgefleet.errors import ConfigError, EdgefleetError, TransientError
 
+if TYPE_CHECKING:
+    from google.cloud import storage
+
 LOCAL_PROJECT = "edgefleet-local"
-_TRANSIENT = (
-    gexc.TooManyRequests,
-    gexc.InternalServerError,
-    gexc.BadGateway,
-    gexc.ServiceUnavailable,
-    gexc.GatewayTimeout,
-    gexc.RetryError,
-    ConnectionError,
-    TimeoutError,
-    # A refused or dropped connection, once the retry (if any) gives up.
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-)
+
+
+@functools.cache
+def _errors() -> tuple[ModuleType, tuple[type[BaseException], ...]]:
+    """google.api_core's exceptions and the transient ones, imported on first use: this
+    module's light part (errors, Blob, DeviceBucket) must not cost a device ~45 MiB."""
+    import requests
+    from google.api_core import exceptions as gexc
+
+    transient = (
+        gexc.TooManyRequests,
+        gexc.InternalServerError,
+        gexc.BadGateway,
+        gexc.ServiceUnavailable,
+        gexc.GatewayTimeout,
+        gexc.RetryError,
+        ConnectionError,
+        TimeoutError,
+        # A refused or dropped connection, once the retry (if any) gives up.
+        requests.exceptions.ConnectionError,
+        requests.exceptions.Timeout,
+    )
+    return gexc, transient
 
 
 class Conflict(EdgefleetError):
@@ -56,8 +67,32 @@ class ObjectInfo:
     size: int
 
 
+class DeviceBucket(Protocol):
+    """The part of :class:`Bucket` a device's sync agent uses, so that it can run on the
+    lean :class:`edgefleet.gcs_json.JsonBucket` (same errors, same return values)."""
+
+    name: str
+
+    def generation(self, name: str) -> int: ...
+
+    def read(self, name: str, *, max_bytes: int | None = None) -> Blob | None: ...
+
+    def fetch(self, name: str, *, max_bytes: int | None = None) -> Blob | None: ...
+
+    def write(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        if_generation_match: int | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> int: ...
+
+
 def make_client(project: str | None = None) -> storage.Client:
     """A client for real GCS, or for the emulator when STORAGE_EMULATOR_HOST is set."""
+    from google.cloud import storage
+
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
 
@@ -88,6 +123,7 @@ class Bucket:
 
     def read(self, name: str, *, max_bytes: int | None = None) -> Blob | None:
         """The object's bytes and generation, or ``None`` when it does not exist."""
+        gexc, transient = _errors()
         blob = self._bucket.blob(name)
         try:
             blob.reload(timeout=self._timeout, **self._retry)
@@ -100,19 +136,20 @@ class Bucket:
             return None
         except gexc.PreconditionFailed as exc:
             raise Conflict(f"gs://{self.name}/{name} changed while being read") from exc
-        except _TRANSIENT as exc:
+        except transient as exc:
             raise TransientError(f"reading gs://{self.name}/{name}: {exc}") from exc
         return Blob(name, data, int(blob.generation or 0))
 
     def fetch(self, name: str, *, max_bytes: int | None = None) -> Blob | None:
         """Like :meth:`read` in ONE request (the generation comes from the download's
         ``x-goog-generation`` header): for hot paths that count storage operations."""
+        gexc, transient = _errors()
         blob = self._bucket.blob(name)
         try:
             data = blob.download_as_bytes(timeout=self._timeout, **self._retry)
         except gexc.NotFound:
             return None
-        except _TRANSIENT as exc:
+        except transient as exc:
             raise TransientError(f"reading gs://{self.name}/{name}: {exc}") from exc
         if max_bytes is not None and len(data) > max_bytes:
             raise TooLarge(f"gs://{self.name}/{name} is {len(data)} bytes, over {max_bytes}")
@@ -122,9 +159,10 @@ class Bucket:
 
     def generation(self, name: str) -> int:
         """Metadata-only: the live generation, 0 when the object does not exist."""
+        _, transient = _errors()
         try:
             blob = self._bucket.get_blob(name, timeout=self._timeout, **self._retry)
-        except _TRANSIENT as exc:
+        except transient as exc:
             raise TransientError(f"reading gs://{self.name}/{name}: {exc}") from exc
         return int(blob.generation) if blob is not None and blob.generation else 0
 
@@ -137,6 +175,7 @@ class Bucket:
         content_type: str = "application/octet-stream",
     ) -> int:
         """Write ``data``; with ``if_generation_match`` (0 = must not exist) or raise Conflict."""
+        gexc, transient = _errors()
         blob = self._bucket.blob(name)
         try:
             blob.upload_from_string(
@@ -148,12 +187,13 @@ class Bucket:
             )
         except gexc.PreconditionFailed as exc:
             raise Conflict(f"gs://{self.name}/{name} was written by someone else") from exc
-        except _TRANSIENT as exc:
+        except transient as exc:
             raise TransientError(f"writing gs://{self.name}/{name}: {exc}") from exc
         return int(blob.generation or 0)
 
     def delete(self, name: str, *, if_generation_match: int | None = None) -> bool:
         """Delete; False when already gone. Raise Conflict when the generation moved."""
+        gexc, transient = _errors()
         try:
             self._bucket.blob(name).delete(
                 if_generation_match=if_generation_match, timeout=self._timeout, **self._retry
@@ -162,21 +202,23 @@ class Bucket:
             return False
         except gexc.PreconditionFailed as exc:
             raise Conflict(f"gs://{self.name}/{name} changed before delete") from exc
-        except _TRANSIENT as exc:
+        except transient as exc:
             raise TransientError(f"deleting gs://{self.name}/{name}: {exc}") from exc
         return True
 
     def list(self, prefix: str) -> Iterator[str]:
+        _, transient = _errors()
         try:
             for blob in self._client.list_blobs(
                 self.name, prefix=prefix, timeout=self._timeout, **self._retry
             ):
                 yield blob.name
-        except _TRANSIENT as exc:
+        except transient as exc:
             raise TransientError(f"listing gs://{self.name}/{prefix}: {exc}") from exc
 
     def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         """Like :meth:`list`, with each object's generation and MD5 (one request per page)."""
+        _, transient = _errors()
         try:
             for blob in self._client.list_blobs(
                 self.name, prefix=prefix, timeout=self._timeout, **self._retry
@@ -184,7 +226,7 @@ class Bucket:
                 yield ObjectInfo(
                     blob.name, int(blob.generation or 0), blob.md5_hash, int(blob.size or 0)
                 )
-        except _TRANSIENT as exc:
+        except transient as exc:
             raise TransientError(f"listing gs://{self.name}/{prefix}: {exc}") from exc
 
 
