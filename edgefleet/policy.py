@@ -9,7 +9,7 @@ paths allowed for that pod, and which sets cpu and memory limits on every contai
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,11 @@ SYNC_POD_HOST_PATHS: tuple[str, ...] = (
 # Host paths any pod may mount: Edge TPU devices and the telemetry spool.
 WORKLOAD_HOST_PATHS: tuple[str, ...] = ("/dev/apex_0", "/dev/bus/usb", "/var/spool/edgefleet")
 _DANGEROUS_CAPABILITIES = frozenset({"ALL", "SYS_ADMIN", "SYS_MODULE", "SYS_PTRACE", "SYS_RAWIO"})
+
+ModelCheck = Callable[[Mapping[str, str]], Mapping[str, str | None]]
+"""The V1Pod model check of a batch: key -> manifest text in, key -> error message (None
+when valid) out. :func:`model_errors` runs it in-process; a device runs it in a child
+process (:mod:`edgefleet.podcheck`), as the kubernetes models cost ~40 MiB resident."""
 
 
 @dataclass(frozen=True)
@@ -79,8 +84,10 @@ def parse_registries(value: str | None) -> tuple[str, ...] | None:
     return tuple(p.strip().rstrip("/") for p in value.split(",") if p.strip())
 
 
-def load_pod(text: str | bytes) -> dict[str, Any]:
-    """Parse one YAML document as a v1 Pod; raise :class:`InvalidInput` otherwise."""
+def load_pod(text: str | bytes, *, model_check: bool = True) -> dict[str, Any]:
+    """Parse one YAML document as a v1 Pod; raise :class:`InvalidInput` otherwise.
+    ``model_check=False`` leaves out the kubernetes V1Pod model check (the caller runs
+    it elsewhere, see :func:`check_manifests`)."""
     data = text.encode() if isinstance(text, str) else text
     if len(data) > MAX_MANIFEST_BYTES:
         raise InvalidInput(f"manifest is {len(data)} bytes, over {MAX_MANIFEST_BYTES}")
@@ -98,7 +105,8 @@ def load_pod(text: str | bytes) -> dict[str, Any]:
             f"manifest is apiVersion={pod.get('apiVersion')!r} kind={pod.get('kind')!r}; "
             "only v1 Pods run on devices"
         )
-    _check_model(pod)
+    if model_check:
+        _check_model(pod)
     return pod
 
 
@@ -132,17 +140,88 @@ def violations(pod: Mapping[str, Any], policy: Policy) -> list[str]:
 
 
 def check_manifest(
-    text: str | bytes, policy: Policy, *, expected_name: str | None = None
+    text: str | bytes,
+    policy: Policy,
+    *,
+    expected_name: str | None = None,
+    model_check: bool = True,
 ) -> dict[str, Any]:
     """Parse and check a manifest; raise with every violation listed. Returns the Pod dict."""
-    pod = load_pod(text)
+    pod = load_pod(text, model_check=model_check)
+    _raise_violations(pod, policy, expected_name)
+    return pod
+
+
+def check_manifests(
+    manifests: Mapping[str, str],
+    policy: Policy,
+    *,
+    expected_names: Mapping[str, str] | None = None,
+    model_check: ModelCheck | None = None,
+) -> dict[str, dict[str, Any] | InvalidInput]:
+    """:func:`check_manifest` over a batch, in order, with the V1Pod model check of the
+    whole batch done by ONE call of ``model_check`` (None: in-process).
+
+    Returns key -> Pod dict or the error :func:`check_manifest` would raise, up to and
+    including the first failing manifest, exactly as a loop stopping at the first error.
+    ``model_check`` runs only on the manifests whose verdict depends on it, and not at all
+    when the first manifest already fails a cheaper check. Its own errors (e.g.
+    TransientError when a child process cannot run) propagate.
+    """
+    names = expected_names or {}
+    loaded: dict[str, dict[str, Any] | InvalidInput] = {}
+    needs_model: dict[str, str] = {}
+    for key, text in manifests.items():
+        try:
+            pod = load_pod(text, model_check=False)
+        except InvalidInput as exc:
+            loaded[key] = exc
+            break
+        loaded[key] = pod
+        needs_model[key] = text
+        try:
+            _raise_violations(pod, policy, names.get(key))
+        except PolicyViolation:
+            break  # a model error in this same manifest would still come first
+    errors = (model_check or model_errors)(needs_model) if needs_model else {}
+    out: dict[str, dict[str, Any] | InvalidInput] = {}
+    for key, pod in loaded.items():
+        if key in needs_model and errors.get(key) is not None:
+            out[key] = InvalidInput(str(errors[key]))
+            return out
+        if isinstance(pod, InvalidInput):
+            out[key] = pod
+            return out
+        try:
+            _raise_violations(pod, policy, names.get(key))
+        except PolicyViolation as exc:
+            out[key] = exc
+            return out
+        out[key] = pod
+    return out
+
+
+def model_errors(manifests: Mapping[str, str]) -> dict[str, str | None]:
+    """The in-process :data:`ModelCheck`: key -> why the manifest is not a valid v1 Pod
+    (any :func:`load_pod` error), or None."""
+    out: dict[str, str | None] = {}
+    for key, text in manifests.items():
+        try:
+            load_pod(text)
+        except InvalidInput as exc:
+            out[key] = str(exc)
+        else:
+            out[key] = None
+    return out
+
+
+def _raise_violations(pod: Mapping[str, Any], policy: Policy, expected_name: str | None) -> None:
     found = violations(pod, policy)
     name = str((pod.get("metadata") or {}).get("name") or "")
     if expected_name is not None and name != expected_name:
         found.append(f"metadata.name {name!r} must be {expected_name!r} (its file name)")
     if found:
         raise PolicyViolation(found, name)
-    return pod
 
 
 def pod_images(pod: Mapping[str, Any]) -> list[str]:

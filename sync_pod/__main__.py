@@ -15,20 +15,24 @@ from sync_pod.config import Config, from_env
 
 # A refused connection fails a poll within seconds instead of the library's two minutes.
 RETRY_SECONDS = 5.0
+# The child running the kubernetes model check of a new set (imports take ~1 s here).
+PODCHECK_SECONDS = 60.0
 JITTER = 0.2
 
 
 def make_agent(config: Config):  # type: ignore[no-untyped-def]
-    """The agent with its real adapters (GCS or the emulator, kubelet or podman)."""
-    from google.api_core.retry import Retry
-
+    """The agent with its real adapters (GCS or the emulator, kubelet or podman). Both
+    choices keep the long-lived process small (RSS budget 40 MiB, docs/device.md): the
+    lean JSON-API bucket instead of google-cloud-storage, and the kubernetes model check
+    in a child process per new set."""
     from device.podman import PodmanRuntime
     from device.runtime import KubeletRuntime
-    from edgefleet import storage
+    from edgefleet import gcs_json
+    from edgefleet.podcheck import ChildModelCheck
     from sync_pod.agent import Agent
 
-    retry = Retry(initial=0.2, maximum=1.0, multiplier=2.0, timeout=RETRY_SECONDS)
-    bucket = storage.Bucket(storage.make_client(), config.bucket, timeout=10.0, retry=retry)
+    retry = gcs_json.Retry(initial=0.2, maximum=1.0, multiplier=2.0, timeout=RETRY_SECONDS)
+    bucket = gcs_json.connect(config.bucket, timeout=10.0, retry=retry)
     runtime = (
         PodmanRuntime(
             config.state_dir,
@@ -39,7 +43,7 @@ def make_agent(config: Config):  # type: ignore[no-untyped-def]
         if config.runtime == "podman"
         else KubeletRuntime()
     )
-    return Agent(config, bucket, runtime)
+    return Agent(config, bucket, runtime, model_check=ChildModelCheck(timeout=PODCHECK_SECONDS))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

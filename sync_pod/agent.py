@@ -3,7 +3,8 @@ health gate, and report.
 
 One poll, when nothing changed, is one metadata request (the set object's generation).
 A new generation is downloaded (bounded), decoded, verified (signatures when keys are
-trusted, expiry, replay, target) and every manifest is policy-checked; only then is the
+trusted, expiry, replay, target) and every manifest is policy-checked (the kubernetes
+V1Pod model check through ``model_check``: a child process on devices); only then is the
 set written into a fresh directory and switched in (see :mod:`sync_pod.folder`). The
 runtime starts what changed; if the changed pods are not ready before the deadline, the
 previous set is switched back and the bad set is remembered so it is not retried until
@@ -34,8 +35,8 @@ from edgefleet.errors import (
     SetRejected,
     TransientError,
 )
-from edgefleet.policy import check_manifest
-from edgefleet.storage import Bucket, Conflict, TooLarge
+from edgefleet.policy import ModelCheck, check_manifests
+from edgefleet.storage import Conflict, DeviceBucket, TooLarge
 from sync_pod.config import Config
 from sync_pod.folder import FolderError, ManifestFolder
 from sync_pod.state import AppliedSet, Pending, Rejection, State, StateStore
@@ -55,6 +56,7 @@ ERROR_OFFLINE = "offline"
 ERROR_NO_SET = "no-set"
 ERROR_APPLY = "apply-failed"
 ERROR_RUNTIME = "runtime-failed"
+ERROR_CHECK = "check-failed"
 
 # Outcomes of one poll.
 UNCHANGED = "unchanged"
@@ -73,19 +75,23 @@ class Agent:
     def __init__(
         self,
         config: Config,
-        bucket: Bucket,
+        bucket: DeviceBucket,
         runtime: Runtime,
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         probe: Callable[[Probe], bool] = check_probe,
+        model_check: ModelCheck | None = None,
     ) -> None:
+        """``model_check``: the V1Pod model check of a new set's manifests (None: in this
+        process; the device's main runs it in a child, see :mod:`edgefleet.podcheck`)."""
         self.config = config
         self.bucket = bucket
         self.runtime = runtime
         self.clock = clock
         self.sleep = sleep
         self.probe = probe
+        self.model_check = model_check
         self.policy = config.policy()
         self.folder = ManifestFolder(config.manifest_dir, config.state_dir / "sets")
         self.store = StateStore(config.state_dir / "state.json")
@@ -211,17 +217,29 @@ class Agent:
             )
         except SetRejected as exc:
             return self._reject(exc.reason, str(exc), digest, generation)
+        entries = candidate.effective()
+        try:
+            checked = check_manifests(
+                {f: e.yaml for f, e in entries.items()},
+                self.policy,
+                expected_names={f: e.name for f, e in entries.items()},
+                model_check=self.model_check,
+            )
+        except TransientError as exc:
+            # Not checked is not accepted: keep the current set, retry on the next poll.
+            self._error(ERROR_CHECK, f"checking set {digest[:12]}: {exc}")
+            return FAILED
         files: dict[str, bytes] = {}
         pods: dict[str, dict[str, Any]] = {}
-        for file_name, entry in candidate.effective().items():
-            try:
-                pods[entry.name] = check_manifest(entry.yaml, self.policy, expected_name=entry.name)
-            except PolicyViolation as exc:
-                return self._reject(REJECT_POLICY, f"{file_name}: {exc}", digest, generation)
-            except InvalidInput as exc:
+        for file_name, outcome in checked.items():
+            if isinstance(outcome, PolicyViolation):
+                return self._reject(REJECT_POLICY, f"{file_name}: {outcome}", digest, generation)
+            if isinstance(outcome, InvalidInput):
                 return self._reject(
-                    REJECT_INVALID_MANIFEST, f"{file_name}: {exc}", digest, generation
+                    REJECT_INVALID_MANIFEST, f"{file_name}: {outcome}", digest, generation
                 )
+            entry = entries[file_name]
+            pods[entry.name] = outcome
             files[file_name] = entry.yaml.encode("utf-8")
         return self._apply(candidate, digest, generation, files, pods)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from edgefleet.errors import TransientError
 from edgefleet.fsutil import atomic_write
-from edgefleet.storage import Bucket, Conflict
+from edgefleet.storage import Conflict, DeviceBucket
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Outbox:
 class StatusReporter:
     def __init__(
         self,
-        bucket: Bucket,
+        bucket: DeviceBucket,
         object_name: str,
         path: Path,
         *,

@@ -1,0 +1,220 @@
+"""The device's V1Pod model check in a child process (edgefleet.podcheck), through the
+real agent on the real GCS emulator, and check_manifests == a loop over check_manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from device.runtime import KubeletRuntime
+from edgefleet import policy
+from edgefleet.errors import InvalidInput, PolicyViolation
+from edgefleet.podcheck import ChildModelCheck
+from sync_pod.agent import APPLIED, FAILED, REJECTED, UNCHANGED, Agent
+from sync_pod.config import from_env
+from sync_pod.testing import FAKE_DIGEST, SetPublisher, entries, pod_yaml
+
+REG = "127.0.0.1:5999"
+IMAGE = f"{REG}/edgefleet/web@{FAKE_DIGEST}"
+REPO = Path(__file__).resolve().parent.parent
+IMAGE_AS_NUMBER = (
+    "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n"
+    "  - name: main\n    image: 12345\n    resources: {limits: {cpu: 100m, memory: 32Mi}}\n"
+)
+
+
+def _without_container_name() -> str:
+    pod = yaml.safe_load(pod_yaml("web", IMAGE))
+    del pod["spec"]["containers"][0]["name"]
+    return yaml.safe_dump(pod)
+
+
+NO_CONTAINER_NAME = _without_container_name()
+
+
+class Counting:
+    """The real child check, counting how often the agent runs it."""
+
+    def __init__(self, check: ChildModelCheck) -> None:
+        self.check = check
+        self.batches: list[list[str]] = []
+
+    def __call__(self, manifests):  # type: ignore[no-untyped-def]
+        self.batches.append(sorted(manifests))
+        return self.check(manifests)
+
+
+def _agent(bucket, tmp_path: Path, check) -> Agent:  # type: ignore[no-untyped-def]
+    env = {
+        "BUCKET": bucket.name,
+        "ARCH": "x86_64",
+        "CHANNEL": "beta",
+        "DEVICE_ID": "dev-1",
+        "MANIFEST_DIR": str(tmp_path / "device" / "pods"),
+        "STATE_DIR": str(tmp_path / "state"),
+        "ALLOWED_REGISTRIES": REG,
+        "HEALTH_TIMEOUT": "1.5",
+        "STATUS_SECONDS": "3600",
+    }
+    return Agent(from_env(env), bucket, KubeletRuntime(), model_check=check)
+
+
+def test_device_rejects_invalid_pods_through_the_child(bucket, tmp_path) -> None:
+    pub = SetPublisher(bucket, "x86_64", "beta")
+    check = Counting(ChildModelCheck(timeout=60))
+    agent = _agent(bucket, tmp_path, check)
+    agent.recover()
+    pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
+    assert agent.poll_once() == APPLIED
+    assert agent.poll_once() == UNCHANGED
+    assert check.batches == [["web-pod.yaml"]]  # once per new set, not on no-op polls
+    good = (agent.config.manifest_dir / "web-pod.yaml").read_text()
+    privileged = pod_yaml("web", IMAGE, container_extra={"securityContext": {"privileged": True}})
+    bad = {
+        "image-as-number": (IMAGE_AS_NUMBER, "invalid-manifest", "not a valid v1 Pod"),
+        "container-without-name": (NO_CONTAINER_NAME, "invalid-manifest", "not a valid v1 Pod"),
+        "privileged": (privileged, "policy", "privileged is not allowed"),
+    }
+    for case, (text, reason, words) in bad.items():
+        pub.publish(entries({"web": text}))
+        assert agent.poll_once() == REJECTED, case
+        last = agent.state.last_rejection
+        assert last is not None and last.reason == reason and words in last.detail, case
+        assert (agent.config.manifest_dir / "web-pod.yaml").read_text() == good, case
+    assert len(check.batches) == 4
+
+
+def test_a_check_that_cannot_run_keeps_the_set_and_is_retried(bucket, tmp_path) -> None:
+    pub = SetPublisher(bucket, "x86_64", "beta")
+    agent = _agent(bucket, tmp_path, ChildModelCheck(timeout=60))
+    agent.recover()
+    first = pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
+    assert agent.poll_once() == APPLIED
+    pub.publish(entries({"web": pod_yaml("web", IMAGE, command=["/bin/true"])}))
+    for broken in (
+        ChildModelCheck(command=[str(tmp_path / "no-such-python")]),
+        ChildModelCheck(command=[sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5),
+        ChildModelCheck(command=[sys.executable, "-c", "print('garbage')"]),
+        ChildModelCheck(command=[sys.executable, "-c", "raise SystemExit(3)"]),
+    ):
+        agent.model_check = broken
+        assert agent.poll_once() == FAILED, broken.command
+        assert agent.state.applied is not None and agent.state.applied.digest == first.digest()
+        assert agent.last_error is not None and agent.last_error["reason"] == "check-failed"
+    agent.model_check = ChildModelCheck(timeout=60)
+    assert agent.poll_once() == APPLIED  # retried on the next poll, not skipped
+    assert "/bin/true" in (agent.config.manifest_dir / "web-pod.yaml").read_text()
+
+
+def test_podcheck_cli_contract() -> None:
+    manifests = {"a": IMAGE_AS_NUMBER, "b": pod_yaml("b", IMAGE), "c": "kind: ["}
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgefleet.podcheck"],
+        input=json.dumps({"manifests": manifests}).encode(),
+        capture_output=True,
+        check=True,
+    )
+    results = json.loads(proc.stdout)["results"]
+    assert results["b"] is None
+    assert "not a valid v1 Pod" in results["a"] and "not valid YAML" in results["c"]
+    bad = subprocess.run(
+        [sys.executable, "-m", "edgefleet.podcheck"], input=b"[]", capture_output=True
+    )
+    assert bad.returncode == 2 and bad.stderr.startswith(b"edgefleet: ")
+
+
+def _loop(manifests: dict[str, str], p: policy.Policy) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, text in manifests.items():
+        try:
+            out[key] = policy.check_manifest(text, p, expected_name=key)
+        except InvalidInput as exc:
+            out[key] = exc
+            break
+    return out
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["ok", "policy", "model"],
+        ["model", "policy"],
+        ["ok", "yaml", "model"],
+        ["both", "ok"],
+        ["ok", "ok2"],
+        ["yaml"],
+    ],
+)
+def test_check_manifests_matches_a_loop_of_check_manifest(order: list[str]) -> None:
+    texts = {
+        "ok": pod_yaml("ok", IMAGE),
+        "ok2": pod_yaml("ok2", IMAGE),
+        "policy": pod_yaml("policy", f"{REG}/web:latest"),
+        "model": IMAGE_AS_NUMBER.replace("name: web", "name: model"),
+        "yaml": "apiVersion: v1\nkind: Pod\n  : [",
+        "both": IMAGE_AS_NUMBER.replace("name: web", "name: both").replace(
+            "spec:", "spec:\n  hostPID: true"
+        ),
+    }
+    manifests = {k: texts[k] for k in order}
+    p = policy.Policy.for_device((REG,))
+    asked: list[list[str]] = []
+
+    def model_check(batch):  # type: ignore[no-untyped-def]
+        asked.append(sorted(batch))
+        return policy.model_errors(batch)
+
+    got = policy.check_manifests(
+        manifests, p, expected_names={k: k for k in manifests}, model_check=model_check
+    )
+    want = _loop(manifests, p)
+    assert list(got) == list(want)
+    for key, value in want.items():
+        if isinstance(value, InvalidInput):
+            assert type(got[key]) is type(value) and str(got[key]) == str(value), key
+        else:
+            assert got[key] == value
+    assert len(asked) <= 1
+    if order[0] == "yaml":
+        assert asked == []  # nothing before the first failure needs the model check
+    assert isinstance(got.get("both"), InvalidInput | type(None))
+    assert not isinstance(got.get("both"), PolicyViolation)
+
+
+def test_agent_process_keeps_heavy_libraries_out(bucket, gcs, tmp_path) -> None:
+    """The long-lived device process never imports google-cloud-storage or kubernetes
+    (what keeps it within its RSS budget), even after applying a set."""
+    SetPublisher(bucket, "x86_64", "beta").publish(entries({"web": pod_yaml("web", IMAGE)}))
+    env = {
+        **os.environ,
+        **gcs.env(),
+        "BUCKET": bucket.name,
+        "ARCH": "x86_64",
+        "CHANNEL": "beta",
+        "DEVICE_ID": "dev-1",
+        "MANIFEST_DIR": str(tmp_path / "device" / "pods"),
+        "STATE_DIR": str(tmp_path / "state"),
+        "ALLOWED_REGISTRIES": REG,
+        "PYTHONPATH": str(REPO),
+    }
+    code = (
+        "import sys\n"
+        "from sync_pod.__main__ import make_agent\n"
+        "from sync_pod.config import from_env\n"
+        "agent = make_agent(from_env())\n"
+        "agent.recover()\n"
+        "print(agent.poll_once(), agent.report(force=True))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('kubernetes', 'requests', 'pydantic') or m.startswith('google.cloud.storage')))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["applied True", "[]"], proc.stderr
