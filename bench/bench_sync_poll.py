@@ -6,8 +6,11 @@ Against a real fake-gcs-server (edgefleet.localstack.gcs) behind a counting TCP 
 requests per poll come from the emulator's access log, bytes per poll (both directions,
 headers included) from the proxy. The baseline lists ``ARCH/all/`` and
 ``ARCH/CHANNEL/`` and fetches every object's metadata on every poll, as an rsync of the
-two prefixes would. Then the real agent (``python -m sync_pod``) runs as a process with
-POLL_SECONDS=1 after applying a set: its RSS and CPU while idle.
+two prefixes would. The agent polls through the device's own adapter
+(:mod:`edgefleet.gcs_json`). Then the real agent (``python -m sync_pod``) runs as a
+process with POLL_SECONDS=1 after applying a set: its RSS and CPU while idle; beside it
+the RSS the same process would have on real GCS (plus google.auth), and the latency the
+per-set child process (:mod:`edgefleet.podcheck`) adds to applying a new set.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from device.runtime import KubeletRuntime  # noqa: E402
-from edgefleet import layout, storage  # noqa: E402
+from edgefleet import gcs_json, layout, manifest_set, policy, storage  # noqa: E402
 from edgefleet.localstack.gcs import GcsEmulator  # noqa: E402
+from edgefleet.podcheck import ChildModelCheck  # noqa: E402
 from sync_pod.agent import Agent  # noqa: E402
 from sync_pod.config import from_env  # noqa: E402
 from sync_pod.testing import FAKE_DIGEST, SetPublisher, entries, pod_yaml  # noqa: E402
@@ -84,6 +88,12 @@ def publish_fleet(bucket: storage.Bucket) -> None:
         bucket.write(layout.manifest_object(ARCH, "all", name), text.encode())
 
 
+def agent_set(bucket: storage.Bucket):  # type: ignore[no-untyped-def]
+    blob = bucket.read(layout.set_object(ARCH, CHANNEL))
+    assert blob is not None
+    return manifest_set.decode(blob.data).manifest_set
+
+
 def rsync_style_poll(client, bucket_name: str) -> None:  # type: ignore[no-untyped-def]
     gcs_bucket = client.bucket(bucket_name)
     for prefix in (f"{ARCH}/all/", f"{ARCH}/{CHANNEL}/"):
@@ -111,6 +121,36 @@ def proc_stats(pid: int) -> tuple[float, float, float]:
     return rss, hwm, cpu
 
 
+def rss_after_import(modules: str) -> float:
+    """VmRSS (MiB) of a fresh interpreter once ``modules`` are imported."""
+    code = (
+        f"import {modules}\n"
+        "print(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        check=True,
+        text=True,
+    )
+    return int(out.stdout) / 1024
+
+
+def check_latency(manifests: dict[str, str], runs: int = 5) -> tuple[float, float]:
+    """Mean seconds of the V1Pod check of one set: in a child process vs in-process (warm)."""
+    child = ChildModelCheck()
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        assert not any(child(manifests).values())
+    child_s = (time.perf_counter() - t0) / runs
+    policy.model_errors(manifests)  # warm the import, as a long-lived process would be
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        assert not any(policy.model_errors(manifests).values())
+    return child_s, (time.perf_counter() - t0) / runs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--polls", type=int, default=50)
@@ -135,7 +175,8 @@ def main() -> int:
             "ALLOWED_REGISTRIES": REG,
             "STATUS_SECONDS": "3600",
         }
-        agent = Agent(from_env(env), bucket, KubeletRuntime())
+        lean = gcs_json.connect("bench", timeout=10.0, retry=gcs_json.Retry(timeout=5.0))
+        agent = Agent(from_env(env), lean, KubeletRuntime())
         agent.recover()
         assert agent.poll_once() == "applied"
         agent.report(force=True)
@@ -191,6 +232,21 @@ def main() -> int:
         print(
             f"  idle CPU {100 * (cpu1 - cpu0) / idle:.2f} % of one core "
             f"({(cpu1 - cpu0) / idle * 1000:.1f} ms per second at 1 poll/s)"
+        )
+        device = "sync_pod.__main__, sync_pod.agent, device.podman, edgefleet.gcs_json"
+        on_gcs = rss_after_import(f"{device}, google.auth, google.auth.transport.urllib3")
+        print(
+            f"  after import: agent modules {rss_after_import(device):.1f} MiB; "
+            f"with google.auth (real GCS) {on_gcs:.1f} MiB; "
+            f"google-cloud-storage + kubernetes.client (before) "
+            f"{rss_after_import(f'{device}, google.cloud.storage, kubernetes.client'):.1f} MiB"
+        )
+        texts = {f: e.yaml for f, e in agent_set(bucket).effective().items()}
+        child_s, inproc_s = check_latency(texts)
+        print(
+            f"V1Pod check of a new {len(texts)}-manifest set: child process "
+            f"{child_s * 1000:.0f} ms vs in-process {inproc_s * 1000:.1f} ms "
+            f"(adds {(child_s - inproc_s) * 1000:.0f} ms per applied set, 0 per no-op poll)"
         )
     return 0
 
