@@ -91,6 +91,7 @@ def start(
     channels: Sequence[str] = dev.DEFAULT_DEVICE_CHANNELS,
     poll_seconds: float = dev.DEFAULT_POLL_SECONDS,
     say: Say = print,
+    prefix: str = "dev",
 ) -> Fleet:
     """A fresh stack with functions, build service, signing and ``devices`` devices
     (anything a previous run left in ``workdir`` is stopped first)."""
@@ -99,7 +100,12 @@ def start(
     for item in down(workdir):
         say(f"  cleaned up a previous run: {item}")
     stack = dev.launch(
-        workdir, devices=devices, channels=channels, poll_seconds=poll_seconds, progress=say
+        workdir,
+        devices=devices,
+        channels=channels,
+        poll_seconds=poll_seconds,
+        progress=say,
+        prefix=prefix,
     )
     # This process becomes a client of the stack (storage, registry, `edgefleet status`);
     # stop() restores the environment.
@@ -337,8 +343,10 @@ def run(workdir: Path, *, poll_seconds: float = dev.DEFAULT_POLL_SECONDS, say: S
         t = promote(fleet, d1, "stable")
         converge("stable", d1, t, "stable rolled back to v1")
 
+        step(f"edgefleet rollout wait --channel stable --digest {d1[:19]}… (device reports)")
+        wait_reported(fleet, "stable", d1)
         step("edgefleet status")
-        _print_status(fleet, say)
+        _print_status(fleet)
 
         step("convergence times (tag move -> every device of the channel serving it)")
         for what, seconds in steps:
@@ -350,7 +358,17 @@ def run(workdir: Path, *, poll_seconds: float = dev.DEFAULT_POLL_SECONDS, say: S
     return 0
 
 
-def _print_status(fleet: Fleet, say: Say) -> None:
+def wait_reported(fleet: Fleet, channel: str, digest: str, timeout: float = 120.0) -> None:
+    """``edgefleet rollout wait``: every device of the channel reported ``digest``, healthy
+    (reports lag serving by up to a health-gate round)."""
+    from edgefleet import cli
+
+    argv = ["rollout", "wait", "--channel", channel, "--digest", digest]
+    if cli.main([*argv, "--timeout", f"{timeout:g}"]) != 0:
+        raise DemoError(f"devices of {channel} did not report {digest[:19]}… in {timeout:.0f} s")
+
+
+def _print_status(fleet: Fleet) -> None:
     """The real ``edgefleet status`` (this process is a client of the stack)."""
     from edgefleet import cli
 

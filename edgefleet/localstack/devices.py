@@ -2,8 +2,8 @@
 
 A device (``edgefleet up --devices N``) is namespace ``ef-ID`` (see :mod:`.netns`) plus:
 
-- its own container storage (graphroot, runroot and libpod tmp dir under
-  ``WORKDIR/devices/ID/``) given to podman through ``CONTAINERS_STORAGE_CONF`` and a
+- its own container storage (graphroot and libpod tmp dir under ``WORKDIR/devices/ID/``,
+  runroot under /run/edgefleet-dev) given to podman through ``CONTAINERS_STORAGE_CONF``, a
   per-device ``CONTAINERS_CONF``. All devices share one podman binary, and pod names are
   global per storage: without this, two devices playing the same model pod would replace
   each other's, and a device would never pull (the image would already be there);
@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import http.client
 import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ DEFAULT_POLL_SECONDS = 2.0
 DEFAULT_DEVICE_CHANNELS = ("latest", "beta", "stable")
 MODEL_SERVER_PORT = 5000
 CLONE_NEWNET = 0x40000000
+RUNROOT_BASE = Path("/run/edgefleet-dev")
 PODMAN_CLEANUP_TIMEOUT = 120.0
 
 
@@ -74,7 +77,10 @@ class DevicePaths:
 
     @property
     def runroot(self) -> Path:
-        return self.root / "run"
+        """Not under the workdir: podman refuses a runroot longer than 50 characters
+        (socket paths), so it is /run/edgefleet-dev/HASH-ID, derived from ``root``."""
+        tag = hashlib.sha256(str(self.root).encode()).hexdigest()[:8]
+        return RUNROOT_BASE / f"{tag}-{self.root.name}"
 
     @property
     def tmpdir(self) -> Path:
@@ -199,12 +205,14 @@ def start_devices(
     poll_seconds: float = DEFAULT_POLL_SECONDS,
     trusted_keys: str = "",
     extra_env: Mapping[str, str] | None = None,
+    prefix: str = "dev",
 ) -> list[dict[str, Any]]:
-    """Create ``count`` device namespaces on a started LocalStack and start their agents."""
+    """Create ``count`` device namespaces (ids PREFIX1..N; namespace names are global, so
+    concurrent stacks need different prefixes) and start their agents."""
     registry = stack.registry
     if registry is None:
         raise StackError("the local stack is not started")
-    records = stack.add_devices(count)
+    records = stack.add_devices(count, prefix=prefix)
     for record, channel in zip(records, assign_channels(count, channels), strict=True):
         paths = DevicePaths.of(stack.workdir, record["id"])
         env = agent_env(
@@ -232,6 +240,7 @@ def launch(
     functions: bool = True,
     function_env: Mapping[str, str] | None = None,
     progress: Any = None,
+    prefix: str = "dev",
 ) -> Any:
     """Start a LocalStack with the functions, the podman build service, a signing key
     (functions get SIGNING_KEY, devices TRUSTED_KEYS) and ``devices`` devices.
@@ -259,7 +268,12 @@ def launch(
         if devices:
             say(f"starting {devices} simulated device(s) on {', '.join(channels)}")
             start_devices(
-                stack, devices, channels=channels, poll_seconds=poll_seconds, trusted_keys=trusted
+                stack,
+                devices,
+                channels=channels,
+                poll_seconds=poll_seconds,
+                trusted_keys=trusted,
+                prefix=prefix,
             )
     except BaseException:
         stack.stop()
@@ -295,11 +309,23 @@ def teardown_storage(record: Mapping[str, Any]) -> None:
             ["rm", "--all", "--force", "--time", "0"],
             ["rmi", "--all", "--force"],
         ):
-            with contextlib.suppress(subprocess.TimeoutExpired, OSError):
-                run_podman(paths, args)
-    for point in _mounts_below(root):
-        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-    shutil.rmtree(root, ignore_errors=True)
+            try:
+                done = run_podman(paths, args)
+                error = done.stderr.strip() if done.returncode != 0 else ""
+            except (subprocess.TimeoutExpired, OSError) as exc:
+                error = str(exc)
+            if error and args[0] != "rmi":
+                # Keep the storage: deleting it under running containers orphans them.
+                print(
+                    f"edgefleet: device {record.get('id')}: `podman {' '.join(args[:2])}` "
+                    f"failed ({error.splitlines()[-1]}); storage kept in {root}",
+                    file=sys.stderr,
+                )
+                return
+    for top in (root, paths.runroot):
+        for point in _mounts_below(top):
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+        shutil.rmtree(top, ignore_errors=True)
 
 
 # -- talking to a device's localhost -------------------------------------------------------

@@ -1,0 +1,129 @@
+"""End to end on the real local stack: TRAINER-DONE -> model_done_watcher builds and pushes
+-> tag_monitor writes signed sets -> two simulated devices (own namespace, own podman
+storage, podman runtime) converge -> promote -> /version/ changes -> roll back -> status
+-> teardown leaves nothing behind. Uses the demo's step functions (edgefleet.demo).
+
+One story, in order, on one module-scoped fleet: two image builds dominate its time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgefleet import demo, layout, manifest_set, storage
+from edgefleet.localstack import devices as dev
+
+pytestmark = [pytest.mark.stack, pytest.mark.podman, pytest.mark.slow]
+
+POLL = 1.0
+
+
+@pytest.fixture(scope="module")
+def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[demo.Fleet, Path]]:
+    data = demo.testdata_dir()  # fails loudly, naming the fix, when the data is missing
+    workdir = tmp_path_factory.mktemp("e2e") / "stack"
+    fleet = demo.start(
+        workdir,
+        devices=2,
+        channels=("latest", "stable"),
+        poll_seconds=POLL,
+        say=lambda _m: None,
+        prefix="e2e",
+    )
+    try:
+        demo.ensure_base(fleet, say=lambda _m: None)
+        yield fleet, data
+    finally:
+        demo.stop(fleet, workdir)
+
+
+def _netns() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+def _device_pods(record: dict) -> list[str]:
+    paths = dev.DevicePaths(Path(record["device_dir"]))
+    out = dev.run_podman(paths, ["pod", "ps", "--format", "{{.Name}}"])
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_promote_converge_rollback(story: tuple[demo.Fleet, Path]) -> None:
+    fleet, data = story
+    image = (data / demo.IMAGE).read_bytes()
+    [latest] = fleet.on("latest")
+    [stable] = fleet.on("stable")
+
+    # v1 trained: the builder pushes :VERSION and :latest; only the latest device runs it.
+    d1 = demo.wait_built(fleet, demo.train(fleet, 1, data=data), say=lambda _m: None)
+    demo.wait_serving(fleet, [latest], d1, since=time.monotonic())
+    assert demo.version_of(latest)["version"] == d1
+    assert demo.predict_of(latest, image)["label"].startswith("academic gown")
+    assert demo.version_of(stable) is None  # nothing on stable yet: its own localhost:5000
+
+    # The set the device applied is signed with the stack's key and pins the digest.
+    deploy = storage.Bucket(storage.make_client(), fleet.stack.config.deploy_bucket)
+    blob = deploy.read(layout.set_object(dev.host_arch(), "latest"))
+    signed = manifest_set.decode(blob.data)
+    assert signed.signatures, "the local stack signs its sets"
+    assert any(d1 in e.yaml for e in signed.manifest_set.effective().values())
+
+    # Each device has its own podman storage: both run a pod named after the model.
+    t = demo.promote(fleet, d1, "stable")
+    demo.wait_serving(fleet, [stable], d1, since=t)
+    assert _device_pods(latest) == _device_pods(stable) == ["mobilenet"]
+
+    # v2: latest moves by itself (the build retags latest); stable stays on v1.
+    d2 = demo.wait_built(fleet, demo.train(fleet, 2, data=data), say=lambda _m: None)
+    assert d2 != d1
+    demo.wait_serving(fleet, [latest], d2, since=time.monotonic())
+    assert demo.predict_of(latest, image)["label"] == "military uniform"
+    assert demo.version_of(stable)["version"] == d1
+
+    # Promote v2 to stable, then roll back.
+    t = demo.promote(fleet, d2, "stable")
+    demo.wait_serving(fleet, [stable], d2, since=t)
+    assert demo.predict_of(stable, image)["label"] == "military uniform"
+    t = demo.promote(fleet, d1, "stable")
+    demo.wait_serving(fleet, [stable], d1, since=t)
+    assert demo.version_of(stable)["model_version"].startswith("mobilenet_1_")
+    assert demo.version_of(latest)["version"] == d2
+
+    # The devices' reports agree (what `edgefleet status` and `rollout wait` read).
+    demo.wait_reported(fleet, "stable", d1, timeout=60)
+    demo.wait_reported(fleet, "latest", d2, timeout=60)
+    report = json.loads(deploy.read(layout.status_object(stable["id"])).data)
+    assert report["health"] == "healthy" and report["channel"] == "stable"
+
+
+def test_teardown_removes_what_up_started(tmp_path: Path) -> None:
+    """A separate small fleet (no functions): down removes agents, pods, storage, netns."""
+    from edgefleet.localstack.stack import down, read_state
+
+    stack = dev.launch(
+        tmp_path / "stack", devices=1, functions=False, channels=("beta",), prefix="e2etd"
+    )
+    [record] = stack.devices
+    name, device_dir = record["name"], Path(record["device_dir"])
+    try:
+        assert name in _netns()
+        env = json.loads((tmp_path / "stack" / "stack.json").read_text())["devices"][0]
+        assert env["channel"] == "beta" and env["agent"]["pid"]
+        # A pod in the device's storage, as its agent would have played it.
+        paths = dev.DevicePaths(device_dir)
+        made = dev.run_podman(paths, ["pod", "create", "--infra=false", "--name", "mobilenet"])
+        assert made.returncode == 0, made.stderr
+        assert _device_pods(record) == ["mobilenet"]
+    finally:
+        stopped = down(tmp_path / "stack")
+    assert f"device {name}" in stopped
+    assert name not in _netns()
+    assert not device_dir.exists()
+    assert read_state(tmp_path / "stack") is None
