@@ -1,0 +1,214 @@
+"""Benchmark of a rollout on the real local stack: tag move -> every device of the channel
+serving the new digest.
+
+Starts a stack with 3 devices on one channel (own namespaces, own podman storage, sync
+agents polling every --poll seconds), builds two real model-server images through the
+TRAINER-DONE path (v1, v2), then promotes them alternately to the channel and measures,
+per promotion:
+
+  function  tag move (registry PUT returns) -> sets/ARCH/CHANNEL.json holds the digest
+  sync      set written -> the device's agent starts applying it (its log line)
+  runtime   applying -> the device's /version/ reports the digest (pull, kube play,
+            model load, self-test, readiness)
+  total     tag move -> the LAST device serves the digest
+
+twice: "warm" (both images already pulled on every device) and "cold" (the target image
+is removed from every device's storage before each promotion, so each device pulls it).
+Prints p50/p95 of each and the ratio of the total p95 to its target (poll + 5 s warm,
+poll + 15 s cold).
+
+    .venv/bin/python bench/bench_rollout.py [--promotions 20] [--cold 20] [--poll 2]
+
+Other work on the machine skews the numbers: the load average is printed at start and end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from edgefleet import demo, layout, manifest_set, storage  # noqa: E402
+from edgefleet.localstack import devices as dev  # noqa: E402
+
+CHANNEL = "beta"
+DEVICES = 3
+
+
+@dataclass
+class Sample:
+    function: float
+    total: float
+    sync: list[float] = field(default_factory=list)
+    runtime: list[float] = field(default_factory=list)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def wait_set(bucket: storage.Bucket, name: str, digest: str, timeout: float) -> tuple[float, int]:
+    """(wall time the set holding ``digest`` was first seen, its sequence)."""
+    deadline = time.time() + timeout
+    seen = -1
+    while time.time() < deadline:
+        generation = bucket.generation(name)
+        if generation != seen:
+            seen = generation
+            blob = bucket.read(name)
+            if blob is not None and digest in blob.data.decode():
+                at = time.time()
+                return at, manifest_set.decode(blob.data).manifest_set.sequence
+        time.sleep(0.02)
+    raise SystemExit(f"bench: the set {name} never held {digest} within {timeout:.0f} s")
+
+
+def apply_time(log: Path, sequence: int) -> float | None:
+    """Wall time of the agent's "applying manifest set" line for ``sequence``."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if '"applying manifest set"' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("sequence") == sequence:
+            return datetime.fromisoformat(entry["time"]).timestamp()
+    return None
+
+
+def serving_times(devices: list[dict[str, Any]], digest: str, timeout: float) -> dict[str, float]:
+    deadline = time.time() + timeout
+    done: dict[str, float] = {}
+    while len(done) < len(devices):
+        for d in devices:
+            if d["id"] not in done:
+                info = demo.version_of(d)
+                if info and info.get("version") == digest:
+                    done[d["id"]] = time.time()
+        if time.time() > deadline:
+            raise SystemExit(f"bench: devices did not all serve {digest} within {timeout:.0f} s")
+        time.sleep(0.05)
+    return done
+
+
+def evict(devices: list[dict[str, Any]], image: str) -> None:
+    """Remove ``image`` from every device's storage (the next promotion pulls it)."""
+    for d in devices:
+        paths = dev.DevicePaths(Path(d["device_dir"]))
+        done = dev.run_podman(paths, ["rmi", "--force", image])
+        if done.returncode != 0 and "image not known" not in done.stderr:
+            raise SystemExit(f"bench: podman rmi on {d['id']} failed: {done.stderr.strip()}")
+
+
+def promote_once(fleet: demo.Fleet, digest: str, timeout: float) -> Sample:
+    bucket = fleet.bucket(fleet.stack.config.deploy_bucket)
+    set_name = layout.set_object(dev.host_arch(), CHANNEL)
+    demo.promote(fleet, digest, CHANNEL)
+    moved = time.time()
+    set_at, sequence = wait_set(bucket, set_name, digest, timeout)
+    on = fleet.on(CHANNEL)
+    serving = serving_times(on, digest, timeout)
+    sample = Sample(function=set_at - moved, total=max(serving.values()) - moved)
+    logs = fleet.stack.workdir / "logs"
+    for d in on:
+        applied = apply_time(logs / f"agent-{d['name']}.log", sequence)
+        if applied is None:
+            raise SystemExit(f"bench: no apply of sequence {sequence} in {d['id']}'s log")
+        sample.sync.append(applied - set_at)
+        sample.runtime.append(serving[d["id"]] - applied)
+    return sample
+
+
+def report(name: str, samples: list[Sample], poll: float, slack: float) -> None:
+    rows = {
+        "function (tag -> set)": [s.function for s in samples],
+        "sync (set -> applying)": [x for s in samples for x in s.sync],
+        "runtime (applying -> serving)": [x for s in samples for x in s.runtime],
+        "total (tag -> all serving)": [s.total for s in samples],
+    }
+    print(f"\n{name}: {len(samples)} promotions x {DEVICES} devices")
+    print(f"  {'':32} {'p50':>7} {'p95':>7} {'max':>7}")
+    for label, values in rows.items():
+        print(
+            f"  {label:32} {pct(values, 0.5):6.2f}s {pct(values, 0.95):6.2f}s {max(values):6.2f}s"
+        )
+    target = poll + slack
+    p95 = pct(rows["total (tag -> all serving)"], 0.95)
+    verdict = "meets" if p95 <= target else "MISSES"
+    print(
+        f"  total p95 {p95:.2f}s vs target poll+{slack:.0f}s = {target:.1f}s: "
+        f"ratio {p95 / target:.2f} ({verdict})"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--promotions", type=int, default=20, help="warm promotions")
+    parser.add_argument("--cold", type=int, default=20, help="cold-pull promotions")
+    parser.add_argument("--poll", type=float, default=2.0, help="device poll seconds")
+    parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--workdir", type=Path, default=REPO / ".edgefleet" / "bench-rollout")
+    args = parser.parse_args()
+    os.environ.setdefault("CONTAINERS_CONF", str(REPO / "deploy" / "podman" / "containers.conf"))
+    data = demo.testdata_dir()
+    print(f"load average at start: {os.getloadavg()}")
+    quiet = lambda _m: None  # noqa: E731
+    fleet = demo.start(
+        args.workdir,
+        devices=DEVICES,
+        channels=(CHANNEL,),
+        poll_seconds=args.poll,
+        say=quiet,
+        prefix="bn",
+    )
+    try:
+        demo.ensure_base(fleet, say=quiet)
+        t = time.monotonic()
+        d1 = demo.wait_built(fleet, demo.train(fleet, 1, data=data), say=quiet)
+        d2 = demo.wait_built(fleet, demo.train(fleet, 2, data=data), say=quiet)
+        print(f"built v1 and v2 through TRAINER-DONE in {time.monotonic() - t:.0f} s")
+        digests = (d1, d2)
+        # Warm up: every device pulls and runs both once.
+        for d in digests:
+            promote_once(fleet, d, args.timeout)
+        warm = [promote_once(fleet, digests[i % 2], args.timeout) for i in range(args.promotions)]
+        report("warm (images already pulled)", warm, args.poll, 5.0)
+        cold = []
+        for i in range(args.cold):
+            digest = digests[i % 2]
+            evict(fleet.on(CHANNEL), f"{fleet.repo}@{digest}")
+            cold.append(promote_once(fleet, digest, args.timeout))
+        if cold:
+            report("cold (each device pulls the image)", cold, args.poll, 15.0)
+        pulled = statistics.median(x for s in cold for x in s.runtime) if cold else 0.0
+        warm_rt = statistics.median(x for s in warm for x in s.runtime)
+        if cold:
+            print(f"\ncold/warm runtime p50 ratio: {pulled / warm_rt:.2f}")
+    finally:
+        demo.stop(fleet, args.workdir)
+        print(f"load average at end: {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
