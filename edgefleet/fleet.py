@@ -9,8 +9,8 @@ are unhealthy or stale, and whether a rollout to a digest has completed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +32,7 @@ class DeviceRow:
     set_sequence: int | None
     last_error: str | None
     versions: tuple[str, ...] = field(default_factory=tuple)
+    images: tuple[str, ...] = field(default_factory=tuple)  # digest-pinned refs running
 
     def age(self, now: datetime) -> float | None:
         return None if self.last_seen is None else (now - self.last_seen).total_seconds()
@@ -55,6 +56,7 @@ def parse_report(data: bytes, object_name: str) -> DeviceRow:
             raise ValueError("not a JSON object")
         device_id = layout.check_device_id(str(doc["deviceId"]))
         digests: list[str] = []
+        images: list[str] = []
         for pod in doc.get("pods") or []:
             if pod.get("name") == layout.SYNC_POD_NAME:
                 continue
@@ -62,6 +64,9 @@ def parse_report(data: bytes, object_name: str) -> DeviceRow:
                 digest = c.get("imageDigest") or _digest_of(c.get("image"))
                 if digest and digest not in digests:
                     digests.append(str(digest))
+                image = c.get("image")
+                if isinstance(image, str) and _digest_of(image) and image not in images:
+                    images.append(image)
         applied = doc.get("applied") or {}
         return DeviceRow(
             device_id=device_id,
@@ -73,9 +78,22 @@ def parse_report(data: bytes, object_name: str) -> DeviceRow:
             digests=tuple(digests),
             set_sequence=applied.get("sequence") if isinstance(applied, dict) else None,
             last_error=_error_text(doc),
+            images=tuple(images),
         )
     except (ValueError, KeyError, TypeError, AttributeError, InvalidInput) as exc:
         raise InvalidInput(f"status object {object_name} is malformed: {exc}") from exc
+
+
+def with_versions(
+    rows: Iterable[DeviceRow], version_of: Callable[[str], str | None]
+) -> list[DeviceRow]:
+    """Rows with ``versions`` filled from ``version_of(pinned image ref)`` (e.g. the image's
+    ``org.opencontainers.image.version`` label); unknown ones are left out."""
+    out = []
+    for row in rows:
+        found = [v for v in (version_of(i) for i in row.images) if v]
+        out.append(replace(row, versions=tuple(dict.fromkeys(found))) if found else row)
+    return out
 
 
 def problems(row: DeviceRow, now: datetime, stale_after: float) -> list[str]:

@@ -180,4 +180,33 @@ def _load_rows(bucket_name: str | None) -> list[fleet.DeviceRow]:
             rows.append(fleet.parse_report(blob.data, object_name))
         except InvalidInput as exc:
             print(f"edgefleet: skipping {exc}", file=sys.stderr)
-    return rows
+    return fleet.with_versions(rows, _image_version)
+
+
+# Image digest -> its version label (None: unknown). Content-addressed, so never stale.
+_VERSIONS: dict[str, str | None] = {}
+VERSION_LABEL = "org.opencontainers.image.version"
+
+
+def _image_version(image: str) -> str | None:
+    """The VERSION column: the running image's version label, asked once per digest.
+    A registry that cannot answer leaves the column empty, never fails the command."""
+    from edgefleet.errors import EdgefleetError
+    from edgefleet.registry import RegistryClient, parse_insecure
+
+    try:
+        ref = refs.parse(image)
+    except InvalidReference:
+        return None
+    if not ref.digest:
+        return None
+    if ref.digest not in _VERSIONS:
+        client = RegistryClient(insecure=parse_insecure(os.environ.get("INSECURE_REGISTRIES")))
+        try:
+            config = client.get_config(ref, client.get_manifest(ref))
+            labels = (config.get("config") or {}).get("Labels") or {}
+            value = labels.get(VERSION_LABEL)
+            _VERSIONS[ref.digest] = str(value) if value else None
+        except (EdgefleetError, OSError, AttributeError):
+            return None  # not cached: ask again next time
+    return _VERSIONS[ref.digest]

@@ -224,7 +224,9 @@ def start_devices(
             trusted_keys=trusted_keys,
         )
         env.update(extra_env or {})
-        record.update(channel=channel, arch=env["ARCH"], device_dir=str(paths.root))
+        record.update(
+            channel=channel, arch=env["ARCH"], device_dir=str(paths.root), poll_seconds=poll_seconds
+        )
         stack.save()
         stack.start_device_agent(record, env)
     return records
