@@ -105,11 +105,7 @@ class TagMonitorConfig:
             raise ConfigError("DEPLOY_BUCKET is not set: name the deploy bucket")
         try:
             channels = layout.parse_channels(env.get("CHANNELS"))
-            arches = tuple(
-                layout.check_arch(a.strip())
-                for a in (env.get("ARCHES") or ",".join(layout.ARCHES)).split(",")
-                if a.strip()
-            )
+            arches = layout.parse_arches(env.get("ARCHES"))
         except InvalidInput as exc:
             raise ConfigError(f"CHANNELS/ARCHES: {exc}") from exc
         return cls(
@@ -236,11 +232,7 @@ class ModelDoneConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ModelDoneConfig:
         try:
-            arches = tuple(
-                layout.check_arch(a.strip())
-                for a in (env.get("ARCHES") or ",".join(layout.ARCHES)).split(",")
-                if a.strip()
-            )
+            arches = layout.parse_arches(env.get("ARCHES"))
         except InvalidInput as exc:
             raise ConfigError(f"ARCHES: {exc}") from exc
         return cls(arches, (env.get("MODEL_BUCKET") or "").strip(), dict(env))

@@ -126,5 +126,12 @@ def parse_channels(value: str | None) -> tuple[str, ...]:
     return channels
 
 
+def parse_arches(value: str | None) -> tuple[str, ...]:
+    """Parse an ``ARCHES`` setting (comma-separated); empty means every known arch."""
+    if not value or not value.strip():
+        return ARCHES
+    return tuple(dict.fromkeys(check_arch(a.strip()) for a in value.split(",") if a.strip()))
+
+
 def arch_from_alias(value: str) -> str | None:
     return ARCH_ALIASES.get(value.lower())

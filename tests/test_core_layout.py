@@ -61,3 +61,10 @@ def test_arch_aliases() -> None:
     assert layout.arch_from_alias("arm64") == "aarch64"
     assert layout.arch_from_alias("armhf") == "armv7l"
     assert layout.arch_from_alias("s390x") is None
+
+
+def test_parse_arches_defaults_dedupes_and_rejects_unknown():
+    assert layout.parse_arches(None) == layout.ARCHES
+    assert layout.parse_arches(" aarch64, x86_64,aarch64 ") == ("aarch64", "x86_64")
+    with pytest.raises(InvalidInput, match="unknown arch 'mips'"):
+        layout.parse_arches("x86_64,mips")
