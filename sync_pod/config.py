@@ -95,7 +95,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
     trusted = signing.load_public_keys(",".join(key_paths))
     registries = policy.parse_registries(env.get("ALLOWED_REGISTRIES"))
     insecure = tuple(
-        h.strip() for h in (env.get("REGISTRIES_INSECURE") or "").split(",") if h.strip()
+        h.strip()
+        for h in (env.get("INSECURE_REGISTRIES") or env.get("REGISTRIES_INSECURE") or "").split(",")
+        if h.strip()
     )
     return Config(
         bucket=bucket,

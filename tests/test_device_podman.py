@@ -130,7 +130,7 @@ def _agent(bucket, tmp_path, registry_host, podman_env, **extra) -> Agent:  # ty
             "MANIFEST_DIR": str(tmp_path / "device" / "pods"),
             "STATE_DIR": str(tmp_path / "state"),
             "ALLOWED_REGISTRIES": registry_host,
-            "REGISTRIES_INSECURE": registry_host,
+            "INSECURE_REGISTRIES": registry_host,
             "HEALTH_TIMEOUT": "20",
             "STATUS_SECONDS": "3600",
             **extra,

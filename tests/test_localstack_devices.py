@@ -45,7 +45,7 @@ def test_each_device_gets_its_own_storage_and_settings(tmp_path: Path) -> None:
         arch="x86_64",
     )
     assert env["RUNTIME"] == "podman" and env["CHANNEL"] == "beta" and env["POLL_SECONDS"] == "2"
-    assert env["ALLOWED_REGISTRIES"] == env["REGISTRIES_INSECURE"] == "127.0.0.1:5001"
+    assert env["ALLOWED_REGISTRIES"] == env["INSECURE_REGISTRIES"] == "127.0.0.1:5001"
     assert env["TRUSTED_KEYS"] == "/k.pub"
     assert Path(env["MANIFEST_DIR"]).parent == Path(env["STATE_DIR"]).parent == a.root
     storage = tomllib.loads(Path(env["CONTAINERS_STORAGE_CONF"]).read_text())["storage"]

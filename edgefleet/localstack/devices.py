@@ -174,7 +174,7 @@ def agent_env(
         "STATE_DIR": str(paths.state_dir),
         "POLL_SECONDS": f"{poll_seconds:g}",
         "ALLOWED_REGISTRIES": registry_host,
-        "REGISTRIES_INSECURE": registry_host,
+        "INSECURE_REGISTRIES": registry_host,
         "TRUSTED_KEYS": trusted_keys,
         "STATUS_SECONDS": "30",
         "LOG_LEVEL": "INFO",
