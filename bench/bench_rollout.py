@@ -78,14 +78,14 @@ def wait_set(bucket: storage.Bucket, name: str, digest: str, timeout: float) -> 
     raise SystemExit(f"bench: the set {name} never held {digest} within {timeout:.0f} s")
 
 
-def apply_time(log: Path, sequence: int) -> float | None:
-    """Wall time of the agent's "applying manifest set" line for ``sequence``."""
+def apply_time(log: Path, sequence: int, message: str = "applying manifest set") -> float | None:
+    """Wall time of the agent's ``message`` log line for ``sequence``."""
     try:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:
         return None
     for line in reversed(lines):
-        if '"applying manifest set"' not in line:
+        if f'"{message}"' not in line:
             continue
         try:
             entry = json.loads(line)
@@ -136,7 +136,22 @@ def promote_once(fleet: demo.Fleet, digest: str, timeout: float) -> Sample:
             raise SystemExit(f"bench: no apply of sequence {sequence} in {d['id']}'s log")
         sample.sync.append(applied - set_at)
         sample.runtime.append(serving[d["id"]] - applied)
+    # Serving is not the end of the agent's work: its health gate commits the set a few
+    # seconds later. The next promotion waits for that (and a poll's worth of settling),
+    # else its sync time would include the tail of this one.
+    deadline = time.time() + timeout
+    for d in on:
+        log = logs / f"agent-{d['name']}.log"
+        while apply_time(log, sequence, "manifest set applied") is None:
+            if time.time() > deadline:
+                raise SystemExit(f"bench: {d['id']} never committed sequence {sequence}")
+            time.sleep(0.2)
+    time.sleep(fleet_poll(fleet))
     return sample
+
+
+def fleet_poll(fleet: demo.Fleet) -> float:
+    return float(fleet.stack.devices[0].get("poll_seconds", 2.0))
 
 
 def report(name: str, samples: list[Sample], poll: float, slack: float) -> None:

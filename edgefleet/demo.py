@@ -306,7 +306,8 @@ def run(workdir: Path, *, poll_seconds: float = dev.DEFAULT_POLL_SECONDS, say: S
 
     try:
         step("starting the local stack: emulators, registry, functions, 3 devices")
-        fleet = start(workdir, devices=3, poll_seconds=poll_seconds, say=say)
+        # Own device ids: namespace names are global, `edgefleet up` uses dev1..N.
+        fleet = start(workdir, devices=3, poll_seconds=poll_seconds, say=say, prefix="demo")
         for d in fleet.devices:
             say(f"  device {d['id']} in netns {d['name']} on channel {d['channel']}")
         step("base image (built once, then cached)")
