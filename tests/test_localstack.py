@@ -11,7 +11,7 @@ from edgefleet.localstack import process
 from edgefleet.localstack.gcs import GcsEmulator
 from edgefleet.localstack.process import ManagedProcess, StackError
 from edgefleet.localstack.pubsub import PubsubEmulator
-from edgefleet.storage import Conflict
+from edgefleet.storage import Bucket, Conflict, make_client
 
 SPAWN_CHILD = (
     "import subprocess, sys, time;"
@@ -118,7 +118,7 @@ def test_request_counting_sees_each_served_request(bucket, gcs):
     mark = gcs.mark()
     bucket.generation("a/obj")
     bucket.generation("a/missing")
-    served = gcs.requests(mark)
+    served = gcs.requests(mark, bucket=bucket.name)
     assert [(r.method, r.status) for r in served] == [("GET", 200), ("GET", 404)]
     assert served[0].path == f"/storage/v1/b/{bucket.name}/o/a%2Fobj" or served[0].path.endswith(
         "/o/a/obj"
@@ -160,3 +160,16 @@ def test_pubsub_stop_leaves_no_java_behind(tmp_path):
     emulator.stop()
     assert process._group_members(group) == []
     assert not process.port_open("127.0.0.1", emulator.port)
+
+
+def test_request_counting_can_keep_to_one_bucket(bucket, gcs):
+    other = f"{bucket.name}-other"
+    gcs.create_bucket(other)
+    mark = gcs.mark()
+    bucket.generation("x")
+    Bucket(make_client(), other).generation("x")
+    everything = gcs.requests(mark)
+    mine = gcs.requests(mark, bucket=bucket.name)
+    assert any(f"/b/{other}/" in r.path for r in everything)
+    assert mine and all(f"/b/{bucket.name}/" in r.path for r in mine)
+    assert len(mine) < len(everything)

@@ -147,15 +147,24 @@ class GcsEmulator:
 
     # --- request counting (from the access log) -------------------------------------
 
-    def mark(self) -> int:
-        """A position in the access log; pass it to :meth:`requests` as ``since``."""
+    def mark(self, *, settle: float = 0.05) -> int:
+        """A position in the access log; pass it to :meth:`requests` as ``since``.
+
+        ``settle`` first lets log lines of responses already sent land, so that they are
+        not counted as served after the mark.
+        """
+        if settle:
+            time.sleep(settle)
         try:
             return self.process.log_path.stat().st_size
         except OSError:
             return 0
 
-    def requests(self, since: int = 0, *, settle: float = 0.05) -> list[Request]:
-        """Every request served since ``since`` (a :meth:`mark`), oldest first.
+    def requests(
+        self, since: int = 0, *, settle: float = 0.05, bucket: str | None = None
+    ) -> list[Request]:
+        """Every request served since ``since`` (a :meth:`mark`), oldest first; with
+        ``bucket``, only those about that bucket (the emulator is shared by a test session).
 
         ``settle`` waits briefly so that the server's log write of the last response has
         landed (it is written right after the response is sent).
@@ -170,5 +179,6 @@ class GcsEmulator:
             m = _ACCESS.search(line)
             if m:
                 path, _, query = m["target"].partition("?")
-                out.append(Request(m["method"], path, query, int(m["status"])))
+                if bucket is None or f"/b/{bucket}/" in path or path.endswith(f"/b/{bucket}"):
+                    out.append(Request(m["method"], path, query, int(m["status"])))
         return out
