@@ -72,7 +72,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=os.environ.get("CHANNELS", ""),
         help="comma-separated channels (default $CHANNELS or latest,alpha,beta,stable)",
     )
-    p.add_argument("--sync-image", required=True, help="the sync agent image, HOST/REPO:TAG")
+    p.add_argument(
+        "--sync-image",
+        required=True,
+        help="the sync agent image, HOST/REPO:TAG or pinned (build it with "
+        "`python -m edgefleet.packaging sync-image`, docs/device.md 'Sync agent image')",
+    )
     p.add_argument(
         "--fleet-wide",
         type=Path,

@@ -1,6 +1,7 @@
 """``python -m edgefleet.packaging prepare …``: the context step of a Cloud Build build.
+``python -m edgefleet.packaging sync-image …``: build + push the sync agent image.
 
-Runs inside the build's Python step with the edgefleet source at hand: fetches and
+``prepare`` runs inside the build's Python step with the edgefleet source at hand: fetches and
 validates the model package with the build's credentials and lays out the build context
 (model, wheels per platform, Containerfile, build-args), exactly as the local builder does.
 """
@@ -8,6 +9,7 @@ validates the model package with the build's credentials and lays out the build 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -32,7 +34,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     prep.add_argument("--context", type=Path, required=True, help="output directory")
     prep.add_argument("--source-root", type=Path, required=True, help="edgefleet source tree")
     prep.add_argument("--revision", default="")
+    sync = sub.add_parser(
+        "sync-image",
+        help="build the sync agent image for this host's arch, push it, print its pinned ref",
+        description="Flags override the environment (IMAGE_REPOSITORY, PODMAN_SOCKET, "
+        "BASE_IMAGE, INSECURE_REGISTRIES, EDGEFLEET_CACHE_DIR, EDGEFLEET_SOURCE, CONTAINERS_*).",
+    )
+    sync.add_argument("--image-repository", help="e.g. 127.0.0.1:5000/edgefleet")
+    sync.add_argument("--podman-socket", help="unix:///…/podman.sock of podman system service")
+    sync.add_argument("--base-image", help="default: the local mmdebstrap base, built if missing")
+    sync.add_argument("--insecure-registries", help="comma-separated HOST:PORT (plain HTTP)")
+    sync.add_argument("--version", dest="image_version", default=None, help="the image tag")
     args = parser.parse_args(argv)
+    if args.command == "sync-image":
+        return _sync_image(args)
     request = BuildRequest(
         model=args.model,
         version=args.version,
@@ -56,6 +71,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edgefleet: {exc}", file=sys.stderr)
         return 1
     print(f"edgefleet: build context ready in {ctx.path}", file=sys.stderr)
+    return 0
+
+
+def _sync_image(args: argparse.Namespace) -> int:
+    from edgefleet import __version__
+    from edgefleet.packaging.podman_builder import PodmanConfig
+    from edgefleet.packaging.sync_image import build_sync_image
+
+    env = dict(os.environ)
+    for key, value in (
+        ("IMAGE_REPOSITORY", args.image_repository),
+        ("PODMAN_SOCKET", args.podman_socket),
+        ("BASE_IMAGE", args.base_image),
+        ("INSECURE_REGISTRIES", args.insecure_registries),
+    ):
+        if value is not None:
+            env[key] = value
+    try:
+        ref = build_sync_image(
+            PodmanConfig.from_env(env), version=args.image_version or __version__
+        )
+    except EdgefleetError as exc:
+        print(f"edgefleet: {exc}", file=sys.stderr)
+        return 1
+    print(ref)
     return 0
 
 

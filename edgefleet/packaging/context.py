@@ -261,12 +261,8 @@ def assemble(
     for arch in arches:
         goarch, variant = TARGET[arch]
         deps = wheels(project_root, arch, cache_dir=cache_dir, progress=progress)
-        target = dest / "wheels" / f"{goarch}{variant}"
-        target.mkdir(parents=True, exist_ok=True)
-        for wheel in deps.glob("*.whl"):
-            wheelhouse.link_or_copy(wheel, target / wheel.name)
         reqs = wheelhouse.image_requirements(project_root / "pyproject.toml", package.runtime)
-        (target / "requirements.txt").write_text("\n".join(reqs) + "\n")
+        wheelhouse.stage_wheels(dest / "wheels" / f"{goarch}{variant}", deps.glob("*.whl"), reqs)
     wheelhouse.build_project_wheel(project_root, dest / "app")
     return BuildContext(dest, package, tuple(arches))
 

@@ -168,7 +168,7 @@ class PodmanBuilder:
                 bucket=self._bucket_factory(bucket_name),
                 project_root=root,
                 created=datetime.now(UTC).isoformat(timespec="seconds"),
-                revision=_git_revision(root),
+                revision=git_revision(root),
                 cache_dir=self.config.cache_dir,
                 progress=self._progress,
             )
@@ -195,10 +195,7 @@ class PodmanBuilder:
                     self._push_index(repo, local_tags)
             finally:
                 client.close()
-        manifest = self._registry.get_manifest(repo)
-        latest = repo.with_tag("latest")
-        self._registry.put_manifest(latest, manifest)
-        images = (f"{repo}@{manifest.digest}", f"{latest}@{manifest.digest}")
+        images = point_latest(self._registry, repo)
         self._say(
             f"pushed {images[0]} and :latest in {time.monotonic() - started:.0f} s",
             image=images[0],
@@ -208,62 +205,17 @@ class PodmanBuilder:
     # -- steps ---------------------------------------------------------------------
 
     def _client(self) -> Any:
-        try:
-            import docker
-        except ImportError as exc:
-            raise ConfigError(
-                "the docker SDK is missing: pip install 'edgefleet[local]' (make install)"
-            ) from exc
-        sock = self.config.socket.removeprefix("unix://")
-        if not os.path.exists(sock):
-            raise ConfigError(
-                f"no podman API socket at {sock}: start `podman system service` "
-                "(edgefleet up does) or fix PODMAN_SOCKET"
-            )
-        return docker.DockerClient(base_url=self.config.socket, timeout=int(BUILD_TIMEOUT))
+        return docker_client(self.config.socket)
 
     def _build_one(
         self, client: Any, path: Path, tag: str, build_args: dict[str, str], platform: str
     ) -> None:
         self._say(f"building {tag} for {platform}")
-        tail: list[str] = []
-        try:
-            stream = client.api.build(
-                path=str(path),
-                dockerfile="Containerfile",
-                tag=tag,
-                buildargs=build_args,
-                rm=True,
-                forcerm=True,
-                pull=False,
-                decode=True,
-                platform=platform,
-            )
-            for chunk in stream:
-                if "error" in chunk or "errorDetail" in chunk:
-                    message = chunk.get("error") or chunk["errorDetail"].get("message", "")
-                    raise BuildFailed(f"building {tag}: {message.strip()} | {' | '.join(tail)}")
-                line = str(chunk.get("stream", "")).strip()
-                if line:
-                    tail = [*tail[-5:], line]
-                    if "STEP " in line or "COMMIT " in line:
-                        self._progress(line)
-        except BuildFailed:
-            raise
-        except Exception as exc:  # docker.errors.* and transport errors
-            raise BuildFailed(f"building {tag}: {exc} | {' | '.join(tail)}") from exc
+        build_image(client, path, tag, build_args, platform, progress=self._progress)
 
     def _push(self, client: Any, repo: refs.ImageRef) -> None:
         self._say(f"pushing {repo}")
-        try:
-            for chunk in client.api.push(repo.name, tag=repo.tag, stream=True, decode=True):
-                if "error" in chunk or "errorDetail" in chunk:
-                    message = chunk.get("error") or chunk["errorDetail"].get("message", "")
-                    raise TransientError(f"pushing {repo}: {message.strip()}")
-        except TransientError:
-            raise
-        except Exception as exc:
-            raise TransientError(f"pushing {repo}: {exc}") from exc
+        push_image(client, repo)
 
     def _push_index(self, repo: refs.ImageRef, local_tags: Sequence[str]) -> None:
         """Assemble the per-arch images into one index and push it (podman manifest)."""
@@ -289,6 +241,87 @@ class PodmanBuilder:
         self._progress(message)
 
 
+# -- steps shared by every local image build (model server, sync agent) ----------------
+
+
+def docker_client(socket: str) -> Any:
+    """A docker SDK client on the ``podman system service`` socket (``unix://PATH``)."""
+    try:
+        import docker
+    except ImportError as exc:
+        raise ConfigError(
+            "the docker SDK is missing: pip install 'edgefleet[local]' (make install)"
+        ) from exc
+    sock = socket.removeprefix("unix://")
+    if not os.path.exists(sock):
+        raise ConfigError(
+            f"no podman API socket at {sock}: start `podman system service` "
+            "(edgefleet up does) or fix PODMAN_SOCKET"
+        )
+    return docker.DockerClient(base_url=socket, timeout=int(BUILD_TIMEOUT))
+
+
+def build_image(
+    client: Any,
+    path: Path,
+    tag: str,
+    build_args: Mapping[str, str],
+    platform: str,
+    *,
+    progress: Progress = stderr_progress,
+) -> None:
+    """Build ``path``/Containerfile as ``tag``; steps go to ``progress``, failures carry the
+    tail of the build output."""
+    tail: list[str] = []
+    try:
+        stream = client.api.build(
+            path=str(path),
+            dockerfile="Containerfile",
+            tag=tag,
+            buildargs=dict(build_args),
+            rm=True,
+            forcerm=True,
+            pull=False,
+            decode=True,
+            platform=platform,
+        )
+        for chunk in stream:
+            if "error" in chunk or "errorDetail" in chunk:
+                message = chunk.get("error") or chunk["errorDetail"].get("message", "")
+                raise BuildFailed(f"building {tag}: {message.strip()} | {' | '.join(tail)}")
+            line = str(chunk.get("stream", "")).strip()
+            if line:
+                tail = [*tail[-5:], line]
+                if "STEP " in line or "COMMIT " in line:
+                    progress(line)
+    except BuildFailed:
+        raise
+    except Exception as exc:  # docker.errors.* and transport errors
+        raise BuildFailed(f"building {tag}: {exc} | {' | '.join(tail)}") from exc
+
+
+def push_image(client: Any, repo: refs.ImageRef) -> None:
+    """Push the local image ``repo`` (NAME:TAG) to its registry."""
+    try:
+        for chunk in client.api.push(repo.name, tag=repo.tag, stream=True, decode=True):
+            if "error" in chunk or "errorDetail" in chunk:
+                message = chunk.get("error") or chunk["errorDetail"].get("message", "")
+                raise TransientError(f"pushing {repo}: {message.strip()}")
+    except TransientError:
+        raise
+    except Exception as exc:
+        raise TransientError(f"pushing {repo}: {exc}") from exc
+
+
+def point_latest(registry: RegistryClient, repo: refs.ImageRef) -> tuple[str, str]:
+    """Point ``latest`` at the manifest ``repo`` names, through the registry API, so both
+    tags carry one digest; return both digest-pinned references (``repo`` first)."""
+    manifest = registry.get_manifest(repo)
+    latest = repo.with_tag("latest")
+    registry.put_manifest(latest, manifest)
+    return f"{repo}@{manifest.digest}", f"{latest}@{manifest.digest}"
+
+
 def _run(argv: list[str], env: Mapping[str, str]) -> None:
     result = subprocess.run(argv, env=dict(env), capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -296,7 +329,7 @@ def _run(argv: list[str], env: Mapping[str, str]) -> None:
         raise BuildFailed(f"{' '.join(argv[:3])} failed (exit {result.returncode}): {tail}")
 
 
-def _git_revision(root: Path) -> str:
+def git_revision(root: Path) -> str:
     if not (root / ".git").exists():
         return ""
     result = subprocess.run(

@@ -11,6 +11,7 @@ pyproject changing. Foreign architectures get binary wheels only (``pip download
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -18,8 +19,9 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.packaging.base_image import Progress, host_arch, stderr_progress
@@ -101,6 +103,16 @@ def image_requirements(pyproject: Path, runtime: str) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
+def pick_requirements(pyproject: Path, names: Sequence[str]) -> list[str]:
+    """The base requirements called ``names``, with pyproject's version bounds."""
+    project = tomllib.loads(pyproject.read_text())["project"]
+    base = {requirement_name(r): r for r in project.get("dependencies", [])}
+    missing = [n for n in names if requirement_name(n) not in base]
+    if missing:
+        raise ConfigError(f"pyproject's dependencies lack {', '.join(missing)}")
+    return [base[requirement_name(n)] for n in names]
+
+
 def cache_key(pyproject: Path, arch: str, extras: Sequence[str] = DEFAULT_EXTRAS) -> str:
     digest = hashlib.sha256(pyproject.read_bytes())
     digest.update(f"|{arch}|{PYTHON_VERSION}|{','.join(extras)}".encode())
@@ -154,6 +166,38 @@ def build_project_wheel(project_root: Path, out_dir: Path) -> Path:
     if len(wheels) != 1:
         raise EdgefleetError(f"expected one edgefleet wheel in {out_dir}, found {len(wheels)}")
     return wheels[0]
+
+
+def resolve_wheels(wheel_dir: Path, reqs: Sequence[str]) -> list[Path]:
+    """The wheels of ``wheel_dir`` that installing ``reqs`` takes: their dependency closure
+    as pip resolves it for this host (``pip install --dry-run --report``), nothing else.
+
+    Lets an image carry a subset of a shared wheelhouse; a requirement the wheelhouse
+    cannot satisfy is an error here, not in the middle of an image build.
+    """
+    with tempfile.TemporaryDirectory(prefix="edgefleet-resolve-") as tmp:
+        report = Path(tmp) / "report.json"
+        argv = ["install", "--dry-run", "--ignore-installed", "--no-index"]
+        argv += ["--find-links", str(wheel_dir), "--report", str(report), *reqs]
+        _pip(argv, f"resolving {', '.join(reqs)} in {wheel_dir}")
+        installs = json.loads(report.read_text()).get("install", [])
+    found = []
+    for item in installs:
+        path = Path(unquote(urlparse(item["download_info"]["url"]).path))
+        if path.parent != wheel_dir or path.suffix != ".whl":
+            raise EdgefleetError(f"pip resolved {path.name} outside the wheelhouse {wheel_dir}")
+        found.append(path)
+    return sorted(found)
+
+
+def stage_wheels(target: Path, wheels: Iterable[Path], reqs: Sequence[str]) -> Path:
+    """Lay out ``wheels/GOARCH/`` of a build context: the wheels (hard links) plus the
+    ``requirements.txt`` the Containerfile installs from them."""
+    target.mkdir(parents=True, exist_ok=True)
+    for wheel in wheels:
+        link_or_copy(wheel, target / wheel.name)
+    (target / "requirements.txt").write_text("\n".join(reqs) + "\n")
+    return target
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
