@@ -97,6 +97,7 @@ class TagMonitorConfig:
     signing_key: str
     trusted_keys: str
     allowed_registries: tuple[str, ...] | None
+    telemetry_project: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TagMonitorConfig:
@@ -116,6 +117,7 @@ class TagMonitorConfig:
             signing_key=(env.get("SIGNING_KEY") or "").strip(),
             trusted_keys=(env.get("TRUSTED_KEYS") or "").strip(),
             allowed_registries=policy.parse_registries(env.get("ALLOWED_REGISTRIES")),
+            telemetry_project=(env.get("TELEMETRY_PROJECT") or "").strip(),
         )
 
 
@@ -140,6 +142,7 @@ class TagMonitor:
             policy.Policy(allowed_registries=config.allowed_registries),
             channels=config.channels,
             arches=config.arches,
+            template_values={"telemetry_project": config.telemetry_project},
         )
         return cls(reconciler)
 

@@ -210,10 +210,19 @@ class Rendered:
     image: str
 
 
-def pod_context(repo: ImageRef, channel: str, arch: str, digest: str) -> dict[str, Any]:
-    """What a workload template may use."""
+def pod_context(
+    repo: ImageRef,
+    channel: str,
+    arch: str,
+    digest: str,
+    values: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """What a workload template may use: the image's facts, over fleet-wide ``values``
+    (``telemetry_project`` and whatever else the control plane is configured with)."""
     pinned = repo.with_digest(digest)
     return {
+        "telemetry_project": "",
+        **(values or {}),
         "name": pod_name(repo.repository),
         "model": model_name(repo.repository),
         "image": str(pinned),
@@ -235,9 +244,10 @@ def render_workload(
     arch: str,
     digest: str,
     pod_policy: policy.Policy,
+    values: Mapping[str, str] | None = None,
 ) -> Rendered:
     """Render and check the channel manifest for ``repo``'s ``arch`` image ``digest``."""
-    context = pod_context(repo, channel, arch, digest)
+    context = pod_context(repo, channel, arch, digest, values)
     name = context["name"]
     template, text = templates.render(template_names(repo.repository), context)
     check(text, pod_policy, name)

@@ -20,7 +20,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,7 +168,9 @@ class Reconciler:
         channels: Sequence[str] = layout.DEFAULT_CHANNELS,
         arches: Sequence[str] = layout.ARCHES,
         attempts: int = RECONCILE_ATTEMPTS,
+        template_values: Mapping[str, str] | None = None,
     ) -> None:
+        self.template_values = dict(template_values or {})
         self.registry = registry
         self.store = store
         self.templates = templates
@@ -202,7 +204,9 @@ class Reconciler:
             # 3. Render and check everything before writing anything.
             self.templates.refresh()
             rendered = {
-                arch: render_workload(self.templates, repo, channel, arch, digest, self.policy)
+                arch: render_workload(
+                    self.templates, repo, channel, arch, digest, self.policy, self.template_values
+                )
                 for arch, digest in digests.items()
                 if arch in self.arches
             }

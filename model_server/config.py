@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -203,4 +204,8 @@ def validate(config: ServerConfig) -> ServerConfig:
         raise ConfigError("--telemetry on needs a Pub/Sub project: set PUBSUB_PROJECT")
     if config.pubsub_topic and "/" in config.pubsub_topic:
         raise ConfigError(f"PUBSUB_TOPIC={config.pubsub_topic!r}: give the topic id, not a path")
+    if not config.device_id:
+        # A manifest set is shared by a channel's devices, so the pod carries no device id;
+        # with hostNetwork the host name is the device's own.
+        config = replace(config, device_id=socket.gethostname())
     return config

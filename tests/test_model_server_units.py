@@ -337,3 +337,18 @@ def test_edgetpu_variant_is_chosen_when_its_delegate_loads(tmp_path: Path) -> No
     assert loaded.backend.model_path.name == "model_edgetpu.tflite"
     assert loaded.backend.pool_size == 1  # type: ignore[attr-defined]
     assert "Edge TPU delegate loaded" in loaded.choice
+
+
+def test_device_id_defaults_to_the_host_name() -> None:
+    import socket
+
+    from model_server import config as server_config
+
+    cfg = server_config.validate(
+        server_config.ServerConfig(model=Path("m.tflite"), labels=Path("l.txt"))
+    )
+    assert cfg.device_id == socket.gethostname()
+    named = server_config.validate(
+        server_config.ServerConfig(model=Path("m.tflite"), labels=Path("l.txt"), device_id="pi-7")
+    )
+    assert named.device_id == "pi-7"

@@ -292,3 +292,26 @@ def test_suffix_and_strip() -> None:
     assert platforms.strip_arch_suffix("team/model-server-x86_64") == "model-server"
     assert platforms.suffix_arch("team/model-server") is None
     assert platforms.strip_arch_suffix("team/model-server") == "model-server"
+
+
+def test_model_server_pod_matches_the_server_and_carries_the_telemetry_project() -> None:
+    repo = refs.parse("localhost:5000/edgefleet/mobilenet:beta")
+    plain = render.render_workload(packaged(), repo, "beta", "x86_64", DIGEST, policy.Policy())
+    pod = yaml.safe_load(plain.entry.yaml)
+    [c] = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["CONTAINER_DIGEST"] == DIGEST
+    # The server's outbox lies on the spool mount, which outlives the pod.
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert any(env["OUTBOX_DIR"].startswith(m + "/") for m in mounts)
+    assert "PUBSUB_PROJECT" not in env  # no project configured: telemetry stays off
+    assert c["resources"]["limits"]["cpu"] == "2"
+
+    on = render.render_workload(
+        packaged(), repo, "beta", "x86_64", DIGEST, policy.Policy(),
+        {"telemetry_project": "fleet-prod"},
+    )  # fmt: skip
+    env = {
+        e["name"]: e["value"] for e in yaml.safe_load(on.entry.yaml)["spec"]["containers"][0]["env"]
+    }
+    assert env["PUBSUB_PROJECT"] == "fleet-prod"
