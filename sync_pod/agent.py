@@ -196,7 +196,17 @@ class Agent:
         candidate = signed.manifest_set
         digest = candidate.digest()
         applied = self.state.applied
+        now = datetime.fromtimestamp(self.clock(), UTC)
         if applied is not None and digest == applied.digest:
+            # Same content as what runs, rewritten: still judge its signatures, so that a
+            # stripped or forged signature on the running set is reported, not ignored.
+            try:
+                manifest_set.verify(
+                    signed, self.config.trusted_keys, arch=self.config.arch,
+                    channel=self.config.channel, now=now,
+                )  # fmt: skip
+            except SetRejected as exc:
+                return self._reject(exc.reason, str(exc), digest, generation)
             self.state.seen_generation = generation
             self._save()
             return UNCHANGED
@@ -211,7 +221,7 @@ class Agent:
                 self.config.trusted_keys,
                 arch=self.config.arch,
                 channel=self.config.channel,
-                now=datetime.fromtimestamp(self.clock(), UTC),
+                now=now,
                 applied_sequence=applied.sequence if applied else None,
                 applied_digest=applied.digest if applied else None,
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -19,6 +20,26 @@ from edgefleet.manifest_set import ManifestEntry, ManifestSet
 from edgefleet.storage import Bucket
 
 FAKE_DIGEST = "sha256:" + "ab" * 32
+
+
+TEST_REGISTRY = "127.0.0.1:5999"
+
+
+def agent_env(bucket_name: str, root: Path, **extra: str) -> dict[str, str]:
+    """A kubelet-runtime device of x86_64/beta whose folders live under ``root``."""
+    env = {
+        "BUCKET": bucket_name,
+        "ARCH": "x86_64",
+        "CHANNEL": "beta",
+        "DEVICE_ID": "dev-1",
+        "MANIFEST_DIR": str(root / "device" / "pods"),
+        "STATE_DIR": str(root / "state"),
+        "ALLOWED_REGISTRIES": TEST_REGISTRY,
+        "HEALTH_TIMEOUT": "1.5",
+        "STATUS_SECONDS": "3600",
+    }
+    env.update(extra)
+    return env
 
 
 def pod_yaml(

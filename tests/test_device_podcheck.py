@@ -18,9 +18,16 @@ from edgefleet.errors import InvalidInput, PolicyViolation
 from edgefleet.podcheck import ChildModelCheck
 from sync_pod.agent import APPLIED, FAILED, REJECTED, UNCHANGED, Agent
 from sync_pod.config import from_env
-from sync_pod.testing import FAKE_DIGEST, SetPublisher, entries, pod_yaml
+from sync_pod.testing import (
+    FAKE_DIGEST,
+    TEST_REGISTRY,
+    SetPublisher,
+    agent_env,
+    entries,
+    pod_yaml,
+)
 
-REG = "127.0.0.1:5999"
+REG = TEST_REGISTRY
 IMAGE = f"{REG}/edgefleet/web@{FAKE_DIGEST}"
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_AS_NUMBER = (
@@ -51,17 +58,7 @@ class Counting:
 
 
 def _agent(bucket, tmp_path: Path, check) -> Agent:  # type: ignore[no-untyped-def]
-    env = {
-        "BUCKET": bucket.name,
-        "ARCH": "x86_64",
-        "CHANNEL": "beta",
-        "DEVICE_ID": "dev-1",
-        "MANIFEST_DIR": str(tmp_path / "device" / "pods"),
-        "STATE_DIR": str(tmp_path / "state"),
-        "ALLOWED_REGISTRIES": REG,
-        "HEALTH_TIMEOUT": "1.5",
-        "STATUS_SECONDS": "3600",
-    }
+    env = agent_env(bucket.name, tmp_path)
     return Agent(from_env(env), bucket, KubeletRuntime(), model_check=check)
 
 
@@ -194,13 +191,7 @@ def test_agent_process_keeps_heavy_libraries_out(bucket, gcs, tmp_path) -> None:
     env = {
         **os.environ,
         **gcs.env(),
-        "BUCKET": bucket.name,
-        "ARCH": "x86_64",
-        "CHANNEL": "beta",
-        "DEVICE_ID": "dev-1",
-        "MANIFEST_DIR": str(tmp_path / "device" / "pods"),
-        "STATE_DIR": str(tmp_path / "state"),
-        "ALLOWED_REGISTRIES": REG,
+        **agent_env(bucket.name, tmp_path),
         "PYTHONPATH": str(REPO),
     }
     code = (

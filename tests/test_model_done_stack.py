@@ -15,15 +15,7 @@ pytestmark = [pytest.mark.stack]
 
 
 def log_entries(stack) -> list[dict]:
-    path = stack.functions["model_done_watcher"].process.log_path
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
+    return stack.functions["model_done_watcher"].log_entries()
 
 
 def wait_for_entry(stack, event_id: str, timeout: float = 10.0) -> dict:

@@ -16,31 +16,22 @@ from device.runtime import KubeletRuntime
 from edgefleet import layout, manifest_set, signing, storage
 from sync_pod.agent import APPLIED, OFFLINE, REJECTED, ROLLED_BACK, UNCHANGED, Agent
 from sync_pod.config import from_env
-from sync_pod.testing import FAKE_DIGEST, SetPublisher, entries, pod_yaml
+from sync_pod.testing import (
+    FAKE_DIGEST,
+    TEST_REGISTRY,
+    SetPublisher,
+    agent_env,
+    entries,
+    pod_yaml,
+)
 
-REG = "127.0.0.1:5999"
+REG = TEST_REGISTRY
 IMAGE = f"{REG}/edgefleet/web@{FAKE_DIGEST}"
 SYNC = layout.manifest_file_name(layout.SYNC_POD_NAME)
 
 
-def _env(bucket, tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {
-        "BUCKET": bucket.name,
-        "ARCH": "x86_64",
-        "CHANNEL": "beta",
-        "DEVICE_ID": "dev-1",
-        "MANIFEST_DIR": str(tmp_path / "device" / "pods"),
-        "STATE_DIR": str(tmp_path / "state"),
-        "ALLOWED_REGISTRIES": REG,
-        "HEALTH_TIMEOUT": "1.5",
-        "STATUS_SECONDS": "3600",
-    }
-    env.update(extra)
-    return env
-
-
 def make_agent(bucket, tmp_path: Path, **extra: str) -> Agent:
-    config = from_env(_env(bucket, tmp_path, **extra))
+    config = from_env(agent_env(bucket.name, tmp_path, **extra))
     return Agent(config, bucket, KubeletRuntime())
 
 
@@ -189,6 +180,25 @@ def test_signed_sets_reject_unsigned_tampered_untrusted_expired_replayed(
     )
     evil = pod_yaml("web", IMAGE, container_extra={"command": ["/bin/sh", "-c", "evil"]})
     tampered["manifests"][0].update(yaml=evil, sha256=manifest_set.sha256_hex(evil))
+    # A bucket writer without the key edits the signed set of the running one (`second`):
+    # injects a privileged pod beside it, or swaps the web pod's digest.
+    running = json.loads(pub.history[-1][1])
+    injected = json.loads(json.dumps(running))
+    privileged = pod_yaml("miner", IMAGE, container_extra={"securityContext": {"privileged": True}})
+    injected["manifests"].append(
+        {"name": "miner", "scope": "channel", "yaml": privileged,
+         "sha256": manifest_set.sha256_hex(privileged)}
+    )  # fmt: skip
+    swapped = json.loads(json.dumps(running))
+    other = running["manifests"][0]["yaml"].replace(FAKE_DIGEST, "sha256:" + "cd" * 32)
+    assert other != running["manifests"][0]["yaml"]
+    swapped["manifests"][0].update(yaml=other, sha256=manifest_set.sha256_hex(other))
+    stripped = dict(running, signatures=[])
+    attacks = [
+        ("bad-signature", json.dumps(injected).encode()),
+        ("bad-signature", json.dumps(swapped).encode()),
+        ("unsigned", json.dumps(stripped).encode()),
+    ]
     cases = {
         "unsigned": manifest_set.encode(pub.build(entries({"web": evil}))),
         "bad-signature": json.dumps(tampered).encode(),
@@ -203,7 +213,7 @@ def test_signed_sets_reject_unsigned_tampered_untrusted_expired_replayed(
         ),
         "replayed": first_doc,
     }
-    for reason, data in cases.items():
+    for reason, data in [*attacks, *cases.items()]:
         pub.write_raw(data)
         assert agent.poll_once() == REJECTED, reason
         assert folder_files(agent) == applied, reason

@@ -70,15 +70,7 @@ def mirror(bucket: Bucket, arch: str, channel: str, name: str) -> bytes | None:
 
 
 def function_log(stack) -> list[dict]:
-    path = stack.functions["tag_monitor"].process.log_path
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
+    return stack.functions["tag_monitor"].log_entries()
 
 
 def manifest_bytes(registry, repository: str, digest: str) -> tuple[bytes, str]:

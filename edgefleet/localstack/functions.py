@@ -7,11 +7,14 @@ Eventarc does in the cloud.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from edgefleet.localstack.process import ManagedProcess, MissingTool, free_port, port_open
 
@@ -66,6 +69,15 @@ class FunctionProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
+
+    def log_entries(self) -> list[dict[str, Any]]:
+        """The function's structured (JSON-line) log entries so far; other lines skipped."""
+        out = []
+        for line in self.process.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(json.JSONDecodeError):
+                    out.append(json.loads(line))
+        return out
 
     def start(self, timeout: float = 30.0) -> FunctionProcess:
         self.process.start()
