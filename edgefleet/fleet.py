@@ -32,14 +32,18 @@ class DeviceRow:
     set_sequence: int | None
     last_error: str | None
     versions: tuple[str, ...] = field(default_factory=tuple)
+    # How often the device promised to report (heartbeat + one poll); 0 when unknown.
+    report_interval: float = 0.0
     images: tuple[str, ...] = field(default_factory=tuple)  # digest-pinned refs running
 
     def age(self, now: datetime) -> float | None:
         return None if self.last_seen is None else (now - self.last_seen).total_seconds()
 
     def stale(self, now: datetime, stale_after: float) -> bool:
+        """Not heard from for ``stale_after`` seconds, or for two of the device's own
+        report intervals when that is longer (an idle device reports only on heartbeat)."""
         age = self.age(now)
-        return age is None or age > stale_after
+        return age is None or age > max(stale_after, 2 * self.report_interval)
 
     def healthy(self) -> bool:
         return self.health == "healthy" and not self.offline
@@ -79,6 +83,8 @@ def parse_report(data: bytes, object_name: str) -> DeviceRow:
             set_sequence=applied.get("sequence") if isinstance(applied, dict) else None,
             last_error=_error_text(doc),
             images=tuple(images),
+            report_interval=_seconds(doc.get("heartbeatSeconds"))
+            + _seconds(doc.get("pollSeconds")),
         )
     except (ValueError, KeyError, TypeError, AttributeError, InvalidInput) as exc:
         raise InvalidInput(f"status object {object_name} is malformed: {exc}") from exc
@@ -162,6 +168,13 @@ def to_json(row: DeviceRow, now: datetime, stale_after: float) -> dict[str, Any]
     out["last_seen"] = row.last_seen.isoformat() if row.last_seen else None
     out["problems"] = problems(row, now, stale_after)
     return out
+
+
+def _seconds(value: Any) -> float:
+    """A non-negative number of seconds from a report, 0 when absent or malformed."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return max(0.0, min(float(value), 7 * 86400.0))
 
 
 def _digest_of(image: Any) -> str | None:

@@ -502,6 +502,10 @@ class Agent:
             "badDigests": list(self.state.bad_digests),
             "trustedKeys": [signing.key_id(k) for k in self.config.trusted_keys],
             "reportedAt": _now_iso(now),
+            # The next report comes at the latest after this, plus a poll: readers judge
+            # staleness by it (an idle device only reports on change or heartbeat).
+            "heartbeatSeconds": self.config.status_seconds,
+            "pollSeconds": self.config.poll_seconds,
         }
 
 

@@ -98,3 +98,18 @@ def test_table_lists_every_device_with_short_digests():
     assert text[0].split()[:3] == ["DEVICE", "ARCH", "CHANNEL"]
     assert [line.split()[0] for line in text[1:]] == ["dev-1", "dev-2"]
     assert "111111111111" in text[1]
+
+
+def test_an_idle_device_is_judged_by_its_own_heartbeat():
+    def with_heartbeat(age: float) -> fleet.DeviceRow:
+        doc = json.loads(report("idle", "beta", D1, age=age))
+        doc.update(heartbeatSeconds=900, pollSeconds=60)
+        return fleet.parse_report(json.dumps(doc).encode(), "idle")
+
+    # Reports come on change or every 900 s: 20 minutes of silence is expected...
+    assert fleet.problems(with_heartbeat(1200), NOW, 300) == []
+    # ...two missed heartbeats are not.
+    assert fleet.problems(with_heartbeat(2000), NOW, 300) == ["stale: last seen 2000s ago"]
+    # Without the fields (older agents) the operator's --stale-after decides alone.
+    assert fleet.problems(fleet.parse_report(report("old", "beta", D1, age=1200), "old"),
+                          NOW, 300) == ["stale: last seen 1200s ago"]  # fmt: skip

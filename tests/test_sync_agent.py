@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device.runtime import KubeletRuntime
-from edgefleet import layout, manifest_set, signing, storage
+from edgefleet import fleet, layout, manifest_set, signing, storage
 from sync_pod.agent import APPLIED, OFFLINE, REJECTED, ROLLED_BACK, UNCHANGED, Agent
 from sync_pod.config import from_env
 from sync_pod.testing import (
@@ -362,3 +362,15 @@ def test_offline_keeps_the_set_and_status_says_offline(tmp_path, monkeypatch) ->
         assert folder_files(agent) == applied
     finally:
         back.stop()
+
+
+def test_status_says_how_often_the_device_reports(bucket, tmp_path, pub) -> None:
+    agent = make_agent(bucket, tmp_path, STATUS_SECONDS="600", POLL_SECONDS="30")
+    agent.recover()
+    pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
+    assert agent.poll_once() == APPLIED
+    agent.report(force=True)
+    status = uploaded_status(bucket)
+    assert (status["heartbeatSeconds"], status["pollSeconds"]) == (600, 30)
+    row = fleet.parse_report(json.dumps(status).encode(), "status/dev-1.json")
+    assert row.report_interval == 630
