@@ -103,7 +103,7 @@ def serving_times(devices: list[dict[str, Any]], digest: str, timeout: float) ->
         for d in devices:
             if d["id"] not in done:
                 info = demo.version_of(d)
-                if info and info.get("version") == digest:
+                if info and info.get("version") == digest and demo.is_ready(d):
                     done[d["id"]] = time.time()
         if time.time() > deadline:
             raise SystemExit(f"bench: devices did not all serve {digest} within {timeout:.0f} s")

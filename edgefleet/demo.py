@@ -186,6 +186,11 @@ def version_of(device: Mapping[str, Any]) -> dict[str, Any] | None:
     return dev.device_json(str(device["name"]), "GET", "/version/", timeout=3.0)
 
 
+def is_ready(device: Mapping[str, Any]) -> bool:
+    """``/readyz`` answers 2xx: the model loaded and passed its golden self-test."""
+    return dev.device_json(str(device["name"]), "GET", "/readyz", timeout=3.0) is not None
+
+
 def predict_of(device: Mapping[str, Any], image: bytes) -> dict[str, Any] | None:
     return dev.device_json(
         str(device["name"]),
@@ -206,7 +211,8 @@ def wait_serving(
     timeout: float = 300.0,
     interval: float = 0.1,
 ) -> dict[str, float]:
-    """Seconds from ``since`` until each device's ``/version/`` reports ``digest``."""
+    """Seconds from ``since`` until each device's ``/version/`` reports ``digest`` and its
+    ``/readyz`` passes (``/version/`` answers before the golden self-test is done)."""
     done: dict[str, float] = {}
     deadline = since + timeout
     while len(done) < len(devices):
@@ -214,7 +220,7 @@ def wait_serving(
             if d["id"] in done:
                 continue
             info = version_of(d)
-            if info and info.get("version") == digest:
+            if info and info.get("version") == digest and is_ready(d):
                 done[d["id"]] = time.monotonic() - since
         if len(done) == len(devices):
             break
