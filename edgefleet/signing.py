@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from edgefleet.errors import ConfigError
+from edgefleet.fsutil import atomic_write
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -44,8 +45,8 @@ def generate(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ed2551
         serialization.NoEncryption(),
     )
     target.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(target, private, 0o600)
-    _write_atomic(Path(f"{target}.pub"), public_pem(key.public_key()), 0o644)
+    atomic_write(target, private, 0o600)
+    atomic_write(Path(f"{target}.pub"), public_pem(key.public_key()), 0o644)
     return key
 
 
@@ -88,14 +89,3 @@ def load_public_keys(paths: str | None) -> tuple[Ed25519PublicKey, ...]:
     if not paths:
         return ()
     return tuple(load_public_key(p.strip()) for p in paths.split(",") if p.strip())
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)

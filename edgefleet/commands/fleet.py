@@ -8,9 +8,13 @@ import os
 import sys
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from edgefleet import context, fleet, layout, refs
 from edgefleet.errors import ConfigError, InvalidInput, InvalidReference
+
+if TYPE_CHECKING:
+    from edgefleet.storage import Bucket
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -92,7 +96,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    rows = _load_rows(args.bucket)
+    rows = fleet.with_versions(_read_reports(_deploy_bucket(args.bucket)), VersionLookup())
     if args.channel:
         rows = [r for r in rows if r.channel == args.channel]
     now = datetime.now(UTC)
@@ -121,11 +125,12 @@ def _rollout_wait(args: argparse.Namespace) -> int:
     digest = refs.check_digest(args.digest)
     if args.arch:
         layout.check_arch(args.arch)
+    bucket = _deploy_bucket(args.bucket)
     deadline = time.monotonic() + args.timeout
     start = time.monotonic()
     last_line = ""
     while True:
-        rows = _load_rows(args.bucket)
+        rows = _read_reports(bucket)
         progress = fleet.rollout_progress(rows, channel, digest, args.arch)
         line = (
             f"{channel}: {len(progress.done)}/{progress.total} devices run {digest[:19]}… healthy"
@@ -161,7 +166,7 @@ def _channel(value: str) -> str:
     return channel
 
 
-def _load_rows(bucket_name: str | None) -> list[fleet.DeviceRow]:
+def _deploy_bucket(bucket_name: str | None) -> Bucket:
     from edgefleet.storage import Bucket, make_client
 
     context.apply_defaults()
@@ -170,7 +175,10 @@ def _load_rows(bucket_name: str | None) -> list[fleet.DeviceRow]:
         raise ConfigError(
             "no deploy bucket: pass --bucket, set DEPLOY_BUCKET or run `edgefleet up`"
         )
-    bucket = Bucket(make_client(), name)
+    return Bucket(make_client(), name)
+
+
+def _read_reports(bucket: Bucket) -> list[fleet.DeviceRow]:
     rows = []
     for object_name in bucket.list("status/"):
         blob = bucket.read(object_name, max_bytes=256 * 1024)
@@ -180,33 +188,40 @@ def _load_rows(bucket_name: str | None) -> list[fleet.DeviceRow]:
             rows.append(fleet.parse_report(blob.data, object_name))
         except InvalidInput as exc:
             print(f"edgefleet: skipping {exc}", file=sys.stderr)
-    return fleet.with_versions(rows, _image_version)
+    return rows
 
 
-# Image digest -> its version label (None: unknown). Content-addressed, so never stale.
-_VERSIONS: dict[str, str | None] = {}
 VERSION_LABEL = "org.opencontainers.image.version"
 
 
-def _image_version(image: str) -> str | None:
-    """The VERSION column: the running image's version label, asked once per digest.
-    A registry that cannot answer leaves the column empty, never fails the command."""
-    from edgefleet.errors import EdgefleetError
-    from edgefleet.registry import RegistryClient, parse_insecure
+class VersionLookup:
+    """The VERSION column: each running image's version label, asked once per digest
+    (content-addressed, so never stale) through one registry client. A registry that
+    cannot answer leaves the column empty and is asked again next time."""
 
-    try:
-        ref = refs.parse(image)
-    except InvalidReference:
-        return None
-    if not ref.digest:
-        return None
-    if ref.digest not in _VERSIONS:
-        client = RegistryClient(insecure=parse_insecure(os.environ.get("INSECURE_REGISTRIES")))
+    def __init__(self) -> None:
+        from edgefleet.registry import RegistryClient, parse_insecure
+
+        self._client = RegistryClient(
+            insecure=parse_insecure(os.environ.get("INSECURE_REGISTRIES"))
+        )
+        self._versions: dict[str, str | None] = {}
+
+    def __call__(self, image: str) -> str | None:
+        from edgefleet.errors import EdgefleetError
+
         try:
-            config = client.get_config(ref, client.get_manifest(ref))
-            labels = (config.get("config") or {}).get("Labels") or {}
-            value = labels.get(VERSION_LABEL)
-            _VERSIONS[ref.digest] = str(value) if value else None
-        except (EdgefleetError, OSError, AttributeError):
-            return None  # not cached: ask again next time
-    return _VERSIONS[ref.digest]
+            ref = refs.parse(image)
+        except InvalidReference:
+            return None
+        if not ref.digest:
+            return None
+        if ref.digest not in self._versions:
+            try:
+                config = self._client.get_config(ref, self._client.get_manifest(ref))
+                labels = (config.get("config") or {}).get("Labels") or {}
+                value = labels.get(VERSION_LABEL)
+                self._versions[ref.digest] = str(value) if value else None
+            except (EdgefleetError, OSError, AttributeError):
+                return None
+        return self._versions[ref.digest]
