@@ -365,6 +365,22 @@ class Agent:
             self.runtime.reconcile(previous)
         except EdgefleetError as exc:
             log.error("runtime failed while rolling back", extra=_f(error=str(exc)))
+        else:
+            # A rollback is done when the old pods serve again: wait for them (same gate,
+            # same budget) so that what is reported next is what runs.
+            restored = wait_healthy(
+                self._load_pods(previous, pending.changed),
+                self.runtime,
+                self.clock() + self.config.health_timeout,
+                clock=self.clock,
+                sleep=self.sleep,
+                probe=self.probe,
+            )
+            if not restored.healthy:
+                log.error(
+                    "previous set not ready after rolling back",
+                    extra=_f(digest=pending.digest, detail=restored.detail),
+                )
         self.state.mark_bad(pending.digest)
         self.state.pending = None
         self.state.seen_generation = pending.generation

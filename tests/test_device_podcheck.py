@@ -126,6 +126,28 @@ def test_podcheck_cli_contract() -> None:
     assert bad.returncode == 2 and bad.stderr.startswith(b"edgefleet: ")
 
 
+def test_podcheck_child_leaves_the_kube_config_loaders_out() -> None:
+    """The child judges pods with kubernetes.client alone; the kubernetes package's own
+    __init__ (kube-config loaders, google-auth, requests) would double its run time."""
+    manifests = {"a": IMAGE_AS_NUMBER, "b": pod_yaml("b", IMAGE)}
+    script = (
+        "import json, sys\n"
+        "from edgefleet import podcheck, policy\n"
+        "podcheck.skip_kubernetes_package_init()\n"
+        f"errors = policy.model_errors({manifests!r})\n"
+        "print(json.dumps({'errors': errors, 'modules': sorted(sys.modules)}))\n"
+    )
+    out = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, check=True, text=True
+        ).stdout
+    )
+    assert out["errors"]["b"] is None and "not a valid v1 Pod" in out["errors"]["a"]
+    loaded = set(out["modules"])
+    assert "kubernetes.client.models.v1_pod" in loaded
+    assert not loaded & {"kubernetes.config", "kubernetes.watch", "google.auth", "requests"}
+
+
 def _loop(manifests: dict[str, str], p: policy.Policy) -> dict[str, object]:
     out: dict[str, object] = {}
     for key, text in manifests.items():
