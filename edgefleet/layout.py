@@ -24,6 +24,7 @@ from edgefleet.errors import InvalidInput
 ARCHES: tuple[str, ...] = ("x86_64", "aarch64", "armv7l")
 DEFAULT_CHANNELS: tuple[str, ...] = ("latest", "alpha", "beta", "stable")
 FLEET_WIDE = "all"
+BUILD_CACHE_TAG = "buildcache"  # image builders keep their layer cache under this tag
 
 # OCI platform (os/architecture[/variant]) -> device arch.
 PLATFORM_ARCH: dict[str, str] = {
@@ -61,9 +62,10 @@ def check_arch(arch: str) -> str:
 
 
 def check_channel(channel: str) -> str:
-    if channel == FLEET_WIDE or not _CHANNEL_RE.match(channel or ""):
+    if channel in (FLEET_WIDE, BUILD_CACHE_TAG) or not _CHANNEL_RE.match(channel or ""):
         raise InvalidInput(
-            f"invalid channel {channel!r}: a lowercase DNS label other than {FLEET_WIDE!r}"
+            f"invalid channel {channel!r}: a lowercase DNS label other than "
+            f"{FLEET_WIDE!r} and {BUILD_CACHE_TAG!r}"
         )
     return channel
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -39,16 +40,23 @@ def _testdata() -> Path:
     return TESTDATA
 
 
-def upload_package(bucket: storage.Bucket, prefix: str) -> None:
+def upload_package(
+    bucket: storage.Bucket,
+    prefix: str,
+    *,
+    version: str = VERSION,
+    model_file: Path = MODEL_FILE,
+    top1: int = 653,
+) -> None:
     """A model package as training writes it, plus objects that must stay out of images."""
     td = _testdata()
     metadata = {
         "name": MODEL,
-        "version": VERSION,
+        "version": version,
         "task": "image",
-        "golden": [{"input": "golden/grace_hopper.bmp", "top1": 653}],
+        "golden": [{"input": "golden/grace_hopper.bmp", "top1": top1}],
     }
-    bucket.write(prefix + "model.tflite", MODEL_FILE.read_bytes())
+    bucket.write(prefix + "model.tflite", model_file.read_bytes())
     bucket.write(prefix + "labels.txt", (td / "imagenet_labels.txt").read_bytes())
     bucket.write(prefix + "golden/grace_hopper.bmp", (td / "grace_hopper.bmp").read_bytes())
     bucket.write(prefix + "metadata.json", json.dumps(metadata).encode())
@@ -62,6 +70,8 @@ class Built:
     registry_host: str
     podman_env: dict[str, str]
     repo: str
+    builder: Any
+    bucket: storage.Bucket
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +107,8 @@ def built(gcs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:  # 
         )
         try:
             result = PodmanBuilder(config).build(request)
-            yield Built(result, registry.host, penv.env(), f"{registry.host}/edgefleet/{MODEL}")
+            repo = f"{registry.host}/edgefleet/{MODEL}"
+            yield Built(result, registry.host, penv.env(), repo, PodmanBuilder(config), bucket)
         finally:
             service.stop()
             registry.stop()
@@ -149,6 +160,39 @@ def test_image_carries_oci_and_model_labels(built: Built) -> None:
     assert config["config"]["User"] == "10001:10001"
     assert "5000/tcp" in config["config"]["ExposedPorts"]
     assert config["config"]["Entrypoint"][-4:] == ["--model-dir", "/model", "--port", "5000"]
+
+
+def test_model_versions_share_every_layer_but_the_model(built: Built) -> None:
+    """A device that runs one version downloads only the next one's model layer."""
+    v1_file = TESTDATA / "mobilenet_v1_0.25_128_quant.tflite"
+    prefix = f"{MODEL}/mobilenet_1_1764000100/"
+    upload_package(
+        built.bucket, prefix, version="mobilenet_1_1764000100", model_file=v1_file, top1=400
+    )
+    other = built.builder.build(
+        BuildRequest(
+            model=MODEL,
+            version="mobilenet_1_1764000100",
+            major=1,
+            trained_at=1764000100,
+            source=f"gs://edgefleet-models-pkg/{prefix}",
+            arches=("x86_64",),
+        )
+    )
+    client = RegistryClient(insecure=[built.registry_host], token_source=lambda: None)
+
+    def layers(image: str) -> list[tuple[str, int]]:
+        ref = refs.parse(image)
+        manifest = client.get_manifest(ref.with_digest(ref.digest or ""))
+        return [(layer["digest"], layer["size"]) for layer in manifest.doc["layers"]]
+
+    first, second = layers(built.result.images[0]), layers(other.images[0])
+    assert len(first) == len(second) >= 3
+    assert first[:-1] == second[:-1]  # base, user, runtime: byte-identical, shared
+    assert first[-1] != second[-1]
+    new_bytes = second[-1][1]
+    assert new_bytes < v1_file.stat().st_size + 2 * 1024 * 1024  # model + package, no runtime
+    assert sum(size for _, size in first[:-1]) > 50 * new_bytes
 
 
 def test_image_holds_the_package_only_and_no_build_tools(built: Built) -> None:

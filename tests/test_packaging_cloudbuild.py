@@ -66,6 +66,9 @@ def test_single_arch_request() -> None:
         "registry.example.internal/acme-fleet/edgefleet/mobilenet:latest",
     ]
     assert "--push" in command
+    cache = "registry.example.internal/acme-fleet/edgefleet/mobilenet:buildcache"
+    assert command[command.index("--cache-from") + 1] == f"type=registry,ref={cache}"
+    assert command[command.index("--cache-to") + 1].startswith(f"type=registry,ref={cache},")
     assert command[command.index("--file") + 1].endswith("/Containerfile")
     assert set(build["waitFor"]) == {"prepare", "buildx"}
 

@@ -14,7 +14,8 @@ Steps, in the build's workspace (the edgefleet source tarball, ``CLOUDBUILD_SOUR
 2. ``binfmt`` (only for foreign platforms): registers qemu emulators on the build VM.
 3. ``buildx``: a docker-container buildx builder, for multi-platform builds.
 4. ``build``: ``docker buildx build`` of model_server/Containerfile for every platform,
-   pushed to Artifact Registry as ``REPO/MODEL:VERSION`` and ``REPO/MODEL:latest``.
+   pushed to Artifact Registry as ``REPO/MODEL:VERSION`` and ``REPO/MODEL:latest``, with
+   its layer cache in ``REPO/MODEL:buildcache`` so that versions share their runtime layers.
 
 Step images are public short names by default (no registry host is written here) and can
 be overridden: ``CLOUDBUILD_PYTHON_IMAGE``, ``CLOUDBUILD_DOCKER_IMAGE``,
@@ -29,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edgefleet import refs
+from edgefleet import layout, refs
 from edgefleet.build import BuildRequest, BuildResult
 from edgefleet.errors import ConfigError, EdgefleetError, TransientError
 from edgefleet.packaging import context
@@ -115,6 +116,13 @@ def image_tags(config: CloudBuildConfig, request: BuildRequest) -> tuple[str, st
     return str(repo), str(repo.with_tag("latest"))
 
 
+def cache_ref(config: CloudBuildConfig, request: BuildRequest) -> str:
+    """Where buildx keeps the model's layer cache between builds. Each Cloud Build VM starts
+    empty; without it every version would get its own copy of the runtime layers and every
+    device would download them again for each new model version."""
+    return str(refs.parse(f"{config.image_repository}/{request.model}:{layout.BUILD_CACHE_TAG}"))
+
+
 def build_request_body(config: CloudBuildConfig, request: BuildRequest) -> dict[str, Any]:
     """The Cloud Build ``Build`` resource that packages ``request`` (pure)."""
     context.check_request(request)
@@ -122,6 +130,7 @@ def build_request_body(config: CloudBuildConfig, request: BuildRequest) -> dict[
     platforms = ",".join(context.PLATFORM[a] for a in arches)
     foreign = [BINFMT_ARCH[a] for a in arches if a != "x86_64"]  # Cloud Build VMs are amd64
     version_tag, latest_tag = image_tags(config, request)
+    cache = cache_ref(config, request)
     source = _GS_OBJECT.match(config.source)
     assert source is not None
     prepare = [
@@ -172,6 +181,8 @@ def build_request_body(config: CloudBuildConfig, request: BuildRequest) -> dict[
         "--platform", platforms,
         "--provenance=false", "--sbom=false",
         "--tag", version_tag, "--tag", latest_tag,
+        "--cache-from", f"type=registry,ref={cache}",
+        "--cache-to", f"type=registry,ref={cache},mode=max,image-manifest=true,oci-mediatypes=true",
         "--file", f"{CONTEXT_DIR}/Containerfile", "--push",
     ]  # fmt: skip
     if config.base_image:

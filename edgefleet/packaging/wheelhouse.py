@@ -27,6 +27,7 @@ from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.packaging.base_image import Progress, host_arch, stderr_progress
 
 PYTHON_VERSION = "3.11"
+REPRODUCIBLE_EPOCH = "315532800"  # 1980-01-01: the earliest time a zip entry can hold
 DEFAULT_EXTRAS: tuple[str, ...] = ("server",)
 _COMPLETE = ".complete"
 # Device arch -> pip platform tags of the binary wheels that run there.
@@ -161,7 +162,13 @@ def build_project_wheel(project_root: Path, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("edgefleet-*.whl"):
         old.unlink()
-    _pip(["wheel", "--no-deps", "--wheel-dir", str(out_dir), str(project_root)], "edgefleet wheel")
+    # Reproducible: the same source gives the same wheel bytes, so image builds reuse their
+    # cached runtime layer and model versions share it (see model_server/Containerfile).
+    _pip(
+        ["wheel", "--no-deps", "--wheel-dir", str(out_dir), str(project_root)],
+        "edgefleet wheel",
+        env={"SOURCE_DATE_EPOCH": REPRODUCIBLE_EPOCH},
+    )
     wheels = sorted(out_dir.glob("edgefleet-*.whl"))
     if len(wheels) != 1:
         raise EdgefleetError(f"expected one edgefleet wheel in {out_dir}, found {len(wheels)}")
@@ -209,9 +216,10 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _pip(args: list[str], what: str) -> None:
+def _pip(args: list[str], what: str, env: Mapping[str, str] | None = None) -> None:
     argv = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    run_env = {**os.environ, **env} if env else None
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, env=run_env)
     if result.returncode != 0:
         tail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-4:])
         raise EdgefleetError(f"{what}: pip failed (exit {result.returncode}): {tail}")
