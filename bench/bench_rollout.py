@@ -12,12 +12,22 @@ per promotion:
             model load, self-test, readiness)
   total     tag move -> the LAST device serves the digest
 
-twice: "warm" (both images already pulled on every device) and "cold" (the target image
-is removed from every device's storage before each promotion, so each device pulls it).
-Prints p50/p95 of each and the ratio of the total p95 to its target (poll + 5 s warm,
-poll + 15 s cold).
+in three runs:
 
-    .venv/bin/python bench/bench_rollout.py [--promotions 20] [--cold 20] [--poll 2]
+  warm           both images already pulled on every device;
+  cold           the target image is removed from every device's storage before each
+                 promotion, so each device pulls it: a new model version's rollout. The
+                 layers it shares with the running version stay (model versions share all
+                 but the model layer, see model_server/Containerfile);
+  first install  every device's pod and ALL its images are removed first, so each device
+                 pulls the whole image (~390 MB): a device's first model.
+
+Prints p50/p95 of each and the ratio of the total p95 to its target (poll + 5 s warm,
+poll + 15 s cold and first install). The devices share this machine's cores, so three
+simultaneous whole-image pulls compete for CPU (layer decompression and digests) in a way
+separate devices do not; the first-install run also prints one device pulling alone.
+
+    .venv/bin/python bench/bench_rollout.py [--promotions 20] [--cold 20] [--first 5] [--poll 2]
 
 Other work on the machine skews the numbers: the load average is printed at start and end.
 """
@@ -120,6 +130,17 @@ def evict(devices: list[dict[str, Any]], image: str) -> None:
             raise SystemExit(f"bench: podman rmi on {d['id']} failed: {done.stderr.strip()}")
 
 
+def wipe(devices: list[dict[str, Any]]) -> None:
+    """Remove every pod and image from each device's storage: a device before its first
+    model. The agent plays the next set's pod again since it is not running."""
+    for d in devices:
+        paths = dev.DevicePaths(Path(d["device_dir"]))
+        for args in (["pod", "rm", "-a", "-f"], ["rmi", "-a", "-f"]):
+            done = dev.run_podman(paths, args)
+            if done.returncode != 0:
+                raise SystemExit(f"bench: podman {args[0]} on {d['id']} failed: {done.stderr}")
+
+
 def promote_once(fleet: demo.Fleet, digest: str, timeout: float) -> Sample:
     bucket = fleet.bucket(fleet.stack.config.deploy_bucket)
     set_name = layout.set_object(dev.host_arch(), CHANNEL)
@@ -148,6 +169,21 @@ def promote_once(fleet: demo.Fleet, digest: str, timeout: float) -> Sample:
             time.sleep(0.2)
     time.sleep(fleet_poll(fleet))
     return sample
+
+
+def pull_alone(fleet: demo.Fleet, digest: str) -> float:
+    """Seconds for one device to pull the whole image with nothing else running. Run last:
+    the device's pod and images are removed for it."""
+    on = fleet.on(CHANNEL)
+    image = f"{fleet.repo}@{digest}"
+    wipe(on[:1])
+    paths = dev.DevicePaths(Path(on[0]["device_dir"]))
+    start = time.monotonic()
+    done = dev.run_podman(paths, ["pull", "-q", "--tls-verify=false", image], timeout=600)
+    took = time.monotonic() - start
+    if done.returncode != 0:
+        raise SystemExit(f"bench: pulling {image} on {on[0]['id']} failed: {done.stderr}")
+    return took
 
 
 def fleet_poll(fleet: demo.Fleet) -> float:
@@ -180,6 +216,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--promotions", type=int, default=20, help="warm promotions")
     parser.add_argument("--cold", type=int, default=20, help="cold-pull promotions")
+    parser.add_argument("--first", type=int, default=5, help="first-install promotions")
     parser.add_argument("--poll", type=float, default=2.0, help="device poll seconds")
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--workdir", type=Path, default=REPO / ".edgefleet" / "bench-rollout")
@@ -214,11 +251,20 @@ def main() -> int:
             evict(fleet.on(CHANNEL), f"{fleet.repo}@{digest}")
             cold.append(promote_once(fleet, digest, args.timeout))
         if cold:
-            report("cold (each device pulls the image)", cold, args.poll, 15.0)
-        pulled = statistics.median(x for s in cold for x in s.runtime) if cold else 0.0
+            report("cold (each device pulls the new version)", cold, args.poll, 15.0)
+        first = []
+        for i in range(args.first):
+            wipe(fleet.on(CHANNEL))
+            first.append(promote_once(fleet, digests[i % 2], args.timeout))
+        if first:
+            report("first install (each device pulls the whole image)", first, args.poll, 15.0)
+            alone = pull_alone(fleet, digests[0])
+            print(f"  one device pulling the whole image alone: {alone:.2f}s")
         warm_rt = statistics.median(x for s in warm for x in s.runtime)
-        if cold:
-            print(f"\ncold/warm runtime p50 ratio: {pulled / warm_rt:.2f}")
+        for name, runs in (("cold", cold), ("first-install", first)):
+            if runs:
+                pulled = statistics.median(x for s in runs for x in s.runtime)
+                print(f"{name}/warm runtime p50 ratio: {pulled / warm_rt:.2f}")
     finally:
         demo.stop(fleet, args.workdir)
         print(f"load average at end: {os.getloadavg()}")

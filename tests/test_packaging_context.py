@@ -222,3 +222,25 @@ def test_podman_config_from_env() -> None:
         PodmanConfig.from_env({"IMAGE_REPOSITORY": "127.0.0.1:5000/edgefleet"})
     with pytest.raises(InvalidInput):
         PodmanConfig.from_env({"IMAGE_REPOSITORY": "Not A Repo", "PODMAN_SOCKET": "/s"})
+
+
+def test_project_wheel_is_reproducible_and_leaves_stale_build_output_out(tmp_path: Path) -> None:
+    """Same source, same wheel bytes (the image's runtime layer is then shared between
+    model versions); a module left in an old in-tree build/lib is not shipped."""
+    import hashlib
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", ".edgefleet"))
+    stale = src / "build" / "lib" / "edgefleet" / "removed_long_ago.py"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("raise RuntimeError('shipped a deleted module')\n")
+    first = wheelhouse.build_project_wheel(src, tmp_path / "one")
+    time.sleep(1.1)  # a wheel stamped with the build time would now differ
+    second = wheelhouse.build_project_wheel(src, tmp_path / "two")
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert digest(first) == digest(second)
+    names = zipfile.ZipFile(first).namelist()
+    assert "edgefleet/podcheck.py" in names and "model_server/__main__.py" in names
+    assert not any("removed_long_ago" in n for n in names)

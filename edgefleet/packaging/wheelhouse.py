@@ -28,6 +28,11 @@ from edgefleet.packaging.base_image import Progress, host_arch, stderr_progress
 
 PYTHON_VERSION = "3.11"
 REPRODUCIBLE_EPOCH = "315532800"  # 1980-01-01: the earliest time a zip entry can hold
+# Build outputs, caches and local state: never part of the edgefleet wheel's source.
+_NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", "venv", ".edgefleet", "build", "dist", "*.egg-info", "__pycache__",
+    ".pytest_cache", ".ruff_cache", "*.pyc",
+)  # fmt: skip
 DEFAULT_EXTRAS: tuple[str, ...] = ("server",)
 _COMPLETE = ".complete"
 # Device arch -> pip platform tags of the binary wheels that run there.
@@ -158,17 +163,24 @@ def ensure_dependency_wheels(
 
 
 def build_project_wheel(project_root: Path, out_dir: Path) -> Path:
-    """Build the edgefleet wheel (pure Python, any arch) from the source tree into out_dir."""
+    """Build the edgefleet wheel (pure Python, any arch) from the source tree into out_dir.
+
+    The wheel is built from a copy without build outputs: setuptools reuses an in-tree
+    ``build/lib``, which keeps modules deleted from the source and would ship them. It is
+    reproducible: the same source gives the same bytes, so image builds reuse their cached
+    runtime layer and model versions share it (see model_server/Containerfile).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("edgefleet-*.whl"):
         old.unlink()
-    # Reproducible: the same source gives the same wheel bytes, so image builds reuse their
-    # cached runtime layer and model versions share it (see model_server/Containerfile).
-    _pip(
-        ["wheel", "--no-deps", "--wheel-dir", str(out_dir), str(project_root)],
-        "edgefleet wheel",
-        env={"SOURCE_DATE_EPOCH": REPRODUCIBLE_EPOCH},
-    )
+    with tempfile.TemporaryDirectory(prefix="edgefleet-src-") as tmp:
+        source = Path(tmp) / "src"
+        shutil.copytree(project_root, source, ignore=_NOT_SOURCE, symlinks=True)
+        _pip(
+            ["wheel", "--no-deps", "--wheel-dir", str(out_dir), str(source)],
+            "edgefleet wheel",
+            env={"SOURCE_DATE_EPOCH": REPRODUCIBLE_EPOCH},
+        )
     wheels = sorted(out_dir.glob("edgefleet-*.whl"))
     if len(wheels) != 1:
         raise EdgefleetError(f"expected one edgefleet wheel in {out_dir}, found {len(wheels)}")
