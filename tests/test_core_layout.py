@@ -22,7 +22,9 @@ def test_unknown_arch_rejected(arch) -> None:
         layout.set_object(arch, "beta")
 
 
-@pytest.mark.parametrize("channel", ["all", "buildcache", "Beta", "-x", "x-", "a" * 64, "", "a/b", "a.b"])
+@pytest.mark.parametrize(
+    "channel", ["all", "buildcache", "Beta", "-x", "x-", "a" * 64, "", "a/b", "a.b"]
+)
 def test_bad_channel_rejected(channel) -> None:
     with pytest.raises(InvalidInput, match="invalid channel"):
         layout.check_channel(channel)
