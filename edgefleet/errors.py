@@ -27,6 +27,10 @@ class PolicyViolation(InvalidInput):
         super().__init__(where + "; ".join(self.violations))
 
 
+class NameCollision(InvalidInput):
+    """Two repositories would run pods of one name on a channel."""
+
+
 class InvalidManifestSet(InvalidInput):
     """A manifest set document is malformed."""
 

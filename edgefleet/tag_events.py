@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from edgefleet import layout, platforms, policy, refs
-from edgefleet.errors import InvalidInput, TransientError
+from edgefleet.errors import InvalidInput, NameCollision, TransientError
 from edgefleet.manifest_set import SCOPE_CHANNEL, ManifestEntry
 from edgefleet.refs import ImageRef
 from edgefleet.registry import NotFound, RegistryClient
@@ -102,19 +102,42 @@ def channel_targets(event: TagEvent, channels: Sequence[str]) -> list[str]:
 
 def owned_by(entry: ManifestEntry, image_name: str) -> bool:
     """True when ``entry``'s pod runs an image of repository ``image_name``."""
+    return image_name in repositories_of(entry)
+
+
+def repositories_of(entry: ManifestEntry) -> list[str]:
+    """The repositories whose images ``entry``'s pod runs (in container order)."""
     try:
         pod = yaml.safe_load(entry.yaml)
     except yaml.YAMLError:
-        return False
+        return []
     if not isinstance(pod, dict):
-        return False
+        return []
+    out = []
     for image in policy.pod_images(pod):
         try:
-            if refs.parse(image).name == image_name:
-                return True
+            out.append(refs.parse(image).name)
         except InvalidInput:
             continue
-    return False
+    return list(dict.fromkeys(out))
+
+
+def check_name_free(
+    current: Iterable[ManifestEntry], image_name: str, wanted: ManifestEntry, where: str
+) -> None:
+    """Raise :class:`NameCollision` when another repository's channel pod already has
+    ``wanted``'s name: replacing it would silently swap that workload on every device."""
+    for entry in current:
+        if entry.scope != SCOPE_CHANNEL or entry.name != wanted.name:
+            continue
+        if owned_by(entry, image_name):
+            continue
+        others = ", ".join(repositories_of(entry)) or "a manifest without images"
+        raise NameCollision(
+            f"pod name {wanted.name!r} for {image_name} is already used in {where} by "
+            f"{others}; pod names come from the repository's last path component: rename "
+            f"one repository, or remove the other's channel tag first"
+        )
 
 
 def plan_entries(
@@ -122,16 +145,14 @@ def plan_entries(
 ) -> tuple[ManifestEntry, ...]:
     """The entries of a set after reconciling one repository's channel manifest.
 
-    Channel entries of that repository go; ``wanted`` (if any) replaces them and any
-    channel entry of the same name. Fleet-wide entries are never touched here.
+    Channel entries of that repository go and ``wanted`` (if any) takes their place.
+    Fleet-wide entries are never touched here; another repository's channel pod of the
+    same name is a :class:`NameCollision`, never replaced.
     """
-    out = []
-    for entry in current:
-        if entry.scope == SCOPE_CHANNEL and (
-            owned_by(entry, image_name) or (wanted is not None and entry.name == wanted.name)
-        ):
-            continue
-        out.append(entry)
+    current = tuple(current)
+    if wanted is not None:
+        check_name_free(current, image_name, wanted, "the set")
+    out = [e for e in current if not (e.scope == SCOPE_CHANNEL and owned_by(e, image_name))]
     if wanted is not None:
         out.append(wanted)
     return tuple(out)
@@ -210,6 +231,10 @@ class Reconciler:
                 for arch, digest in digests.items()
                 if arch in self.arches
             }
+            for arch, r in rendered.items():
+                if snaps[arch].trusted:
+                    where = layout.set_object(arch, channel)
+                    check_name_free(snaps[arch].entries, repo.name, r.entry, where)
             try:
                 for arch in self.arches:
                     self._apply(snaps[arch], repo.name, rendered.get(arch), outcome)

@@ -358,3 +358,37 @@ def test_unknown_arch_template_errors_and_policy_violations_write_nothing(
     for name in changed:  # other tests may write, but never these three
         s = manifest_set.decode(deploy.read(name).data).manifest_set
         assert not {e.name for e in s.entries} & {odd, broken, evil}
+
+
+def test_a_second_repository_with_the_same_pod_name_is_refused(stack_functions, deploy) -> None:
+    """Pod names come from the repository's last path component: team-b/NAME:beta must not
+    silently replace team-a/NAME's pod on every beta device."""
+    reg = stack_functions.registry
+    _, name = new_repo()
+    first_repo, second_repo = f"team-a/{name}", f"team-b/{name}"
+    first = reg.push_minimal_image(first_repo, "beta", arch="amd64", salt="a")
+    pinned = f"{reg.host}/{first_repo}@{first}"
+    wait_until(
+        lambda: (e := set_entry(deploy, "x86_64", "beta", name)) and image_of(e.yaml) == pinned,
+        "team-a's pod in the beta set",
+    )
+    generation = deploy.generation(layout.set_object("x86_64", "beta"))
+    reg.push_minimal_image(second_repo, "beta", arch="amd64", salt="b")
+
+    def refusal() -> dict | None:
+        for e in function_log(stack_functions):
+            if e.get("event") == "tag-event-rejected" and f"/{second_repo}:beta" in (
+                e.get("tag") or ""
+            ):
+                return e
+        return None
+
+    entry = wait_until(refusal, "the collision to be refused")
+    assert entry["error_type"] == "NameCollision"
+    assert f"{reg.host}/{first_repo}" in entry["error"] and "rename" in entry["error"]
+    # team-a keeps its pod; nothing was written for team-b.
+    assert image_of(set_entry(deploy, "x86_64", "beta", name).yaml) == pinned
+    later = deploy.generation(layout.set_object("x86_64", "beta"))
+    if later != generation:  # other tests' writes may land; never team-b's image
+        s = manifest_set.decode(deploy.read(layout.set_object("x86_64", "beta")).data)
+        assert all(second_repo not in e.yaml for e in s.manifest_set.entries)

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from edgefleet import control, tag_events
-from edgefleet.errors import InvalidInput
+from edgefleet.errors import InvalidInput, NameCollision
 from edgefleet.manifest_set import ManifestEntry
 
 D = "sha256:" + "12" * 32
@@ -104,10 +104,19 @@ def test_plan_entries_replaces_own_keeps_others() -> None:
     # The tag is gone: only this repository's channel entries leave.
     removed = tag_events.plan_entries(current, "localhost:5000/team/m", None)
     assert set(removed) == {other, sync, fleet}
-    # Another repository with the same pod name takes the name over.
+    # Another repository with the same pod name never takes the name over.
     clash = pod_entry("other", f"localhost:5000/elsewhere/other@{D2}")
-    taken = tag_events.plan_entries(current, "localhost:5000/elsewhere/other", clash)
-    assert set(taken) == {mine_old, sync, fleet, clash}
+    with pytest.raises(NameCollision, match=r"'other' for localhost:5000/elsewhere/other .*"
+                       r"by localhost:5000/team/other; .*rename one repository"):  # fmt: skip
+        tag_events.plan_entries(current, "localhost:5000/elsewhere/other", clash)
+    # ... but its tag going away is fine, and a fleet-wide pod of that name is no clash.
+    assert set(tag_events.plan_entries(current, "localhost:5000/elsewhere/other", None)) == set(
+        current
+    )
+    fleet_named = pod_entry("m", f"localhost:5000/elsewhere/m@{D2}")
+    assert fleet_named in tag_events.plan_entries(
+        (fleet,), "localhost:5000/elsewhere/m", fleet_named
+    )
 
 
 # -- CloudEvent envelopes -----------------------------------------------------------------
