@@ -62,8 +62,9 @@ def podman_env(device_registry, tmp_path_factory) -> dict[str, str]:  # type: ig
 
 
 @pytest.fixture(scope="module")
-def busybox_image(device_registry, podman_env, tmp_path_factory) -> str:  # type: ignore[no-untyped-def]
-    """A busybox image with /www/v1 and /www/v2, pushed; returns the digest-pinned ref."""
+def busybox_image(device_registry, podman_env, tmp_path_factory) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A busybox image with /www/v1 and /www/v2, pushed; yields the digest-pinned ref and
+    removes what the agents pulled of it afterwards (the storage outlives the test)."""
     if not BUSYBOX.is_file():
         pytest.fail("/bin/busybox is missing: apt install busybox-static (make install)")
     root = tmp_path_factory.mktemp("bbroot")
@@ -86,7 +87,9 @@ def busybox_image(device_registry, podman_env, tmp_path_factory) -> str:  # type
     digest_file = root.parent / "digest"
     run("push", "-q", "--tls-verify=false", "--digestfile", str(digest_file), f"{repo}:test")
     run("rmi", f"{repo}:test")  # the device has to pull it by digest
-    return f"{repo}@{digest_file.read_text().strip()}"
+    pinned = f"{repo}@{digest_file.read_text().strip()}"
+    yield pinned
+    subprocess.run(["podman", "rmi", "-f", pinned], env=podman_env, capture_output=True, timeout=60)
 
 
 def _httpd(name: str, image: str, port: int, version: str) -> str:

@@ -28,7 +28,7 @@ from edgefleet.registry import RegistryClient
 
 pytestmark = [pytest.mark.stack, pytest.mark.podman, pytest.mark.slow]
 
-TESTDATA = Path("/work/shared/testdata/coral")
+TESTDATA = Path(__file__).resolve().parent.parent.parent / "shared" / "testdata" / "coral"
 MODEL = "mobilenet"
 VERSION = "mobilenet_2_1764000000"
 MODEL_FILE = TESTDATA / "mobilenet_v2_1.0_224_quant.tflite"

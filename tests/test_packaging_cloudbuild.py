@@ -117,7 +117,7 @@ def test_builder_from_env_picks_cloud_build() -> None:
 
 def test_the_prepare_step_runs_against_the_emulator(bucket: storage.Bucket, tmp_path: Path) -> None:
     """Run the generated prepare command (minus its pip install) on the real emulator."""
-    testdata = Path("/work/shared/testdata/coral")
+    testdata = Path(__file__).resolve().parent.parent.parent / "shared" / "testdata" / "coral"
     model = testdata / "mobilenet_v1_0.25_128_quant.tflite"
     if not model.is_file():
         pytest.fail(f"{model} is missing: the shared test data must be in {testdata}")
