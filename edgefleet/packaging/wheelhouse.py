@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -29,10 +29,10 @@ from edgefleet.packaging.base_image import Progress, host_arch, stderr_progress
 PYTHON_VERSION = "3.11"
 REPRODUCIBLE_EPOCH = "315532800"  # 1980-01-01: the earliest time a zip entry can hold
 # Build outputs, caches and local state: never part of the edgefleet wheel's source.
-_NOT_SOURCE = shutil.ignore_patterns(
-    ".git", ".venv", "venv", ".edgefleet", "build", "dist", "*.egg-info", "__pycache__",
-    ".pytest_cache", ".ruff_cache", "*.pyc",
-)  # fmt: skip
+_NOT_SOURCE_AT_ROOT = {".git", ".venv", "venv", ".edgefleet", "build", "dist"}
+_NOT_SOURCE_ANYWHERE = shutil.ignore_patterns(
+    "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", "*.pyc"
+)
 DEFAULT_EXTRAS: tuple[str, ...] = ("server",)
 _COMPLETE = ".complete"
 # Device arch -> pip platform tags of the binary wheels that run there.
@@ -175,7 +175,7 @@ def build_project_wheel(project_root: Path, out_dir: Path) -> Path:
         old.unlink()
     with tempfile.TemporaryDirectory(prefix="edgefleet-src-") as tmp:
         source = Path(tmp) / "src"
-        shutil.copytree(project_root, source, ignore=_NOT_SOURCE, symlinks=True)
+        shutil.copytree(project_root, source, ignore=_not_source(project_root), symlinks=True)
         _pip(
             ["wheel", "--no-deps", "--wheel-dir", str(out_dir), str(source)],
             "edgefleet wheel",
@@ -185,6 +185,19 @@ def build_project_wheel(project_root: Path, out_dir: Path) -> Path:
     if len(wheels) != 1:
         raise EdgefleetError(f"expected one edgefleet wheel in {out_dir}, found {len(wheels)}")
     return wheels[0]
+
+
+def _not_source(project_root: Path) -> Callable[[str, list[str]], set[str]]:
+    """A copytree filter that leaves out build outputs, caches and local state."""
+    root = str(project_root)
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        ignored = set(_NOT_SOURCE_ANYWHERE(directory, names))
+        if directory == root:
+            ignored |= _NOT_SOURCE_AT_ROOT & set(names)
+        return ignored
+
+    return ignore
 
 
 def resolve_wheels(wheel_dir: Path, reqs: Sequence[str]) -> list[Path]:
