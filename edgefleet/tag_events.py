@@ -141,9 +141,12 @@ def check_name_free(
 
 
 def plan_entries(
-    current: Iterable[ManifestEntry], image_name: str, wanted: ManifestEntry | None
+    current: Iterable[ManifestEntry],
+    image_name: str,
+    wanted: ManifestEntry | None,
+    where: str = "the set",
 ) -> tuple[ManifestEntry, ...]:
-    """The entries of a set after reconciling one repository's channel manifest.
+    """The entries of a set (``where``) after reconciling one repository's channel manifest.
 
     Channel entries of that repository go and ``wanted`` (if any) takes their place.
     Fleet-wide entries are never touched here; another repository's channel pod of the
@@ -151,7 +154,7 @@ def plan_entries(
     """
     current = tuple(current)
     if wanted is not None:
-        check_name_free(current, image_name, wanted, "the set")
+        check_name_free(current, image_name, wanted, where)
     out = [e for e in current if not (e.scope == SCOPE_CHANNEL and owned_by(e, image_name))]
     if wanted is not None:
         out.append(wanted)
@@ -231,13 +234,13 @@ class Reconciler:
                 for arch, digest in digests.items()
                 if arch in self.arches
             }
-            for arch, r in rendered.items():
-                if snaps[arch].trusted:
-                    where = layout.set_object(arch, channel)
-                    check_name_free(snaps[arch].entries, repo.name, r.entry, where)
+            # 4. Plan every arch before writing any (a NameCollision writes nothing).
+            plans = {
+                arch: self._plan(snaps[arch], repo.name, rendered.get(arch)) for arch in self.arches
+            }
             try:
                 for arch in self.arches:
-                    self._apply(snaps[arch], repo.name, rendered.get(arch), outcome)
+                    self._write(snaps[arch], plans[arch], outcome)
                 return outcome
             except Conflict:
                 time.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))
@@ -247,21 +250,31 @@ class Reconciler:
             f"gave up after {self.attempts} attempts"
         )
 
-    def _apply(
-        self, snap: Snapshot, image_name: str, rendered: Rendered | None, outcome: Outcome
-    ) -> WriteResult | None:
+    def _plan(
+        self, snap: Snapshot, image_name: str, rendered: Rendered | None
+    ) -> tuple[ManifestEntry, ...] | None:
+        """The set's new entries, or None when nothing is to be written."""
+        if not snap.trusted:
+            return None
         wanted = rendered.entry if rendered else None
+        if wanted is None and not any(
+            e.scope == SCOPE_CHANNEL and owned_by(e, image_name) for e in snap.entries
+        ):
+            return None  # nothing of this repository to remove: no write, not even a new set
+        where = layout.set_object(snap.arch, snap.channel)
+        return plan_entries(snap.entries, image_name, wanted, where)
+
+    def _write(
+        self, snap: Snapshot, plan: tuple[ManifestEntry, ...] | None, outcome: Outcome
+    ) -> WriteResult | None:
+        name = layout.set_object(snap.arch, snap.channel)
         if not snap.trusted:
             # Never re-sign what a bucket writer may have forged; the device keeps its last
             # good set and the function reports it (set_store logged the details).
-            outcome.untrusted.append(layout.set_object(snap.arch, snap.channel))
+            outcome.untrusted.append(name)
             return None
-        current = snap.entries
-        if wanted is None and not any(
-            e.scope == SCOPE_CHANNEL and owned_by(e, image_name) for e in current
-        ):
-            return None  # nothing of this repository to remove: no write, not even a new set
-        result = self.store.write(snap, plan_entries(current, image_name, wanted))
-        name = layout.set_object(snap.arch, snap.channel)
+        if plan is None:
+            return None
+        result = self.store.write(snap, plan)
         (outcome.written if result.written else outcome.unchanged).append(name)
         return result

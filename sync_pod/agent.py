@@ -316,15 +316,7 @@ class Agent:
             result = HealthResult(False, {"runtime": str(exc)})
         else:
             gated = sorted(set(pending.changed) | set(started))
-            manifests = self._load_pods(set_dir, gated)
-            result = wait_healthy(
-                manifests,
-                self.runtime,
-                pending.deadline or self.clock(),
-                clock=self.clock,
-                sleep=self.sleep,
-                probe=self.probe,
-            )
+            result = self._wait_ready(set_dir, gated, pending.deadline or self.clock())
         if result.healthy:
             return self._commit(pending)
         return self._rollback(pending, result)
@@ -368,14 +360,8 @@ class Agent:
         else:
             # A rollback is done when the old pods serve again: wait for them (same gate,
             # same budget) so that what is reported next is what runs.
-            restored = wait_healthy(
-                self._load_pods(previous, pending.changed),
-                self.runtime,
-                self.clock() + self.config.health_timeout,
-                clock=self.clock,
-                sleep=self.sleep,
-                probe=self.probe,
-            )
+            deadline = self.clock() + self.config.health_timeout
+            restored = self._wait_ready(previous, pending.changed, deadline)
             if not restored.healthy:
                 log.error(
                     "previous set not ready after rolling back",
@@ -413,6 +399,17 @@ class Agent:
         target = self.folder.prepare(self.folder.sets_dir / f"adopted-{int(self.clock())}", files)
         self.folder.switch(target)
         log.info("adopted existing manifest folder", extra=_f(files=sorted(files)))
+
+    def _wait_ready(self, set_dir: Path, names: list[str], deadline: float) -> HealthResult:
+        """The health gate on the pods ``names`` of ``set_dir`` (those it holds)."""
+        return wait_healthy(
+            self._load_pods(set_dir, names),
+            self.runtime,
+            deadline,
+            clock=self.clock,
+            sleep=self.sleep,
+            probe=self.probe,
+        )
 
     def _load_pods(self, set_dir: Path, names: list[str]) -> dict[str, dict[str, Any]]:
         out = {}
