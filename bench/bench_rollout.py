@@ -48,8 +48,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edgefleet import demo, layout, manifest_set, storage  # noqa: E402
+from edgefleet.cloud import storage  # noqa: E402
+from edgefleet.core import layout, manifest_set  # noqa: E402
 from edgefleet.localstack import devices as dev  # noqa: E402
+from edgefleet.operator import demo  # noqa: E402
 
 CHANNEL = "beta"
 DEVICES = 3

@@ -7,10 +7,10 @@ requests per poll come from the emulator's access log, bytes per poll (both dire
 headers included) from the proxy. The baseline lists ``ARCH/all/`` and
 ``ARCH/CHANNEL/`` and fetches every object's metadata on every poll, as an rsync of the
 two prefixes would. The agent polls through the device's own adapter
-(:mod:`edgefleet.gcs_json`). Then the real agent (``python -m sync_pod``) runs as a
+(:mod:`device.gcs_json`). Then the real agent (``python -m sync_pod``) runs as a
 process with POLL_SECONDS=1 after applying a set: its RSS and CPU while idle; beside it
 the RSS the same process would have on real GCS (plus google.auth), and the latency the
-per-set child process (:mod:`edgefleet.podcheck`) adds to applying a new set.
+per-set child process (:mod:`device.podcheck`) adds to applying a new set.
 """
 
 from __future__ import annotations
@@ -28,14 +28,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
+from support.sync import FAKE_DIGEST, SetPublisher, entries, pod_yaml  # noqa: E402
+
+from device import gcs_json  # noqa: E402
+from device.podcheck import ChildModelCheck  # noqa: E402
 from device.runtime import KubeletRuntime  # noqa: E402
-from edgefleet import gcs_json, layout, manifest_set, policy, storage  # noqa: E402
+from edgefleet.cloud import storage  # noqa: E402
+from edgefleet.core import layout, manifest_set, policy  # noqa: E402
 from edgefleet.localstack.gcs import GcsEmulator  # noqa: E402
-from edgefleet.podcheck import ChildModelCheck  # noqa: E402
 from sync_pod.agent import Agent  # noqa: E402
 from sync_pod.config import from_env  # noqa: E402
-from sync_pod.testing import FAKE_DIGEST, SetPublisher, entries, pod_yaml  # noqa: E402
 
 ARCH, CHANNEL, REG = "x86_64", "beta", "127.0.0.1:5999"
 
@@ -233,7 +237,7 @@ def main() -> int:
             f"  idle CPU {100 * (cpu1 - cpu0) / idle:.2f} % of one core "
             f"({(cpu1 - cpu0) / idle * 1000:.1f} ms per second at 1 poll/s)"
         )
-        device = "sync_pod.__main__, sync_pod.agent, device.podman, edgefleet.gcs_json"
+        device = "sync_pod.__main__, sync_pod.agent, device.podman, device.gcs_json"
         on_gcs = rss_after_import(f"{device}, google.auth, google.auth.transport.urllib3")
         print(
             f"  after import: agent modules {rss_after_import(device):.1f} MiB; "

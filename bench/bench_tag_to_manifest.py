@@ -35,10 +35,10 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edgefleet import layout, manifest_set  # noqa: E402
+from edgefleet.cloud.set_store import SetStore  # noqa: E402
+from edgefleet.cloud.storage import Bucket, make_client  # noqa: E402
+from edgefleet.core import layout, manifest_set  # noqa: E402
 from edgefleet.localstack.stack import LocalStack, StackConfig  # noqa: E402
-from edgefleet.set_store import SetStore  # noqa: E402
-from edgefleet.storage import Bucket, make_client  # noqa: E402
 
 TARGET_P95 = 1.0
 

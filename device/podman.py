@@ -26,9 +26,9 @@ from typing import Any
 import yaml
 
 from device.runtime import ContainerStatus, PodStatus
-from edgefleet import layout, refs
-from edgefleet.errors import EdgefleetError, InvalidReference
-from edgefleet.fsutil import atomic_write
+from edgefleet.core import layout, refs
+from edgefleet.core.errors import EdgefleetError, InvalidReference
+from edgefleet.core.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 

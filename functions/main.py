@@ -1,4 +1,4 @@
-"""Cloud Functions entry points (gen2, CloudEvents): thin wrappers over edgefleet.control.
+"""Cloud Functions entry points (gen2, CloudEvents): thin wrappers over edgefleet.cloud.control.
 
 Deploy (or run locally):
     functions-framework --source functions/main.py --target tag_monitor
@@ -23,7 +23,8 @@ _services: dict[str, Any] = {}
 def _service(name: str) -> Any:
     with _lock:
         if name not in _services:
-            from edgefleet import control, logs
+            from edgefleet.cloud import control
+            from edgefleet.core import logs
 
             if not _services:
                 logs.configure(name, os.environ.get("LOG_LEVEL", "INFO"))

@@ -14,9 +14,9 @@ import warnings
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
-from edgefleet import logs
-from edgefleet.errors import ConfigError, EdgefleetError
-from edgefleet.logs import fields
+from edgefleet.core import logs
+from edgefleet.core.errors import ConfigError, EdgefleetError
+from edgefleet.core.logs import fields
 
 log = logging.getLogger("model_server")
 

@@ -21,7 +21,7 @@ from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
-from edgefleet.logs import fields
+from edgefleet.core.logs import fields
 from model_server.config import ServerConfig
 from model_server.drift import DriftMonitor, Reference
 from model_server.errors import RequestError

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgefleet.errors import ConfigError
+from edgefleet.core.errors import ConfigError
 
 DEFAULT_TOPIC = "edge-inference-results"
 DEFAULT_OUTBOX_DIR = "/var/spool/edgefleet/outbox"

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.errors import ConfigError
+from edgefleet.core.errors import ConfigError
 
 MIN_EXPECTED = 5.0  # chi-square is unreliable below this expected count per category
 OTHER_FLOOR = 0.5  # expected count given to "everything else" when the reference has none

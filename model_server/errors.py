@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgefleet.errors import ConfigError, InvalidInput
+from edgefleet.core.errors import ConfigError, InvalidInput
 
 
 class RequestError(InvalidInput):

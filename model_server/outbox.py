@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.errors import ConfigError
-from edgefleet.logs import fields
+from edgefleet.core.errors import ConfigError
+from edgefleet.core.logs import fields
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from edgefleet.errors import ConfigError
+from edgefleet.core.errors import ConfigError
 
 EDGETPU_CUSTOM_OP = b"edgetpu-custom-op"
 MAX_METADATA_BYTES = 4 * 1024 * 1024

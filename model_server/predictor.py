@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgefleet.logs import fields
+from edgefleet.core.logs import fields
 from model_server.errors import ModelLoadError, RequestError
 from model_server.package import ModelPackage
 from model_server.preprocess import (

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from edgefleet.logs import fields
+from edgefleet.core.logs import fields
 from model_server.outbox import Message, Outbox
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgefleet.logs import fields
+from edgefleet.core.logs import fields
 from model_server.errors import ModelLoadError
 from model_server.package import ModelPackage
 from model_server.preprocess import TensorSpec

@@ -6,6 +6,8 @@ set -euo pipefail
 need=()
 command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v runc >/dev/null 2>&1 || need+=(runc)
+# podman builds its pause image from catatonit (a Recommends of podman)
+command -v catatonit >/dev/null 2>&1 || need+=(catatonit)
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)

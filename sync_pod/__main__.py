@@ -9,8 +9,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from edgefleet import logs
-from edgefleet.errors import EdgefleetError
+from edgefleet.core import logs
+from edgefleet.core.errors import EdgefleetError
 from sync_pod.config import Config, from_env
 
 # A refused connection fails a poll within seconds instead of the library's two minutes.
@@ -25,10 +25,10 @@ def make_agent(config: Config):  # type: ignore[no-untyped-def]
     choices keep the long-lived process small (RSS budget 40 MiB, docs/device.md): the
     lean JSON-API bucket instead of google-cloud-storage, and the kubernetes model check
     in a child process per new set."""
+    from device import gcs_json
+    from device.podcheck import ChildModelCheck
     from device.podman import PodmanRuntime
     from device.runtime import KubeletRuntime
-    from edgefleet import gcs_json
-    from edgefleet.podcheck import ChildModelCheck
     from sync_pod.agent import Agent
 
     retry = gcs_json.Retry(initial=0.2, maximum=1.0, multiplier=2.0, timeout=RETRY_SECONDS)

@@ -26,8 +26,10 @@ import yaml
 
 from device.health import HealthResult, Probe, check_probe, wait_healthy
 from device.runtime import Runtime
-from edgefleet import __version__, layout, manifest_set, signing
-from edgefleet.errors import (
+from edgefleet import __version__
+from edgefleet.core import layout, manifest_set, signing
+from edgefleet.core.bucket import Conflict, DeviceBucket, TooLarge
+from edgefleet.core.errors import (
     EdgefleetError,
     InvalidInput,
     InvalidManifestSet,
@@ -35,8 +37,7 @@ from edgefleet.errors import (
     SetRejected,
     TransientError,
 )
-from edgefleet.policy import ModelCheck, check_manifests
-from edgefleet.storage import Conflict, DeviceBucket, TooLarge
+from edgefleet.core.policy import ModelCheck, check_manifests
 from sync_pod.config import Config
 from sync_pod.folder import FolderError, ManifestFolder
 from sync_pod.state import AppliedSet, Pending, Rejection, State, StateStore
@@ -84,7 +85,7 @@ class Agent:
         model_check: ModelCheck | None = None,
     ) -> None:
         """``model_check``: the V1Pod model check of a new set's manifests (None: in this
-        process; the device's main runs it in a child, see :mod:`edgefleet.podcheck`)."""
+        process; the device's main runs it in a child, see :mod:`device.podcheck`)."""
         self.config = config
         self.bucket = bucket
         self.runtime = runtime

@@ -1,6 +1,6 @@
 """The agent's configuration, parsed and validated once from the environment at start.
 
-Every problem is a :class:`~edgefleet.errors.ConfigError` with one line naming the variable
+Every problem is a :class:`~edgefleet.core.errors.ConfigError` with one line naming the variable
 and the fix, so a misconfigured device fails at boot instead of half-working.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgefleet import layout, policy, signing
-from edgefleet.errors import ConfigError, InvalidInput
+from edgefleet.core import layout, policy, signing
+from edgefleet.core.errors import ConfigError, InvalidInput
 
 RUNTIMES = ("kubelet", "podman")
 DEFAULT_MANIFEST_DIR = "/opt/device/pods"

@@ -15,9 +15,9 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from edgefleet import layout
-from edgefleet.errors import EdgefleetError
-from edgefleet.fsutil import fsync_dir, write_file_synced
+from edgefleet.core import layout
+from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.fsutil import fsync_dir, write_file_synced
 
 SWAP_PREFIX = ".edgefleet-swap-"
 ADOPTED_PREFIX = "adopted-"

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgefleet.fsutil import atomic_write
+from edgefleet.core.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgefleet.errors import TransientError
-from edgefleet.fsutil import atomic_write
-from edgefleet.storage import Conflict, DeviceBucket
+from edgefleet.core.bucket import Conflict, DeviceBucket
+from edgefleet.core.errors import TransientError
+from edgefleet.core.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -61,9 +61,9 @@ def pubsub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 @pytest.fixture
 def bucket(gcs, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    """A fresh bucket on the emulator as edgefleet.storage.Bucket; STORAGE_EMULATOR_HOST
+    """A fresh bucket on the emulator as edgefleet.cloud.storage.Bucket; STORAGE_EMULATOR_HOST
     is set in os.environ for the test."""
-    from edgefleet import storage
+    from edgefleet.cloud import storage
 
     for key, value in gcs.env().items():
         monkeypatch.setenv(key, value)

@@ -7,8 +7,9 @@ import json
 import pytest
 import yaml
 
-from edgefleet import cli, layout, manifest_set, signing
-from edgefleet.render import PackagedTemplates
+from edgefleet.cloud.render import PackagedTemplates
+from edgefleet.core import layout, manifest_set, signing
+from edgefleet.operator import cli
 
 pytestmark = pytest.mark.stack
 
@@ -98,7 +99,7 @@ def test_bootstrap_keeps_workloads_and_replaces_the_sync_image(bucket, registry,
             "--insecure-registries", registry.host]  # fmt: skip
     assert run(capsys, *base, "--sync-image", f"{registry.host}/ctl/boot-keep:v1")[0] == 0
     # tag_monitor adds a workload meanwhile (simulated through the set store's own API).
-    from edgefleet.set_store import SetStore
+    from edgefleet.cloud.set_store import SetStore
 
     store = SetStore(bucket)
     workload = manifest_set.ManifestEntry("model", "channel", "apiVersion: v1\nkind: Pod\n")

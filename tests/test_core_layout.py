@@ -1,11 +1,11 @@
-"""edgefleet.layout: object names and name checks."""
+"""edgefleet.core.layout: object names and name checks."""
 
 from __future__ import annotations
 
 import pytest
 
-from edgefleet import layout
-from edgefleet.errors import InvalidInput
+from edgefleet.core import layout
+from edgefleet.core.errors import InvalidInput
 
 
 def test_object_names() -> None:

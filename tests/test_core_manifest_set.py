@@ -1,4 +1,4 @@
-"""edgefleet.manifest_set: format, successor, encode/decode, verification and rejections."""
+"""edgefleet.core.manifest_set: format, successor, encode/decode, verification and rejections."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgefleet import manifest_set as ms
-from edgefleet.errors import InvalidManifestSet, SetRejected
+from edgefleet.core import manifest_set as ms
+from edgefleet.core.errors import InvalidManifestSet, SetRejected
 
 NOW = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)
 POD = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n"

@@ -1,4 +1,4 @@
-"""edgefleet.policy: the fleet-safety check (v1 Pod model, pinning, registries, host access)."""
+"""edgefleet.core.policy: the fleet-safety check (v1 Pod model, pinning, registries, hosts)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import copy
 import pytest
 import yaml
 
-from edgefleet import layout, policy
-from edgefleet.errors import InvalidInput, PolicyViolation
+from edgefleet.core import layout, policy
+from edgefleet.core.errors import InvalidInput, PolicyViolation
 
 DIGEST = "sha256:" + "cd" * 32
 IMAGE = f"localhost:5000/team/model@{DIGEST}"

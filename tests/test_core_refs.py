@@ -1,11 +1,11 @@
-"""edgefleet.refs: the distribution reference grammar, pure unit tests."""
+"""edgefleet.core.refs: the distribution reference grammar, pure unit tests."""
 
 from __future__ import annotations
 
 import pytest
 
-from edgefleet import refs
-from edgefleet.errors import InvalidReference
+from edgefleet.core import refs
+from edgefleet.core.errors import InvalidReference
 
 D = "sha256:" + "ab" * 32
 

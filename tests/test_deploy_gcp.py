@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.errors import ConfigError, InvalidInput
+from edgefleet.core.errors import ConfigError, InvalidInput
+from edgefleet.operator.gcp_plan import GcpConfig, Step
 from edgefleet.packaging import gcp_plan
-from edgefleet.packaging.gcp_plan import GcpConfig, Step
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "deploy-gcp.sh"

@@ -1,5 +1,5 @@
-"""The device's lean GCS adapter (edgefleet.gcs_json) against the real fake-gcs-server,
-checked against edgefleet.storage.Bucket on the same bucket."""
+"""The device's lean GCS adapter (device.gcs_json) against the real fake-gcs-server,
+checked against edgefleet.cloud.storage.Bucket on the same bucket."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import urllib3
 
-from edgefleet import gcs_json
-from edgefleet.errors import TransientError
-from edgefleet.storage import Blob, Conflict, TooLarge
+from device import gcs_json
+from edgefleet.core.bucket import Blob, Conflict, TooLarge
+from edgefleet.core.errors import TransientError
 
 # A name needing every kind of escaping: '/' inside a path segment, space, '?', '#', '%'.
 ODD_NAME = "x86_64/beta/web pod?v=1#frag%2F+ä.json"

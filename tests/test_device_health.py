@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
+from support.sync import FAKE_DIGEST, pod_yaml
 
 from device.health import Probe, check_probe, probes_for, wait_healthy
 from device.runtime import ContainerStatus, PodStatus
 from edgefleet.localstack.process import free_port
-from sync_pod.testing import FAKE_DIGEST, pod_yaml
 
 IMAGE = f"127.0.0.1:5999/x/web@{FAKE_DIGEST}"
 

@@ -1,4 +1,4 @@
-"""The device's V1Pod model check in a child process (edgefleet.podcheck), through the
+"""The device's V1Pod model check in a child process (device.podcheck), through the
 real agent on the real GCS emulator, and check_manifests == a loop over check_manifest."""
 
 from __future__ import annotations
@@ -11,14 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from device.runtime import KubeletRuntime
-from edgefleet import policy
-from edgefleet.errors import InvalidInput, PolicyViolation
-from edgefleet.podcheck import ChildModelCheck
-from sync_pod.agent import APPLIED, FAILED, REJECTED, UNCHANGED, Agent
-from sync_pod.config import from_env
-from sync_pod.testing import (
+from support.sync import (
     FAKE_DIGEST,
     TEST_REGISTRY,
     SetPublisher,
@@ -26,6 +19,13 @@ from sync_pod.testing import (
     entries,
     pod_yaml,
 )
+
+from device.podcheck import ChildModelCheck
+from device.runtime import KubeletRuntime
+from edgefleet.core import policy
+from edgefleet.core.errors import InvalidInput, PolicyViolation
+from sync_pod.agent import APPLIED, FAILED, REJECTED, UNCHANGED, Agent
+from sync_pod.config import from_env
 
 REG = TEST_REGISTRY
 IMAGE = f"{REG}/edgefleet/web@{FAKE_DIGEST}"
@@ -112,7 +112,7 @@ def test_a_check_that_cannot_run_keeps_the_set_and_is_retried(bucket, tmp_path) 
 def test_podcheck_cli_contract() -> None:
     manifests = {"a": IMAGE_AS_NUMBER, "b": pod_yaml("b", IMAGE), "c": "kind: ["}
     proc = subprocess.run(
-        [sys.executable, "-m", "edgefleet.podcheck"],
+        [sys.executable, "-m", "device.podcheck"],
         input=json.dumps({"manifests": manifests}).encode(),
         capture_output=True,
         check=True,
@@ -121,7 +121,7 @@ def test_podcheck_cli_contract() -> None:
     assert results["b"] is None
     assert "not a valid v1 Pod" in results["a"] and "not valid YAML" in results["c"]
     bad = subprocess.run(
-        [sys.executable, "-m", "edgefleet.podcheck"], input=b"[]", capture_output=True
+        [sys.executable, "-m", "device.podcheck"], input=b"[]", capture_output=True
     )
     assert bad.returncode == 2 and bad.stderr.startswith(b"edgefleet: ")
 

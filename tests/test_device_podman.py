@@ -19,13 +19,14 @@ from pathlib import Path
 
 import pytest
 from google.api_core.retry import Retry
+from support.sync import SetPublisher, entries, pod_yaml
 
 from device.podman import PodmanRuntime, adapt_for_podman
-from edgefleet import layout, storage
+from edgefleet.cloud import storage
+from edgefleet.core import layout
 from edgefleet.localstack.process import free_port
 from sync_pod.agent import APPLIED, OFFLINE, ROLLED_BACK, Agent
 from sync_pod.config import from_env
-from sync_pod.testing import SetPublisher, entries, pod_yaml
 
 BUSYBOX = Path("/bin/busybox")
 # busybox as PID 1 ignores SIGTERM: without this every replace/down waits 10 s.

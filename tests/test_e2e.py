@@ -1,7 +1,7 @@
 """End to end on the real local stack: TRAINER-DONE -> model_done_watcher builds and pushes
 -> tag_monitor writes signed sets -> two simulated devices (own namespace, own podman
 storage, podman runtime) converge -> promote -> /version/ changes -> roll back -> status
--> teardown leaves nothing behind. Uses the demo's step functions (edgefleet.demo).
+-> teardown leaves nothing behind. Uses the demo's step functions (edgefleet.operator.demo).
 
 One story, in order, on one module-scoped fleet: two image builds dominate its time.
 """
@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet import demo, layout, manifest_set, storage
+from edgefleet.cloud import storage
+from edgefleet.core import layout, manifest_set
 from edgefleet.localstack import devices as dev
+from edgefleet.operator import demo
 
 pytestmark = [pytest.mark.stack, pytest.mark.podman, pytest.mark.slow]
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from edgefleet import fleet
-from edgefleet.errors import InvalidInput
+from edgefleet.core.errors import InvalidInput
+from edgefleet.operator import fleet
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 D1 = "sha256:" + "1" * 64

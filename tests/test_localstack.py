@@ -7,11 +7,12 @@ import time
 
 import pytest
 
+from edgefleet.cloud.storage import Bucket, make_client
+from edgefleet.core.bucket import Conflict
 from edgefleet.localstack import process
 from edgefleet.localstack.gcs import GcsEmulator
 from edgefleet.localstack.process import ManagedProcess, StackError
 from edgefleet.localstack.pubsub import PubsubEmulator
-from edgefleet.storage import Bucket, Conflict, make_client
 
 SPAWN_CHILD = (
     "import subprocess, sys, time;"

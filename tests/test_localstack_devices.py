@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from device.podman import adapt_for_podman
-from edgefleet import fleet
-from edgefleet.errors import InvalidInput
+from edgefleet.core.errors import InvalidInput
 from edgefleet.localstack import devices as dev
 from edgefleet.localstack.process import StackError
+from edgefleet.operator import fleet
 
 DIGEST = "sha256:" + "ab" * 32
 

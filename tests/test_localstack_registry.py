@@ -9,7 +9,7 @@ import uuid
 import pytest
 import requests
 
-from edgefleet.errors import InvalidInput
+from edgefleet.core.errors import InvalidInput
 from edgefleet.localstack import process
 from edgefleet.localstack.registry_bridge import ENVELOPE_MEDIA_TYPE, serve, translate
 

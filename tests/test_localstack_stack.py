@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet import storage
+from edgefleet.cloud import storage
 from edgefleet.localstack import netns, process
 from edgefleet.localstack.process import StackError
 from edgefleet.localstack.stack import LocalStack, StackConfig, down, read_state
@@ -85,7 +85,7 @@ def test_state_file_and_second_start_refused(recorded_stack):
 def _edgefleet(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     return subprocess.run(
-        [sys.executable, "-m", "edgefleet.cli", *args],
+        [sys.executable, "-m", "edgefleet.operator.cli", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -184,7 +184,7 @@ def test_device_link_down_is_offline_and_teardown_removes_everything(gcs, tmp_pa
 
 
 def test_device_ids_are_validated():
-    from edgefleet.errors import InvalidInput
+    from edgefleet.core.errors import InvalidInput
 
     for bad in ("", "UPPER", "x" * 12, "-lead", "a/b"):
         with pytest.raises(InvalidInput):

@@ -8,8 +8,8 @@ import json
 import pytest
 from cloudevents.http import CloudEvent
 
-from edgefleet import build, control, model_done
-from edgefleet.errors import ConfigError, InvalidInput
+from edgefleet.cloud import build, control, model_done
+from edgefleet.core.errors import ConfigError, InvalidInput
 
 NOW = 1_764_000_000.0
 ARCHES = ("x86_64", "aarch64")

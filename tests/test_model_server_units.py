@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from edgefleet.errors import ConfigError
+from edgefleet.core.errors import ConfigError
 from model_server.config import load_config
 from model_server.drift import (
     DriftMonitor,

@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 import requests
 
-from edgefleet import refs, storage
-from edgefleet.build import BuildRequest, BuildResult
+from edgefleet.cloud import storage
+from edgefleet.cloud.build import BuildRequest, BuildResult
+from edgefleet.cloud.registry import RegistryClient
+from edgefleet.core import refs
 from edgefleet.localstack.process import free_port
-from edgefleet.registry import RegistryClient
 
 pytestmark = [pytest.mark.stack, pytest.mark.podman, pytest.mark.slow]
 

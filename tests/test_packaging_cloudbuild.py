@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet import storage
-from edgefleet.build import BuildRequest, builder_from_env
-from edgefleet.errors import ConfigError, InvalidInput
+from edgefleet.cloud import storage
+from edgefleet.cloud.build import BuildRequest, builder_from_env
+from edgefleet.core.errors import ConfigError, InvalidInput
 from edgefleet.packaging import cloudbuild
 from edgefleet.packaging.cloudbuild import CloudBuildBuilder, CloudBuildConfig
 

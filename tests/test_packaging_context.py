@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet import storage
-from edgefleet.build import BuildRequest, builder_from_env
-from edgefleet.errors import ConfigError, InvalidInput
+from edgefleet.cloud import storage
+from edgefleet.cloud.build import BuildRequest, builder_from_env
+from edgefleet.core.errors import ConfigError, InvalidInput
 from edgefleet.packaging import context, wheelhouse
 from edgefleet.packaging.podman_builder import (
     PodmanBuilder,

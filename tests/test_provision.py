@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.sync import FAKE_DIGEST, SetPublisher, entries, pod_yaml
 
 from device.runtime import KubeletRuntime
-from edgefleet import layout, signing
-from edgefleet.cli import main
+from edgefleet.core import layout, signing
+from edgefleet.operator.cli import main
 from sync_pod.agent import APPLIED, Agent
 from sync_pod.config import from_env
-from sync_pod.testing import FAKE_DIGEST, SetPublisher, entries, pod_yaml
 
 REG = "127.0.0.1:5999"
 SYNC_IMAGE = f"{REG}/edgefleet/sync@{FAKE_DIGEST}"
@@ -120,7 +120,7 @@ def test_dry_run_writes_nothing(tmp_path: Path, capsys) -> None:
 )
 def test_bad_input_is_one_line(tmp_path: Path, change: list[str], needle: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "edgefleet.cli", *_args(tmp_path), *change],
+        [sys.executable, "-m", "edgefleet.operator.cli", *_args(tmp_path), *change],
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,4 +1,4 @@
-"""edgefleet.registry against the real docker-registry (and, for answers a healthy
+"""edgefleet.cloud.registry against the real docker-registry (and, for answers a healthy
 registry never gives, a small hostile HTTP server on loopback)."""
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import pytest
 import requests
 from podman_images import push_multiarch
 
-from edgefleet import platforms, refs
-from edgefleet.errors import InvalidInput, TransientError
-from edgefleet.registry import (
+from edgefleet.cloud import platforms
+from edgefleet.cloud.registry import (
     DOCKER_MANIFEST,
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -24,6 +23,8 @@ from edgefleet.registry import (
     RegistryClient,
     RegistryError,
 )
+from edgefleet.core import refs
+from edgefleet.core.errors import InvalidInput, TransientError
 
 pytestmark = pytest.mark.stack
 

@@ -1,4 +1,4 @@
-"""edgefleet.render and edgefleet.platforms: template choice, rendering, platform resolution."""
+"""edgefleet.cloud.render and .platforms: template choice, rendering, platform resolution."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from dataclasses import replace
 import pytest
 import yaml
 
-from edgefleet import layout, platforms, policy, refs, render
-from edgefleet.errors import InvalidInput, PolicyViolation
+from edgefleet.cloud import platforms, render
+from edgefleet.core import layout, policy, refs
+from edgefleet.core.errors import InvalidInput, PolicyViolation
 
 DIGEST = "sha256:" + "ef" * 32
 

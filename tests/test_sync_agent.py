@@ -11,12 +11,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from device.runtime import KubeletRuntime
-from edgefleet import fleet, layout, manifest_set, signing, storage
-from sync_pod.agent import APPLIED, OFFLINE, REJECTED, ROLLED_BACK, UNCHANGED, Agent
-from sync_pod.config import from_env
-from sync_pod.testing import (
+from support.sync import (
     FAKE_DIGEST,
     TEST_REGISTRY,
     SetPublisher,
@@ -24,6 +19,13 @@ from sync_pod.testing import (
     entries,
     pod_yaml,
 )
+
+from device.runtime import KubeletRuntime
+from edgefleet.cloud import storage
+from edgefleet.core import layout, manifest_set, signing
+from edgefleet.operator import fleet
+from sync_pod.agent import APPLIED, OFFLINE, REJECTED, ROLLED_BACK, UNCHANGED, Agent
+from sync_pod.config import from_env
 
 REG = TEST_REGISTRY
 IMAGE = f"{REG}/edgefleet/web@{FAKE_DIGEST}"

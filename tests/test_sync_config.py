@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet import signing
-from edgefleet.errors import ConfigError
+from edgefleet.core import signing
+from edgefleet.core.errors import ConfigError
 from sync_pod.config import from_env
 
 BASE = {"BUCKET": "b", "ARCH": "aarch64", "CHANNEL": "beta", "DEVICE_ID": "pi-7"}

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from support.sync import FAKE_DIGEST, SetPublisher, entries, pod_yaml
 
 from device.runtime import KubeletRuntime
 from sync_pod.agent import APPLIED, Agent
 from sync_pod.config import from_env
-from sync_pod.testing import FAKE_DIGEST, SetPublisher, entries, pod_yaml
 
 TRIALS = 51  # the first run calibrates the apply window; 50 are killed
 REG = "127.0.0.1:5999"

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.sync import FAKE_DIGEST, SetPublisher, entries, pod_yaml
 
-from edgefleet import layout, refs
+from edgefleet.cloud.registry import RegistryClient
+from edgefleet.core import layout, refs
 from edgefleet.packaging.base_image import host_arch, tag_for
-from edgefleet.registry import RegistryClient
-from sync_pod.testing import FAKE_DIGEST, SetPublisher, entries, pod_yaml
 
 pytestmark = [pytest.mark.stack, pytest.mark.podman, pytest.mark.slow]
 
@@ -83,7 +83,7 @@ def test_pushed_pinned_with_latest_on_the_same_digest(built: Built) -> None:
 def test_image_holds_the_agent_and_none_of_the_server_stack(built: Built) -> None:
     script = (
         "import importlib.util as u, json\n"
-        "names = ['sync_pod.agent', 'edgefleet.podcheck', 'device.podman', 'kubernetes',\n"
+        "names = ['sync_pod.agent', 'device.podcheck', 'device.podman', 'kubernetes',\n"
         "         'cryptography', 'yaml', 'urllib3', 'google.auth', 'flask',\n"
         "         'ai_edge_litert', 'onnxruntime', 'docker', 'numpy', 'google.cloud.storage']\n"
         "def have(n):\n"
@@ -101,7 +101,7 @@ def test_image_holds_the_agent_and_none_of_the_server_stack(built: Built) -> Non
     )
     assert out.returncode == 0, out.stderr[-2000:]
     found = json.loads(out.stdout)
-    needed = ["sync_pod.agent", "edgefleet.podcheck", "device.podman", "kubernetes"]
+    needed = ["sync_pod.agent", "device.podcheck", "device.podman", "kubernetes"]
     needed += ["cryptography", "yaml", "urllib3", "google.auth"]
     assert {n: found[n] for n in needed} == dict.fromkeys(needed, True)
     unwanted = ["flask", "ai_edge_litert", "onnxruntime", "docker", "numpy"]
@@ -109,7 +109,7 @@ def test_image_holds_the_agent_and_none_of_the_server_stack(built: Built) -> Non
     assert {n: found[n] for n in unwanted} == dict.fromkeys(unwanted, False)
     # The V1Pod model check runs in the image's own interpreter (the agent's child).
     check = _podman(
-        [*python, "-m", "edgefleet.podcheck"],
+        [*python, "-m", "device.podcheck"],
         built.podman_env,
         input=json.dumps({"manifests": {"a": "apiVersion: v1\nkind: Pod\nspec: 3\n"}}),
         timeout=120,

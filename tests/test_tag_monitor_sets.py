@@ -1,4 +1,4 @@
-"""edgefleet.set_store on the real GCS emulator: optimistic writes, signing, mirrors."""
+"""edgefleet.cloud.set_store on the real GCS emulator: optimistic writes, signing, mirrors."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import threading
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgefleet import layout, manifest_set, signing
-from edgefleet.errors import ConfigError
-from edgefleet.manifest_set import ManifestEntry
-from edgefleet.set_store import SetStore, UntrustedSet, load_signer
-from edgefleet.storage import Conflict
+from edgefleet.cloud.set_store import SetStore, UntrustedSet, load_signer
+from edgefleet.core import layout, manifest_set, signing
+from edgefleet.core.bucket import Conflict
+from edgefleet.core.errors import ConfigError
+from edgefleet.core.manifest_set import ManifestEntry
 
 POD = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n# {note}\n"
 

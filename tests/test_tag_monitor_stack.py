@@ -21,8 +21,8 @@ import requests
 import yaml
 from podman_images import push_multiarch
 
-from edgefleet import layout, manifest_set
-from edgefleet.storage import Bucket, make_client
+from edgefleet.cloud.storage import Bucket, make_client
+from edgefleet.core import layout, manifest_set
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -330,7 +330,7 @@ def test_unknown_arch_template_errors_and_policy_violations_write_nothing(
     template = deploy.read("templates/model-server.yaml.j2")
     source = template.data.decode() if template else None
     if source is None:
-        from edgefleet.render import PackagedTemplates
+        from edgefleet.cloud.render import PackagedTemplates
 
         source = PackagedTemplates().load("model-server")
     deploy.write(

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from edgefleet import control, tag_events
-from edgefleet.errors import InvalidInput, NameCollision
-from edgefleet.manifest_set import ManifestEntry
+from edgefleet.cloud import control, tag_events
+from edgefleet.core.errors import InvalidInput, NameCollision
+from edgefleet.core.manifest_set import ManifestEntry
 
 D = "sha256:" + "12" * 32
 D2 = "sha256:" + "34" * 32

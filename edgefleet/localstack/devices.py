@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgefleet import layout, signing
+from edgefleet.core import layout, signing
 from edgefleet.localstack.podman import CONTAINERS_CONF
 from edgefleet.localstack.process import StackError
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgefleet.errors import InvalidInput
+from edgefleet.core.errors import InvalidInput
 from edgefleet.localstack import process as proc
 from edgefleet.localstack.process import ManagedProcess, MissingTool, StackError
 

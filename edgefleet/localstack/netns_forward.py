@@ -26,7 +26,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from edgefleet import logs
+from edgefleet.core import logs
 
 log = logging.getLogger("edgefleet.netns_forward")
 CLONE_NEWNET = 0x40000000

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgefleet.errors import EdgefleetError
+from edgefleet.core.errors import EdgefleetError
 
 
 class StackError(EdgefleetError):

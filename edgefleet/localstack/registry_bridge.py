@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from edgefleet import logs, refs
-from edgefleet.errors import InvalidInput
+from edgefleet.core import logs, refs
+from edgefleet.core.errors import InvalidInput
 
 log = logging.getLogger("edgefleet.registry_bridge")
 

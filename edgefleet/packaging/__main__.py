@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edgefleet import storage
-from edgefleet.build import BuildRequest
-from edgefleet.errors import EdgefleetError
+from edgefleet.cloud import storage
+from edgefleet.cloud.build import BuildRequest
+from edgefleet.core.errors import EdgefleetError
 from edgefleet.packaging import context
 
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from edgefleet.errors import ConfigError, EdgefleetError
+from edgefleet.core.errors import ConfigError, EdgefleetError
 
 DEFAULT_TAG = "localhost/edgefleet/python-base:bookworm"
 SUITE = "bookworm"

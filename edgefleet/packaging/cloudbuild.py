@@ -30,9 +30,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edgefleet import layout, refs
-from edgefleet.build import BuildRequest, BuildResult
-from edgefleet.errors import ConfigError, EdgefleetError, TransientError
+from edgefleet.cloud.build import BuildRequest, BuildResult
+from edgefleet.core import layout, refs
+from edgefleet.core.errors import ConfigError, EdgefleetError, TransientError
 from edgefleet.packaging import context
 
 API = "https://cloudbuild.googleapis.com/v1"
@@ -216,7 +216,7 @@ def build_url(config: CloudBuildConfig) -> str:
 
 
 class CloudBuildBuilder:
-    """Builder (edgefleet.build) for GCP: submits the build, does not wait for it."""
+    """Builder (edgefleet.cloud.build) for GCP: submits the build, does not wait for it."""
 
     def __init__(self, config: CloudBuildConfig, *, session: Any = None) -> None:
         self.config = config.check()

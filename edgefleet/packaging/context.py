@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgefleet import layout, refs
-from edgefleet.build import BuildRequest
-from edgefleet.errors import InvalidInput
+from edgefleet.cloud.build import BuildRequest
+from edgefleet.core import layout, refs
+from edgefleet.core.errors import InvalidInput
 from edgefleet.packaging import wheelhouse
 from edgefleet.packaging.base_image import Progress, stderr_progress
 
@@ -128,7 +128,7 @@ def limit_for(name: str) -> int | None:
 
 
 def fetch_package(bucket: Any, prefix: str, *, version: str | None = None) -> ModelPackage:
-    """Read and validate the package under ``prefix`` of an edgefleet.storage.Bucket."""
+    """Read and validate the package under ``prefix`` of an edgefleet.cloud.storage.Bucket."""
     wanted: dict[str, int] = {}
     for info in bucket.list_objects(prefix):
         rel = info.name[len(prefix) :]

@@ -30,10 +30,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgefleet import refs, storage
-from edgefleet.build import BuildRequest, BuildResult
-from edgefleet.errors import ConfigError, EdgefleetError, TransientError
-from edgefleet.logs import fields
+from edgefleet.cloud import storage
+from edgefleet.cloud.build import BuildRequest, BuildResult
+from edgefleet.cloud.registry import RegistryClient, parse_insecure
+from edgefleet.core import refs
+from edgefleet.core.errors import ConfigError, EdgefleetError, TransientError
+from edgefleet.core.logs import fields
 from edgefleet.packaging import context, wheelhouse
 from edgefleet.packaging.base_image import (
     Progress,
@@ -42,7 +44,6 @@ from edgefleet.packaging.base_image import (
     stderr_progress,
     tag_for,
 )
-from edgefleet.registry import RegistryClient, parse_insecure
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class PodmanConfig:
 
 
 class PodmanBuilder:
-    """Builder (edgefleet.build) for the local stack."""
+    """Builder (edgefleet.cloud.build) for the local stack."""
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 """The sync agent image (``sync_pod/Containerfile``): built locally, pushed, pinned by digest.
 
-The image holds ``python -m sync_pod`` and the child ``python -m edgefleet.podcheck`` with
+The image holds ``python -m sync_pod`` and the child ``python -m device.podcheck`` with
 exactly the packages they import at run time: edgefleet's core (cryptography, pyyaml,
 urllib3 for the lean GCS adapter, google-auth off the emulator) and kubernetes for the
 V1Pod model check. No Flask, LiteRT, ONNX, docker SDK or google-cloud-storage: the wheels
@@ -23,9 +23,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edgefleet import __version__, refs
-from edgefleet.errors import ConfigError
-from edgefleet.logs import fields
+from edgefleet import __version__
+from edgefleet.cloud.registry import RegistryClient
+from edgefleet.core import refs
+from edgefleet.core.errors import ConfigError
+from edgefleet.core.logs import fields
 from edgefleet.packaging import context, wheelhouse
 from edgefleet.packaging.base_image import (
     Progress,
@@ -42,13 +44,12 @@ from edgefleet.packaging.podman_builder import (
     point_latest,
     push_image,
 )
-from edgefleet.registry import RegistryClient
 
 log = logging.getLogger(__name__)
 
 IMAGE_NAME = "edgefleet-sync"
 CONTAINERFILE = Path("sync_pod") / "Containerfile"
-# What `python -m sync_pod` and `python -m edgefleet.podcheck` import (bounds: pyproject).
+# What `python -m sync_pod` and `python -m device.podcheck` import (bounds: pyproject).
 SYNC_REQUIREMENTS: tuple[str, ...] = (
     "cryptography",
     "google-auth",

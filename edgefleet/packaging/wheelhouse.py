@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from edgefleet.errors import ConfigError, EdgefleetError
+from edgefleet.core.errors import ConfigError, EdgefleetError
 from edgefleet.packaging.base_image import Progress, host_arch, stderr_progress
 
 PYTHON_VERSION = "3.11"

@@ -1,0 +1,97 @@
+"""``python -m device.podcheck``: the kubernetes V1Pod model check in a child process.
+
+The kubernetes client's models keep ~40 MiB resident once imported, more than a device's
+whole sync-agent budget. The agent therefore runs this check once per NEW manifest set
+in a short-lived child: stdin ``{"manifests": {KEY: YAML text}}``, stdout
+``{"results": {KEY: null | "why it is not a valid v1 Pod"}}``, exit 0. Anything else
+(no interpreter, a crash, a timeout, a garbled answer) is a :class:`TransientError` for
+the caller: the set is not accepted unchecked, it is retried on the next poll.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+
+from edgefleet.core.errors import TransientError
+
+DEFAULT_TIMEOUT = 60.0  # a cold import of the kubernetes client on a small ARM board
+
+
+class ChildModelCheck:
+    """A :data:`edgefleet.core.policy.ModelCheck` that runs the check in a child process."""
+
+    def __init__(
+        self, *, timeout: float = DEFAULT_TIMEOUT, command: Sequence[str] | None = None
+    ) -> None:
+        self.timeout = timeout
+        self.command = list(command or (sys.executable, "-m", "device.podcheck"))
+
+    def __call__(self, manifests: Mapping[str, str]) -> dict[str, str | None]:
+        request = json.dumps({"manifests": dict(manifests)}).encode()
+        try:
+            proc = subprocess.run(
+                self.command,
+                input=request,
+                capture_output=True,
+                timeout=self.timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise TransientError(f"pod model check timed out after {self.timeout:g} s") from exc
+        except OSError as exc:
+            raise TransientError(f"pod model check could not start: {exc}") from exc
+        if proc.returncode != 0:
+            tail = " ".join(proc.stderr.decode("utf-8", "replace").split()[-30:])
+            raise TransientError(f"pod model check exited with {proc.returncode}: {tail}")
+        try:
+            results = json.loads(proc.stdout)["results"]
+            answer = {key: results[key] for key in manifests}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TransientError(
+                f"pod model check gave no answer for every manifest: {exc}"
+            ) from exc
+        if not all(v is None or isinstance(v, str) for v in answer.values()):
+            raise TransientError("pod model check answered with something other than text")
+        return answer
+
+
+def skip_kubernetes_package_init() -> None:
+    """Let ``kubernetes.client`` import without running ``kubernetes/__init__``.
+
+    That ``__init__`` imports every kube-config loader (google-auth, requests-oauthlib,
+    websocket, ...) which the model check never uses: more than half of this child's run
+    time, paid on every new set. The package is registered unexecuted; its subpackages
+    load normally from its path. Only for this single-purpose child process.
+    """
+    if "kubernetes" in sys.modules:
+        return
+    spec = importlib.util.find_spec("kubernetes")
+    if spec is None or not spec.submodule_search_locations:
+        return  # not installed: the import in the check fails with its own message
+    sys.modules["kubernetes"] = importlib.util.module_from_spec(spec)
+
+
+def main() -> int:
+    skip_kubernetes_package_init()
+    from edgefleet.core.policy import model_errors
+
+    try:
+        manifests = json.load(sys.stdin)["manifests"]
+        if not isinstance(manifests, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in manifests.items()
+        ):
+            raise TypeError("manifests must map names to YAML text")
+    except (ValueError, KeyError, TypeError) as exc:
+        print(f"edgefleet: podcheck expects {{'manifests': {{NAME: YAML}}}} on stdin: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    json.dump({"results": model_errors(manifests)}, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,1 +1,0 @@
-"""Sub-commands of the ``edgefleet`` console command (see :mod:`edgefleet.cli`)."""

@@ -1,0 +1,336 @@
+"""Manifest sets: what one arch + channel of the fleet runs, as one signed document.
+
+A set holds every manifest a device of that arch and channel applies (its channel's own
+and the fleet-wide ``all`` ones), inline, with their SHA-256, a sequence number that only
+grows, an issue time, an expiry, and Ed25519 signatures over a canonical encoding.
+Devices apply a set as a whole or not at all. This module is pure: no I/O.
+
+Wire format (JSON)::
+
+    {"apiVersion": "edgefleet.dev/v1", "kind": "ManifestSet",
+     "arch": "x86_64", "channel": "beta", "sequence": 1764000000000,
+     "issuedAt": "2026-11-23T10:00:00Z", "expiresAt": "2026-12-23T10:00:00Z",
+     "manifests": [{"name": "model-server", "scope": "channel",
+                    "sha256": "…", "yaml": "apiVersion: v1\\n…"}],
+     "signatures": [{"keyId": "…", "algorithm": "ed25519", "value": "BASE64"}]}
+
+The signed payload is the document without ``signatures``, encoded as JSON with sorted
+keys, no white space, UTF-8.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from edgefleet.core import layout
+from edgefleet.core.errors import InvalidInput, InvalidManifestSet, SetRejected
+from edgefleet.core.signing import key_id
+
+API_VERSION = "edgefleet.dev/v1"
+KIND = "ManifestSet"
+SCOPE_CHANNEL = "channel"
+SCOPE_ALL = "all"
+MAX_SET_BYTES = 1024 * 1024
+MAX_MANIFEST_BYTES = 256 * 1024
+DEFAULT_TTL = timedelta(days=30)
+
+# Reasons a set is rejected; devices report them verbatim.
+REJECT_UNSIGNED = "unsigned"
+REJECT_BAD_SIGNATURE = "bad-signature"
+REJECT_UNTRUSTED_KEY = "untrusted-key"
+REJECT_EXPIRED = "expired"
+REJECT_REPLAYED = "replayed"
+REJECT_WRONG_TARGET = "wrong-target"
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestEntry:
+    """One Pod manifest of a set. ``name`` is the pod's name and the file stem."""
+
+    name: str
+    scope: str
+    yaml: str
+
+    @property
+    def sha256(self) -> str:
+        return sha256_hex(self.yaml)
+
+    @property
+    def file_name(self) -> str:
+        return layout.manifest_file_name(self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestSet:
+    arch: str
+    channel: str
+    sequence: int
+    issued_at: datetime
+    expires_at: datetime
+    entries: tuple[ManifestEntry, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        ordered = tuple(sorted(self.entries, key=lambda e: (e.scope, e.name)))
+        keys = [(e.scope, e.name) for e in ordered]
+        if len(set(keys)) != len(keys):
+            raise InvalidManifestSet("manifest set lists the same scope/name twice")
+        object.__setattr__(self, "entries", ordered)
+
+    def effective(self) -> dict[str, ManifestEntry]:
+        """File name -> entry a device writes; the channel's entry wins over ``all``."""
+        out: dict[str, ManifestEntry] = {}
+        for entry in self.entries:
+            if entry.scope == SCOPE_ALL and entry.file_name in out:
+                continue
+            out[entry.file_name] = entry
+        return out
+
+    def entry(self, scope: str, name: str) -> ManifestEntry | None:
+        for e in self.entries:
+            if e.scope == scope and e.name == name:
+                return e
+        return None
+
+    def with_entry(self, entry: ManifestEntry) -> ManifestSet:
+        rest = tuple(e for e in self.entries if (e.scope, e.name) != (entry.scope, entry.name))
+        return replace(self, entries=(*rest, entry))
+
+    def without_entry(self, scope: str, name: str) -> ManifestSet:
+        return replace(
+            self, entries=tuple(e for e in self.entries if (e.scope, e.name) != (scope, name))
+        )
+
+    def same_content(self, other: ManifestSet | None) -> bool:
+        """True when both sets would make a device run the same manifests."""
+        return other is not None and [(e.scope, e.name, e.yaml) for e in self.entries] == [
+            (e.scope, e.name, e.yaml) for e in other.entries
+        ]
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical payload: identifies this exact set."""
+        return hashlib.sha256(self.payload()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "arch": self.arch,
+            "channel": self.channel,
+            "sequence": self.sequence,
+            "issuedAt": _fmt_time(self.issued_at),
+            "expiresAt": _fmt_time(self.expires_at),
+            "manifests": [
+                {"name": e.name, "scope": e.scope, "sha256": e.sha256, "yaml": e.yaml}
+                for e in self.entries
+            ],
+        }
+
+    def payload(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    key_id: str
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SignedSet:
+    """A decoded document: the set plus whatever signatures it carries (unverified)."""
+
+    manifest_set: ManifestSet
+    signatures: tuple[Signature, ...]
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def next_set(
+    previous: ManifestSet | None,
+    arch: str,
+    channel: str,
+    entries: Iterable[ManifestEntry],
+    *,
+    now: datetime,
+    ttl: timedelta = DEFAULT_TTL,
+) -> ManifestSet:
+    """The successor of ``previous`` holding ``entries``.
+
+    The sequence is the larger of previous+1 and the issue time in milliseconds, so it
+    grows even across a wiped bucket and a fresh bootstrap.
+    """
+    now = now.astimezone(UTC).replace(microsecond=0)
+    floor = int(now.timestamp() * 1000)
+    sequence = max(floor, previous.sequence + 1 if previous else 1)
+    return ManifestSet(arch, channel, sequence, now, now + ttl, tuple(entries))
+
+
+def encode(manifest_set: ManifestSet, signers: Sequence[Ed25519PrivateKey] = ()) -> bytes:
+    """The JSON document, signed by every key in ``signers``."""
+    payload = manifest_set.payload()
+    doc = manifest_set.to_dict()
+    doc["signatures"] = [
+        {
+            "keyId": key_id(k.public_key()),
+            "algorithm": "ed25519",
+            "value": base64.b64encode(k.sign(payload)).decode(),
+        }
+        for k in signers
+    ]
+    return json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False).encode() + b"\n"
+
+
+def decode(data: bytes) -> SignedSet:
+    """Parse a set document; raise :class:`InvalidManifestSet` naming what is wrong."""
+    if len(data) > MAX_SET_BYTES:
+        raise InvalidManifestSet(f"manifest set is {len(data)} bytes, over {MAX_SET_BYTES}")
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidManifestSet(f"manifest set is not UTF-8 JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidManifestSet("manifest set is not a JSON object")
+    if doc.get("apiVersion") != API_VERSION or doc.get("kind") != KIND:
+        raise InvalidManifestSet(f"manifest set must have apiVersion {API_VERSION} kind {KIND}")
+    try:
+        arch = layout.check_arch(_str(doc, "arch"))
+        channel = layout.check_channel(_str(doc, "channel"))
+        sequence = doc.get("sequence")
+        if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 1:
+            raise InvalidManifestSet("manifest set sequence must be a positive integer")
+        issued = _parse_time(_str(doc, "issuedAt"), "issuedAt")
+        expires = _parse_time(_str(doc, "expiresAt"), "expiresAt")
+        entries = tuple(_decode_entry(raw) for raw in _list(doc, "manifests"))
+        signatures = tuple(_decode_signature(raw) for raw in doc.get("signatures") or [])
+    except InvalidManifestSet:
+        raise
+    except InvalidInput as exc:
+        raise InvalidManifestSet(str(exc)) from exc
+    return SignedSet(ManifestSet(arch, channel, sequence, issued, expires, entries), signatures)
+
+
+def verify(
+    signed: SignedSet,
+    trusted_keys: Sequence[Ed25519PublicKey],
+    *,
+    arch: str,
+    channel: str,
+    now: datetime,
+    applied_sequence: int | None = None,
+    applied_digest: str | None = None,
+) -> ManifestSet:
+    """Return the set if a device of ``arch``/``channel`` may apply it, else raise SetRejected.
+
+    Without ``trusted_keys`` signatures are not checked (unsigned mode), but target and
+    replay checks still apply.
+    """
+    s = signed.manifest_set
+    if (s.arch, s.channel) != (arch, channel):
+        raise SetRejected(
+            REJECT_WRONG_TARGET, f"set is for {s.arch}/{s.channel}, device is {arch}/{channel}"
+        )
+    if trusted_keys:
+        if not signed.signatures:
+            raise SetRejected(REJECT_UNSIGNED, "set carries no signature and keys are trusted")
+        by_id = {key_id(k): k for k in trusted_keys}
+        known = [sig for sig in signed.signatures if sig.key_id in by_id]
+        if not known:
+            ids = ", ".join(sig.key_id for sig in signed.signatures)
+            raise SetRejected(REJECT_UNTRUSTED_KEY, f"signed by {ids}, none of them trusted")
+        payload = s.payload()
+        if not any(_verifies(by_id[sig.key_id], sig.value, payload) for sig in known):
+            raise SetRejected(REJECT_BAD_SIGNATURE, "signature does not match the set's content")
+        if s.expires_at <= now:
+            raise SetRejected(REJECT_EXPIRED, f"set expired at {_fmt_time(s.expires_at)}")
+    if applied_sequence is not None and _is_replay(s, applied_sequence, applied_digest):
+        raise SetRejected(
+            REJECT_REPLAYED,
+            f"sequence {s.sequence} is not newer than the applied {applied_sequence}",
+        )
+    return s
+
+
+def _is_replay(s: ManifestSet, applied_sequence: int, applied_digest: str | None) -> bool:
+    """Older than what is applied, or the same sequence with other content."""
+    if s.sequence != applied_sequence:
+        return s.sequence < applied_sequence
+    return applied_digest is not None and s.digest() != applied_digest
+
+
+def _verifies(key: Ed25519PublicKey, signature: bytes, payload: bytes) -> bool:
+    try:
+        key.verify(signature, payload)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _decode_entry(raw: Any) -> ManifestEntry:
+    if not isinstance(raw, dict):
+        raise InvalidManifestSet("manifest set entry is not an object")
+    name = layout.check_name(_str(raw, "name"))
+    scope = _str(raw, "scope")
+    if scope not in (SCOPE_CHANNEL, SCOPE_ALL):
+        raise InvalidManifestSet(f"entry {name}: scope must be {SCOPE_CHANNEL!r} or {SCOPE_ALL!r}")
+    text = _str(raw, "yaml")
+    if len(text.encode("utf-8")) > MAX_MANIFEST_BYTES:
+        raise InvalidManifestSet(f"entry {name}: manifest is over {MAX_MANIFEST_BYTES} bytes")
+    entry = ManifestEntry(name, scope, text)
+    if raw.get("sha256") != entry.sha256:
+        raise InvalidManifestSet(f"entry {name}: sha256 does not match its yaml")
+    return entry
+
+
+def _decode_signature(raw: Any) -> Signature:
+    if not isinstance(raw, dict) or raw.get("algorithm") != "ed25519":
+        raise InvalidManifestSet("signature must be an object with algorithm 'ed25519'")
+    try:
+        value = base64.b64decode(_str(raw, "value"), validate=True)
+    except binascii.Error as exc:
+        raise InvalidManifestSet("signature value is not base64") from exc
+    return Signature(_str(raw, "keyId"), value)
+
+
+def _str(doc: dict[str, Any], key: str) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str):
+        raise InvalidManifestSet(f"manifest set field {key!r} must be a string")
+    return value
+
+
+def _list(doc: dict[str, Any], key: str) -> list[Any]:
+    value = doc.get(key)
+    if not isinstance(value, list):
+        raise InvalidManifestSet(f"manifest set field {key!r} must be a list")
+    return value
+
+
+def _fmt_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(value: str, what: str) -> datetime:
+    try:
+        parsed = datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError as exc:
+        raise InvalidManifestSet(f"{what} {value!r} is not YYYY-MM-DDTHH:MM:SSZ") from exc
+    return parsed.replace(tzinfo=UTC)

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``edgefleet`` console command (see :mod:`edgefleet.operator.cli`)."""

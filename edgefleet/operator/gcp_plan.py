@@ -1,0 +1,615 @@
+"""The gcloud commands that deploy edgefleet to a GCP project, as a reviewable plan.
+
+:func:`plan` turns a :class:`GcpConfig` into an ordered list of :class:`Step` (pure, so
+the tests check roles, names and flags); :func:`render` prints them as a bash script in
+which every create is guarded by a describe, so running it twice changes nothing. The
+values only known at deploy time (the registry's URI, the Cloud Storage service agent)
+are captured into shell variables by the script itself.
+
+``scripts/deploy-gcp.sh [--dry-run] [flags]`` is the entry point: ``--dry-run`` prints the
+script, otherwise it is run with ``bash -euo pipefail``.
+
+Least privilege, per identity:
+
+* ``edgefleet-fn`` (both functions): objectAdmin on the deploy bucket only; reader on the
+  Artifact Registry repository; accessor of the signing-key secret only; submits Cloud
+  Builds and may act as the builder account, nothing else.
+* ``edgefleet-trigger`` (Eventarc): receives events, may invoke the two functions.
+* ``edgefleet-builder`` (Cloud Build): reads the model and build buckets, writes the
+  repository, writes build logs.
+* ``edgefleet-device`` (devices): reads ``sets/`` of the deploy bucket (conditional
+  binding), creates/replaces objects under ``status/`` only (custom role, conditional),
+  pulls from the repository, publishes to ``edge-inference-results``.
+No primitive role (owner/editor/viewer) is granted to anyone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgefleet.core import layout
+from edgefleet.core.errors import ConfigError, EdgefleetError
+
+FUNCTIONS_SA = "edgefleet-fn"
+TRIGGER_SA = "edgefleet-trigger"
+BUILDER_SA = "edgefleet-builder"
+DEVICE_SA = "edgefleet-device"
+STATUS_ROLE_ID = "edgefleetDeviceStatusWriter"
+GCR_TOPIC = "gcr"
+RESULTS_TOPIC = "edge-inference-results"
+TAG_MONITOR = "tag-monitor"
+MODEL_DONE_WATCHER = "model-done-watcher"
+RUNTIME = "python311"
+SOURCE_OBJECT = "source/edgefleet-src.tar.gz"
+SERVICES = (
+    "artifactregistry.googleapis.com",
+    "cloudbuild.googleapis.com",
+    "cloudfunctions.googleapis.com",
+    "eventarc.googleapis.com",
+    "iam.googleapis.com",
+    "pubsub.googleapis.com",
+    "run.googleapis.com",
+    "secretmanager.googleapis.com",
+    "storage.googleapis.com",
+)
+PRIMITIVE_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})
+# Sources that go into the Cloud Build source tarball (the prepare step installs it).
+SOURCE_PATHS = (
+    "pyproject.toml",
+    "README.md",
+    "edgefleet",
+    "model_server",
+    "manifests",
+    "functions",
+    "sync_pod",
+    "device",
+)
+
+_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$")
+_ID = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class GcpConfig:
+    project: str
+    region: str = "europe-west1"
+    deploy_bucket: str = ""
+    model_bucket: str = ""
+    build_bucket: str = ""
+    repository: str = "edgefleet"
+    channels: tuple[str, ...] = layout.DEFAULT_CHANNELS
+    arches: tuple[str, ...] = layout.ARCHES
+    build_arches: tuple[str, ...] = ("x86_64", "aarch64")
+    signing_secret: str = "edgefleet-signing-key"
+    signing_key: str = "edgefleet-signing.pem"
+    stage_dir: str = "build/gcp"
+
+    def __post_init__(self) -> None:
+        for name, suffix in (
+            ("deploy_bucket", "deploy"),
+            ("model_bucket", "models"),
+            ("build_bucket", "build"),
+        ):
+            if not getattr(self, name):
+                object.__setattr__(self, name, f"{self.project}-edgefleet-{suffix}")
+
+    def check(self) -> GcpConfig:
+        if not _PROJECT.match(self.project):
+            raise ConfigError(f"invalid project id {self.project!r}: set --project / PROJECT")
+        if not _REGION.match(self.region):
+            raise ConfigError(f"invalid region {self.region!r}: e.g. europe-west1")
+        for name in (self.deploy_bucket, self.model_bucket, self.build_bucket):
+            if not _BUCKET.match(name):
+                raise ConfigError(f"invalid bucket name {name!r}")
+        for name in (self.repository, self.signing_secret):
+            if not _ID.match(name):
+                raise ConfigError(f"invalid resource id {name!r}")
+        for channel in self.channels:
+            layout.check_channel(channel)
+        for arch in (*self.arches, *self.build_arches):
+            layout.check_arch(arch)
+        return self
+
+    def sa(self, name: str) -> str:
+        return f"{name}@{self.project}.iam.gserviceaccount.com"
+
+    @property
+    def secret_version(self) -> str:
+        return f"projects/{self.project}/secrets/{self.signing_secret}/versions/latest"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command. ``unless``: a check that, when it succeeds, makes the step a no-op.
+    ``capture``: the name of a shell variable that receives the command's output."""
+
+    argv: tuple[str, ...]
+    comment: str = ""
+    unless: tuple[str, ...] | None = None
+    capture: str | None = None
+
+    @property
+    def role(self) -> str | None:
+        return _flag(self.argv, "--role")
+
+    @property
+    def member(self) -> str | None:
+        return _flag(self.argv, "--member")
+
+
+@dataclass
+class _Plan:
+    config: GcpConfig
+    steps: list[Step] = field(default_factory=list)
+
+    def gcloud(
+        self,
+        *args: str,
+        comment: str = "",
+        unless: Sequence[str] | None = None,
+        capture: str | None = None,
+        project: bool = True,
+    ) -> None:
+        argv = ("gcloud", *args, *((f"--project={self.config.project}",) if project else ()))
+        check = None
+        if unless is not None:
+            check = ("gcloud", *unless, f"--project={self.config.project}")
+        self.steps.append(Step(argv, comment, check, capture))
+
+    def local(self, *argv: str, comment: str = "", unless: Sequence[str] | None = None) -> None:
+        self.steps.append(Step(tuple(argv), comment, tuple(unless) if unless else None))
+
+
+def plan(config: GcpConfig) -> list[Step]:
+    """Every command of a deployment, in order."""
+    c = config.check()
+    p = _Plan(c)
+    sa = {name: c.sa(name) for name in (FUNCTIONS_SA, TRIGGER_SA, BUILDER_SA, DEVICE_SA)}
+
+    p.gcloud("services", "enable", *SERVICES, comment="APIs edgefleet uses")
+
+    for bucket in (c.deploy_bucket, c.model_bucket, c.build_bucket):
+        p.gcloud(
+            "storage",
+            "buckets",
+            "create",
+            f"gs://{bucket}",
+            f"--location={c.region}",
+            "--uniform-bucket-level-access",
+            "--public-access-prevention",
+            comment=f"bucket {bucket}",
+            unless=("storage", "buckets", "describe", f"gs://{bucket}"),
+        )
+    p.gcloud(
+        "storage",
+        "buckets",
+        "update",
+        f"gs://{c.deploy_bucket}",
+        "--versioning",
+        comment="keep old manifest sets: an audit trail and a manual way back",
+    )
+
+    for topic in (GCR_TOPIC, RESULTS_TOPIC):
+        p.gcloud(
+            "pubsub",
+            "topics",
+            "create",
+            topic,
+            comment=f"topic {topic}",
+            unless=("pubsub", "topics", "describe", topic),
+        )
+
+    p.gcloud(
+        "artifacts",
+        "repositories",
+        "create",
+        c.repository,
+        "--repository-format=docker",
+        f"--location={c.region}",
+        "--description=edgefleet model-server images",
+        comment="Artifact Registry repository (publishes tag events to topic gcr)",
+        unless=("artifacts", "repositories", "describe", c.repository, f"--location={c.region}"),
+    )
+    p.gcloud(
+        "artifacts",
+        "repositories",
+        "describe",
+        c.repository,
+        f"--location={c.region}",
+        "--format=value(registryUri)",
+        capture="IMAGE_REPOSITORY",
+        comment="HOST/PROJECT/REPO of the repository",
+    )
+
+    for name, title in (
+        (FUNCTIONS_SA, "edgefleet functions"),
+        (TRIGGER_SA, "edgefleet triggers"),
+        (BUILDER_SA, "edgefleet image builds"),
+        (DEVICE_SA, "edgefleet devices"),
+    ):
+        p.gcloud(
+            "iam",
+            "service-accounts",
+            "create",
+            name,
+            f"--display-name={title}",
+            comment=f"service account {name}",
+            unless=("iam", "service-accounts", "describe", sa[name]),
+        )
+    p.gcloud(
+        "iam",
+        "roles",
+        "create",
+        STATUS_ROLE_ID,
+        "--title=edgefleet device status writer",
+        "--permissions=storage.objects.create,storage.objects.delete",
+        "--stage=GA",
+        comment="create/replace objects, nothing else (scoped to status/ by a condition)",
+        unless=("iam", "roles", "describe", STATUS_ROLE_ID),
+    )
+
+    def bucket_binding(bucket: str, who: str, role: str, condition: str | None = None) -> None:
+        args = [
+            "storage",
+            "buckets",
+            "add-iam-policy-binding",
+            f"gs://{bucket}",
+            f"--member=serviceAccount:{sa[who]}",
+            f"--role={role}",
+        ]
+        if condition:
+            args.append(f"--condition={condition}")
+        p.gcloud(*args, comment=f"{who}: {role} on gs://{bucket}")
+
+    def prefix_condition(bucket: str, prefix: str, title: str) -> str:
+        start = f"projects/_/buckets/{bucket}/objects/{prefix}"
+        return f'expression=resource.name.startsWith("{start}"),title={title}'
+
+    bucket_binding(c.deploy_bucket, FUNCTIONS_SA, "roles/storage.objectAdmin")
+    bucket_binding(
+        c.deploy_bucket,
+        DEVICE_SA,
+        "roles/storage.objectViewer",
+        prefix_condition(c.deploy_bucket, "sets/", "device-read-sets"),
+    )
+    bucket_binding(
+        c.deploy_bucket,
+        DEVICE_SA,
+        f"projects/{c.project}/roles/{STATUS_ROLE_ID}",
+        prefix_condition(c.deploy_bucket, "status/", "device-write-status"),
+    )
+    bucket_binding(c.model_bucket, BUILDER_SA, "roles/storage.objectViewer")
+    bucket_binding(c.build_bucket, BUILDER_SA, "roles/storage.objectViewer")
+
+    for who, role in (
+        (FUNCTIONS_SA, "roles/artifactregistry.reader"),
+        (BUILDER_SA, "roles/artifactregistry.writer"),
+        (DEVICE_SA, "roles/artifactregistry.reader"),
+    ):
+        p.gcloud(
+            "artifacts",
+            "repositories",
+            "add-iam-policy-binding",
+            c.repository,
+            f"--location={c.region}",
+            f"--member=serviceAccount:{sa[who]}",
+            f"--role={role}",
+            comment=f"{who}: {role} on repository {c.repository}",
+        )
+    p.gcloud(
+        "pubsub",
+        "topics",
+        "add-iam-policy-binding",
+        RESULTS_TOPIC,
+        f"--member=serviceAccount:{sa[DEVICE_SA]}",
+        "--role=roles/pubsub.publisher",
+        comment="devices publish inference results",
+    )
+    p.gcloud(
+        "iam",
+        "service-accounts",
+        "add-iam-policy-binding",
+        sa[BUILDER_SA],
+        f"--member=serviceAccount:{sa[FUNCTIONS_SA]}",
+        "--role=roles/iam.serviceAccountUser",
+        comment="model-done-watcher starts builds that run as the builder account",
+    )
+    for who, role in (
+        (FUNCTIONS_SA, "roles/cloudbuild.builds.editor"),
+        (BUILDER_SA, "roles/logging.logWriter"),
+        (TRIGGER_SA, "roles/eventarc.eventReceiver"),
+    ):
+        p.gcloud(
+            "projects",
+            "add-iam-policy-binding",
+            c.project,
+            f"--member=serviceAccount:{sa[who]}",
+            f"--role={role}",
+            "--condition=None",
+            comment=f"{who}: {role} (no narrower scope exists)",
+            project=False,
+        )
+    p.gcloud(
+        "storage",
+        "service-agent",
+        capture="GCS_AGENT",
+        comment="the Cloud Storage service agent publishes finalize events",
+    )
+    p.gcloud(
+        "projects",
+        "add-iam-policy-binding",
+        c.project,
+        "--member=serviceAccount:${GCS_AGENT}",
+        "--role=roles/pubsub.publisher",
+        "--condition=None",
+        comment="GCS -> Eventarc (model bucket finalize)",
+        project=False,
+    )
+
+    p.gcloud(
+        "secrets",
+        "create",
+        c.signing_secret,
+        "--replication-policy=automatic",
+        comment="the manifest-set signing key (Ed25519, PEM)",
+        unless=("secrets", "describe", c.signing_secret),
+    )
+    p.local(
+        sys.executable,
+        "-m",
+        "edgefleet.operator.cli",
+        "keys",
+        "generate",
+        c.signing_key,
+        comment="a key when there is none",
+        unless=("test", "-f", c.signing_key),
+    )
+    p.gcloud(
+        "secrets",
+        "versions",
+        "add",
+        c.signing_secret,
+        f"--data-file={c.signing_key}",
+        comment=f"upload the key once; devices trust {c.signing_key}.pub (TRUSTED_KEYS)",
+        unless=(
+            "secrets",
+            "versions",
+            "access",
+            "latest",
+            f"--secret={c.signing_secret}",
+            "--out-file=/dev/null",
+        ),
+    )
+    p.gcloud(
+        "secrets",
+        "add-iam-policy-binding",
+        c.signing_secret,
+        f"--member=serviceAccount:{sa[FUNCTIONS_SA]}",
+        "--role=roles/secretmanager.secretAccessor",
+        comment="only the functions read the signing key",
+    )
+
+    stage = c.stage_dir
+    p.local(
+        sys.executable,
+        "-m",
+        "edgefleet.operator.gcp_plan",
+        "stage",
+        f"--out={stage}",
+        comment="function source (main.py + edgefleet wheel) and the build source tarball",
+    )
+    p.gcloud(
+        "storage",
+        "cp",
+        f"{stage}/edgefleet-src.tar.gz",
+        f"gs://{c.build_bucket}/{SOURCE_OBJECT}",
+        comment="source for Cloud Build",
+        project=False,
+    )
+
+    common = (
+        "--gen2",
+        f"--region={c.region}",
+        f"--runtime={RUNTIME}",
+        f"--source={stage}/functions",
+        f"--service-account={sa[FUNCTIONS_SA]}",
+        f"--trigger-service-account={sa[TRIGGER_SA]}",
+        "--retry",
+        "--ingress-settings=internal-only",
+        "--no-allow-unauthenticated",
+        "--memory=512Mi",
+        "--timeout=60s",
+        "--max-instances=10",
+    )
+    tag_env = {
+        "DEPLOY_BUCKET": c.deploy_bucket,
+        "CHANNELS": ",".join(c.channels),
+        "ARCHES": ",".join(c.arches),
+        "SIGNING_KEY": c.secret_version,
+        "ALLOWED_REGISTRIES": "${IMAGE_REPOSITORY}",
+    }
+    p.gcloud(
+        "functions",
+        "deploy",
+        TAG_MONITOR,
+        *common,
+        "--entry-point=tag_monitor",
+        f"--trigger-topic={GCR_TOPIC}",
+        f"--set-env-vars={env_flag(tag_env)}",
+        comment="registry tag events -> signed manifest sets",
+    )
+    watcher_env = {
+        "BUILDER": "cloudbuild",
+        "MODEL_BUCKET": c.model_bucket,
+        "ARCHES": ",".join(c.build_arches),
+        "IMAGE_REPOSITORY": "${IMAGE_REPOSITORY}",
+        "CLOUDBUILD_PROJECT": c.project,
+        "CLOUDBUILD_REGION": c.region,
+        "CLOUDBUILD_SOURCE": f"gs://{c.build_bucket}/{SOURCE_OBJECT}",
+        "CLOUDBUILD_SERVICE_ACCOUNT": sa[BUILDER_SA],
+    }
+    p.gcloud(
+        "functions",
+        "deploy",
+        MODEL_DONE_WATCHER,
+        *common,
+        "--entry-point=model_done_watcher",
+        "--trigger-event-filters=type=google.cloud.storage.object.v1.finalized",
+        f"--trigger-event-filters=bucket={c.model_bucket}",
+        f"--set-env-vars={env_flag(watcher_env)}",
+        comment="TRAINER-DONE in the model bucket -> Cloud Build",
+    )
+    for fn in (TAG_MONITOR, MODEL_DONE_WATCHER):
+        p.gcloud(
+            "run",
+            "services",
+            "add-iam-policy-binding",
+            fn,
+            f"--region={c.region}",
+            f"--member=serviceAccount:{sa[TRIGGER_SA]}",
+            "--role=roles/run.invoker",
+            comment=f"Eventarc may invoke {fn}, nobody else",
+        )
+    return p.steps
+
+
+def env_flag(env: Mapping[str, str]) -> str:
+    """``--set-env-vars`` with gcloud's alternate delimiter, so values may hold commas."""
+    for key, value in env.items():
+        if ";" in value or ";" in key:
+            raise ConfigError(f"env value {key}={value!r} contains ';'")
+    return "^;^" + ";".join(f"{k}={v}" for k, v in env.items())
+
+
+def _flag(argv: Sequence[str], name: str) -> str | None:
+    for arg in argv:
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _quote(arg: str) -> str:
+    """Shell-quote; an argument with ``${VAR}`` is double-quoted so the variable expands."""
+    if "${" in arg:
+        return '"' + re.sub(r'(["\\`])', r"\\\1", arg) + '"'
+    return shlex.quote(arg)
+
+
+def render(steps: Sequence[Step]) -> str:
+    lines = [
+        "#!/usr/bin/env bash",
+        "# generated by edgefleet.operator.gcp_plan",
+        "set -euo pipefail",
+        "",
+    ]
+    for step in steps:
+        if step.comment:
+            lines.append(f"# {step.comment}")
+        command = " ".join(_quote(a) for a in step.argv)
+        if step.capture:
+            lines.append(f'{step.capture}="$({command})"')
+        elif step.unless:
+            check = " ".join(_quote(a) for a in step.unless)
+            lines.append(f"{check} >/dev/null 2>&1 || {command}")
+        else:
+            lines.append(command)
+    return "\n".join(lines) + "\n"
+
+
+def stage(root: Path, out: Path) -> None:
+    """Function source dir (main.py, requirements + the edgefleet wheel) and source tarball."""
+    from edgefleet.packaging import wheelhouse
+
+    functions = out / "functions"
+    functions.mkdir(parents=True, exist_ok=True)
+    wheel = wheelhouse.build_project_wheel(root, functions)
+    (functions / "main.py").write_text((root / "functions" / "main.py").read_text())
+    reqs = (root / "functions" / "requirements.txt").read_text().rstrip("\n")
+    (functions / "requirements.txt").write_text(f"{reqs}\n./{wheel.name}\n")
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        return None if "__pycache__" in info.name or info.name.endswith(".pyc") else info
+
+    with tarfile.open(out / "edgefleet-src.tar.gz", "w:gz") as tar:
+        for rel in SOURCE_PATHS:
+            if (root / rel).exists():
+                tar.add(root / rel, arcname=rel, filter=keep)
+
+
+def config_from(args: argparse.Namespace) -> GcpConfig:
+    def split(value: str) -> tuple[str, ...]:
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+
+    return GcpConfig(
+        project=args.project,
+        region=args.region,
+        deploy_bucket=args.deploy_bucket,
+        model_bucket=args.model_bucket,
+        build_bucket=args.build_bucket,
+        repository=args.repository,
+        channels=split(args.channels),
+        arches=split(args.arches),
+        build_arches=split(args.build_arches),
+        signing_secret=args.signing_secret,
+        signing_key=args.signing_key,
+        stage_dir=args.stage_dir,
+    )
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    d = GcpConfig(project="placeholder-project")
+    parser = argparse.ArgumentParser(prog="deploy-gcp.sh", description="Deploy edgefleet to GCP.")
+    parser.add_argument("command", nargs="?", default="deploy", choices=("deploy", "stage"))
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument(
+        "--project", default=env.get("PROJECT") or env.get("GOOGLE_CLOUD_PROJECT", "")
+    )
+    parser.add_argument("--region", default=env.get("REGION", d.region))
+    parser.add_argument("--deploy-bucket", default=env.get("DEPLOY_BUCKET", ""))
+    parser.add_argument("--model-bucket", default=env.get("MODEL_BUCKET", ""))
+    parser.add_argument("--build-bucket", default=env.get("BUILD_BUCKET", ""))
+    parser.add_argument("--repository", default=env.get("REPOSITORY", d.repository))
+    parser.add_argument("--channels", default=env.get("CHANNELS", ",".join(d.channels)))
+    parser.add_argument("--arches", default=env.get("ARCHES", ",".join(d.arches)))
+    parser.add_argument("--build-arches", default=env.get("BUILD_ARCHES", ",".join(d.build_arches)))
+    parser.add_argument("--signing-secret", default=env.get("SIGNING_SECRET", d.signing_secret))
+    parser.add_argument("--signing-key", default=env.get("SIGNING_KEY_FILE", d.signing_key))
+    parser.add_argument("--stage-dir", default=env.get("STAGE_DIR", d.stage_dir))
+    parser.add_argument("--out", help="stage: output directory")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "stage":
+            from edgefleet.packaging.wheelhouse import find_project_root
+
+            stage(find_project_root(env), Path(args.out or args.stage_dir))
+            return 0
+        if not args.project:
+            raise ConfigError("no project: pass --project or set PROJECT")
+        script = render(plan(config_from(args)))
+        if args.dry_run:
+            sys.stdout.write(script)
+            return 0
+        with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as f:
+            f.write(script)
+        print(f"edgefleet: deploying to {args.project} (plan: {f.name})", file=sys.stderr)
+        return subprocess.run(["bash", "-euo", "pipefail", f.name], check=False).returncode
+    except EdgefleetError as exc:
+        print(f"edgefleet: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Test helpers shared by tests and benches (not shipped in any image)."""
