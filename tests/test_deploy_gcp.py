@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgefleet.core.errors import ConfigError, InvalidInput
+from edgefleet.operator import gcp_plan
 from edgefleet.operator.gcp_plan import GcpConfig, Step
-from edgefleet.packaging import gcp_plan
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "deploy-gcp.sh"
