@@ -132,7 +132,7 @@ def test_podcheck_child_leaves_the_kube_config_loaders_out() -> None:
     manifests = {"a": IMAGE_AS_NUMBER, "b": pod_yaml("b", IMAGE)}
     script = (
         "import json, sys\n"
-        "from edgefleet import podcheck, policy\n"
+        "from device import podcheck\nfrom edgefleet.core import policy\n"
         "podcheck.skip_kubernetes_package_init()\n"
         f"errors = policy.model_errors({manifests!r})\n"
         "print(json.dumps({'errors': errors, 'modules': sorted(sys.modules)}))\n"

@@ -242,5 +242,5 @@ def test_project_wheel_is_reproducible_and_leaves_stale_build_output_out(tmp_pat
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     assert digest(first) == digest(second)
     names = zipfile.ZipFile(first).namelist()
-    assert "edgefleet/podcheck.py" in names and "model_server/__main__.py" in names
+    assert "device/podcheck.py" in names and "model_server/__main__.py" in names
     assert not any("removed_long_ago" in n for n in names)

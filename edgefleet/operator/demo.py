@@ -23,7 +23,7 @@ from edgefleet.core import refs
 from edgefleet.core.errors import ConfigError, EdgefleetError
 from edgefleet.localstack import devices as dev
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TESTDATA_REL = Path("..") / "shared" / "testdata" / "coral"
 MODEL = "mobilenet"
 IMAGE = "grace_hopper.bmp"
