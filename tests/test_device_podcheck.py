@@ -256,6 +256,7 @@ def test_agent_process_keeps_heavy_libraries_out(bucket, gcs, tmp_path) -> None:
         **os.environ,
         **gcs.env(),
         **agent_env(bucket.name, tmp_path),
+        "KUBELET_API": "off",  # no kubelet here; this test is about imports
         "PYTHONPATH": str(REPO),
     }
     code = (

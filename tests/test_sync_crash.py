@@ -65,6 +65,7 @@ def test_kill_9_during_apply_leaves_old_or_new_set(bucket, tmp_path: Path) -> No
         "STATE_DIR": str(tmp_path / "state"),
         "ALLOWED_REGISTRIES": REG,
         "STATUS_SECONDS": "3600",
+        "KUBELET_API": "off",  # no kubelet: this test is about the folder on disk
     }
     proc_env = {**os.environ, **env, "PYTHONPATH": str(REPO)}
     manifest_dir = Path(env["MANIFEST_DIR"])
