@@ -73,6 +73,12 @@ def lean(bucket, gcs) -> gcs_json.JsonBucket:  # type: ignore[no-untyped-def]
     return gcs_json.connect(bucket.name, timeout=5.0, retry=gcs_json.NO_RETRY, env=gcs.env())
 
 
+def _serve(kubelet: KubeletStandIn, pki: Path, port: int) -> str:
+    return kubelet.serve(
+        port, cert=pki / "kubelet.crt", key=pki / "kubelet.key", client_ca=pki / "ca.crt"
+    )
+
+
 def _agent(lean, tmp_path: Path, url: str, pki: Path, **extra: str) -> Agent:  # type: ignore[no-untyped-def]
     env = agent_env(lean.name, tmp_path, KUBELET_API=url, KUBELET_CREDENTIALS=str(pki), **extra)
     config = from_env(env)
@@ -114,7 +120,7 @@ def test_new_sets_reach_kubelet_through_its_watch_and_commit_once_it_runs_them(
     manifest_dir.mkdir(parents=True)
     # A relist every 60 s: only the watch can explain a set seen within the gate.
     kubelet = kubelets(manifest_dir, period=60.0, start_delay=0.5)
-    url = kubelet.serve(pki, port)
+    url = _serve(kubelet, pki, port)
     agent = _agent(lean, tmp_path, url, pki, HEALTH_TIMEOUT="5")
     agent.recover()
     first = {"web": pod_yaml("web", IMAGE), "db": pod_yaml("db", IMAGE)}
@@ -167,7 +173,7 @@ def test_old_pod_answering_the_port_does_not_pass_the_gate_for_the_new_one(
         manifest_dir = tmp_path / "device" / "pods"
         manifest_dir.mkdir(parents=True)  # provisioning creates it before kubelet starts
         kubelet = kubelets(manifest_dir, period=60.0, start_delay=0.1, never_ready={OTHER})
-        url = kubelet.serve(pki, free_port())
+        url = _serve(kubelet, pki, free_port())
         agent = _agent(lean, tmp_path, url, pki, HEALTH_TIMEOUT="2")
         agent.recover()
         good = pod_yaml("web", IMAGE, port=port, readiness_path="/")
@@ -193,7 +199,7 @@ def test_relists_racing_applies_never_read_a_torn_file_or_drop_a_staying_pod(
     manifest_dir = tmp_path / "device" / "pods"
     manifest_dir.mkdir(parents=True)
     kubelet = kubelets(manifest_dir, period=0.002, start_delay=0.0)
-    url = kubelet.serve(pki, free_port())
+    url = _serve(kubelet, pki, free_port())
     agent = _agent(lean, tmp_path, url, pki, HEALTH_TIMEOUT="5")
     agent.recover()
     staying = [f"p{i}" for i in range(8)]
@@ -216,7 +222,7 @@ def test_relists_racing_applies_never_read_a_torn_file_or_drop_a_staying_pod(
 
 def test_kubelet_api_refuses_anonymous_and_other_devices(tmp_path, pki, kubelets) -> None:
     kubelet = kubelets(tmp_path / "pods", period=60.0)
-    url = kubelet.serve(pki, free_port())
+    url = _serve(kubelet, pki, free_port())
     anonymous = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{url}/pods", context=anonymous, timeout=5)

@@ -386,12 +386,13 @@ class KubeletStandIn:
         }
         return pod
 
-    def serve(self, pki_dir: Path, port: int) -> str:
-        """Serve ``GET /pods`` over TLS with x509 client authentication and anonymous
-        requests refused (401), as the provisioned KubeletConfiguration asks."""
+    def serve(self, port: int, *, cert: Path, key: Path, client_ca: Path) -> str:
+        """Serve ``GET /pods`` over TLS (``tlsCertFile``/``tlsPrivateKeyFile``) with x509
+        client authentication (``clientCAFile``) and anonymous requests refused (401), as
+        the provisioned KubeletConfiguration asks."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(pki_dir / "kubelet.crt", pki_dir / "kubelet.key")
-        context.load_verify_locations(pki_dir / "ca.crt")
+        context.load_cert_chain(cert, key)
+        context.load_verify_locations(client_ca)
         context.verify_mode = ssl.CERT_OPTIONAL  # kubelet: tls.RequestClientCert + authn
         standin = self
 
