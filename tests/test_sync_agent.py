@@ -1,6 +1,10 @@
-"""The sync agent against the real GCS emulator (kubelet runtime: files only).
+"""The sync agent against the real GCS emulator (kubelet runtime without its API here:
+tests/test_device_kubelet.py gates on a kubelet stand-in).
 
-Sets are produced exactly like the control plane does (next_set + encode + Bucket.write).
+The agent reads through the device's adapter (device.gcs_json.JsonBucket, what
+`python -m sync_pod` uses); where the adapter's behaviour matters (size bounds, request
+counts, outages) the test runs over both adapters of the DeviceBucket protocol. Sets are
+produced exactly like the control plane does (next_set + encode + storage.Bucket.write).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from support.sync import (
     pod_yaml,
 )
 
+from device import gcs_json
 from device.runtime import KubeletRuntime
 from edgefleet.cloud import storage
 from edgefleet.core import layout, manifest_set, signing
@@ -32,9 +37,21 @@ IMAGE = f"{REG}/edgefleet/web@{FAKE_DIGEST}"
 SYNC = layout.manifest_file_name(layout.SYNC_POD_NAME)
 
 
-def make_agent(bucket, tmp_path: Path, **extra: str) -> Agent:
-    config = from_env(agent_env(bucket.name, tmp_path, **extra))
-    return Agent(config, bucket, KubeletRuntime())
+def make_agent(adapter, tmp_path: Path, **extra: str) -> Agent:  # type: ignore[no-untyped-def]
+    config = from_env(agent_env(adapter.name, tmp_path, **extra))
+    return Agent(config, adapter, KubeletRuntime())
+
+
+@pytest.fixture
+def device(bucket, gcs) -> gcs_json.JsonBucket:  # type: ignore[no-untyped-def]
+    """The device's adapter on the test bucket, made by the device's own factory."""
+    return gcs_json.connect(bucket.name, timeout=5.0, retry=gcs_json.NO_RETRY, env=gcs.env())
+
+
+@pytest.fixture(params=["device-adapter", "control-plane-adapter"])
+def either(request, bucket, device):  # type: ignore[no-untyped-def]
+    """Both DeviceBucket adapters, for tests whose outcome depends on the adapter."""
+    return device if request.param == "device-adapter" else bucket
 
 
 def folder_files(agent: Agent) -> dict[str, str]:
@@ -53,8 +70,8 @@ def pub(bucket) -> SetPublisher:
     return SetPublisher(bucket, "x86_64", "beta")
 
 
-def test_applies_channel_and_fleet_wide_with_channel_winning(bucket, tmp_path, pub) -> None:
-    agent = make_agent(bucket, tmp_path)
+def test_applies_channel_and_fleet_wide_with_channel_winning(bucket, device, tmp_path, pub) -> None:
+    agent = make_agent(device, tmp_path)
     items = entries({"web": pod_yaml("web", IMAGE), "shared": pod_yaml("shared", IMAGE)}, "all")
     channel_shared = pod_yaml("shared", IMAGE, command=["/bin/busybox", "true"])
     items += entries({"shared": channel_shared})
@@ -76,9 +93,11 @@ def test_applies_channel_and_fleet_wide_with_channel_winning(bucket, tmp_path, p
     assert status["offline"] is False and status["channel"] == "beta"
 
 
-def test_noop_poll_is_one_request_and_state_survives_restart(bucket, gcs, tmp_path, pub) -> None:
+def test_noop_poll_is_one_request_and_state_survives_restart(
+    bucket, gcs, either, tmp_path, pub
+) -> None:
     pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
-    agent = make_agent(bucket, tmp_path)
+    agent = make_agent(either, tmp_path)
     agent.recover()
     assert agent.poll_once() == APPLIED
     mark = gcs.mark()
@@ -86,17 +105,17 @@ def test_noop_poll_is_one_request_and_state_survives_restart(bucket, gcs, tmp_pa
     served = gcs.requests(mark)
     assert len(served) == 1 and served[0].method == "GET", served
     # A restarted agent remembers what it applied: still nothing to download.
-    again = make_agent(bucket, tmp_path)
+    again = make_agent(either, tmp_path)
     again.recover()
     mark = gcs.mark()
     assert again.poll_once() == UNCHANGED
     assert len(gcs.requests(mark)) == 1
 
 
-def test_removed_manifest_disappears_but_own_sync_pod_stays(bucket, tmp_path, pub) -> None:
+def test_removed_manifest_disappears_but_own_sync_pod_stays(bucket, device, tmp_path, pub) -> None:
     sync = pod_yaml(layout.SYNC_POD_NAME, IMAGE)
     pub.publish(entries({"web": pod_yaml("web", IMAGE), layout.SYNC_POD_NAME: sync}, "all"))
-    agent = make_agent(bucket, tmp_path)
+    agent = make_agent(device, tmp_path)
     agent.recover()
     assert agent.poll_once() == APPLIED
     pub.publish(entries({"other": pod_yaml("other", IMAGE)}))
@@ -136,9 +155,9 @@ def _bad_sets(pub: SetPublisher) -> dict[str, tuple[str, bytes]]:
     }
 
 
-def test_bad_content_is_rejected_and_the_previous_set_kept(bucket, tmp_path, pub) -> None:
+def test_bad_content_is_rejected_and_the_previous_set_kept(bucket, either, tmp_path, pub) -> None:
     good = pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
-    agent = make_agent(bucket, tmp_path)
+    agent = make_agent(either, tmp_path)
     agent.recover()
     assert agent.poll_once() == APPLIED
     before = folder_files(agent)
@@ -162,11 +181,11 @@ def _keys(tmp_path: Path, name: str) -> tuple[Ed25519PrivateKey, str]:
 
 
 def test_signed_sets_reject_unsigned_tampered_untrusted_expired_replayed(
-    bucket, tmp_path, pub
+    bucket, device, tmp_path, pub
 ) -> None:
     key, pub_path = _keys(tmp_path, "fleet")
     rogue, _ = _keys(tmp_path, "rogue")
-    agent = make_agent(bucket, tmp_path, TRUSTED_KEYS=pub_path)
+    agent = make_agent(device, tmp_path, TRUSTED_KEYS=pub_path)
     agent.recover()
     first = pub.publish(entries({"web": pod_yaml("web", IMAGE)}), signers=[key])
     first_doc = pub.history[-1][1]
@@ -225,21 +244,21 @@ def test_signed_sets_reject_unsigned_tampered_untrusted_expired_replayed(
     assert agent.state.applied.digest == second.digest() != first.digest()
 
 
-def test_key_rotation_keeps_the_workload(bucket, tmp_path, pub) -> None:
+def test_key_rotation_keeps_the_workload(bucket, device, tmp_path, pub) -> None:
     old, old_pub = _keys(tmp_path, "old")
     new, new_pub = _keys(tmp_path, "new")
     web = pod_yaml("web", IMAGE)
-    agent = make_agent(bucket, tmp_path, TRUSTED_KEYS=old_pub)
+    agent = make_agent(device, tmp_path, TRUSTED_KEYS=old_pub)
     agent.recover()
     pub.publish(entries({"web": web}), signers=[old])
     assert agent.poll_once() == APPLIED
     # Changeover: devices trust both, the control plane signs with both.
-    agent = make_agent(bucket, tmp_path, TRUSTED_KEYS=f"{old_pub},{new_pub}")
+    agent = make_agent(device, tmp_path, TRUSTED_KEYS=f"{old_pub},{new_pub}")
     agent.recover()
     pub.publish(entries({"web": web, "extra": pod_yaml("extra", IMAGE)}), signers=[old, new])
     assert agent.poll_once() == APPLIED
     # Done: only the new key signs; the old one is retired on the device.
-    agent = make_agent(bucket, tmp_path, TRUSTED_KEYS=new_pub)
+    agent = make_agent(device, tmp_path, TRUSTED_KEYS=new_pub)
     agent.recover()
     pub.publish(entries({"web": web}), signers=[new])
     assert agent.poll_once() == APPLIED
@@ -249,20 +268,20 @@ def test_key_rotation_keeps_the_workload(bucket, tmp_path, pub) -> None:
     assert folder_files(agent) == {"web-pod.yaml": web}
 
 
-def test_wrong_target_is_rejected(bucket, tmp_path) -> None:
+def test_wrong_target_is_rejected(bucket, device, tmp_path) -> None:
     other = SetPublisher(bucket, "x86_64", "stable")
     data = manifest_set.encode(other.build(entries({"web": pod_yaml("web", IMAGE)})))
     SetPublisher(bucket, "x86_64", "beta").write_raw(data)
-    agent = make_agent(bucket, tmp_path)
+    agent = make_agent(device, tmp_path)
     agent.recover()
     assert agent.poll_once() == REJECTED
     assert agent.state.last_rejection.reason == "wrong-target"
 
 
-def test_unready_set_is_rolled_back_and_not_retried(bucket, tmp_path, pub) -> None:
+def test_unready_set_is_rolled_back_and_not_retried(bucket, device, tmp_path, pub) -> None:
     good = pod_yaml("web", IMAGE)
     pub.publish(entries({"web": good}))
-    agent = make_agent(bucket, tmp_path)
+    agent = make_agent(device, tmp_path)
     agent.recover()
     assert agent.poll_once() == APPLIED
     from edgefleet.localstack.process import free_port
@@ -285,10 +304,10 @@ def test_unready_set_is_rolled_back_and_not_retried(bucket, tmp_path, pub) -> No
     assert agent.poll_once() == APPLIED
 
 
-def test_interrupted_apply_is_finished_on_restart(bucket, tmp_path, pub) -> None:
+def test_interrupted_apply_is_finished_on_restart(bucket, device, tmp_path, pub) -> None:
     old = pod_yaml("web", IMAGE)
     pub.publish(entries({"web": old}))
-    agent = make_agent(bucket, tmp_path)
+    agent = make_agent(device, tmp_path)
     agent.recover()
     assert agent.poll_once() == APPLIED
     new_text = pod_yaml("web", IMAGE, command=["true"])
@@ -296,12 +315,12 @@ def test_interrupted_apply_is_finished_on_restart(bucket, tmp_path, pub) -> None
 
     # Crash after the set's copy is journaled, before a file of the live folder changed:
     # a restart rolls the apply forward from the copy and gates it.
-    crashing = make_agent(bucket, tmp_path)
+    crashing = make_agent(device, tmp_path)
     crashing.folder.sync = _crash  # type: ignore[method-assign]
     with pytest.raises(_Crash):
         crashing.poll_once()
     assert folder_files(crashing) == {"web-pod.yaml": old}
-    restarted = make_agent(bucket, tmp_path)
+    restarted = make_agent(device, tmp_path)
     assert restarted.state.pending is not None
     restarted.recover()
     assert restarted.state.pending is None
@@ -314,11 +333,11 @@ def test_interrupted_apply_is_finished_on_restart(bucket, tmp_path, pub) -> None
 
     # Crash after the files are written, before the gate and commit: same.
     newer = pub.publish(entries({"web": old}))
-    crashing = make_agent(bucket, tmp_path)
+    crashing = make_agent(device, tmp_path)
     crashing._finish = _crash  # type: ignore[method-assign]
     with pytest.raises(_Crash):
         crashing.poll_once()
-    restarted = make_agent(bucket, tmp_path)
+    restarted = make_agent(device, tmp_path)
     restarted.recover()
     assert restarted.state.pending is None
     assert restarted.state.applied.digest == newer.digest() != new.digest()
@@ -333,7 +352,8 @@ def _crash(*_args, **_kwargs):  # type: ignore[no-untyped-def]
     raise _Crash()
 
 
-def test_offline_keeps_the_set_and_status_says_offline(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("adapter", ["device-adapter", "control-plane-adapter"])
+def test_offline_keeps_the_set_and_status_says_offline(tmp_path, monkeypatch, adapter) -> None:
     from edgefleet.localstack.gcs import GcsEmulator
 
     emulator = GcsEmulator(tmp_path / "gcs").start()
@@ -345,9 +365,14 @@ def test_offline_keeps_the_set_and_status_says_offline(tmp_path, monkeypatch) ->
         bucket = storage.Bucket(
             storage.make_client(), "offline-test", timeout=2, retry=Retry(timeout=0.5)
         )
+        reader = (
+            gcs_json.connect("offline-test", timeout=2, retry=gcs_json.Retry(timeout=0.5))
+            if adapter == "device-adapter"
+            else bucket
+        )
         pub = SetPublisher(bucket, "x86_64", "beta")
         pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
-        agent = make_agent(bucket, tmp_path)
+        agent = make_agent(reader, tmp_path)
         agent.recover()
         assert agent.poll_once() == APPLIED
         agent.report(force=True)
@@ -373,8 +398,8 @@ def test_offline_keeps_the_set_and_status_says_offline(tmp_path, monkeypatch) ->
         back.stop()
 
 
-def test_status_says_how_often_the_device_reports(bucket, tmp_path, pub) -> None:
-    agent = make_agent(bucket, tmp_path, STATUS_SECONDS="600", POLL_SECONDS="30")
+def test_status_says_how_often_the_device_reports(bucket, device, tmp_path, pub) -> None:
+    agent = make_agent(device, tmp_path, STATUS_SECONDS="600", POLL_SECONDS="30")
     agent.recover()
     pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
     assert agent.poll_once() == APPLIED
