@@ -10,6 +10,9 @@ produced exactly like the control plane does (next_set + encode + storage.Bucket
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,7 +32,15 @@ from device.runtime import KubeletRuntime
 from edgefleet.cloud import storage
 from edgefleet.core import layout, manifest_set, signing
 from edgefleet.operator import fleet
-from sync_pod.agent import APPLIED, OFFLINE, REJECTED, ROLLED_BACK, UNCHANGED, Agent
+from sync_pod.agent import (
+    APPLIED,
+    OFFLINE,
+    REJECTED,
+    ROLLBACK_FAILED,
+    ROLLED_BACK,
+    UNCHANGED,
+    Agent,
+)
 from sync_pod.config import from_env
 
 REG = TEST_REGISTRY
@@ -408,3 +419,64 @@ def test_status_says_how_often_the_device_reports(bucket, device, tmp_path, pub)
     assert (status["heartbeatSeconds"], status["pollSeconds"]) == (600, 30)
     row = fleet.parse_report(json.dumps(status).encode(), "status/dev-1.json")
     assert row.report_interval == 630
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 256 KiB tmpfs for MANIFEST_DIR: a real disk that can really fill up."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (the test needs root): {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_rollback_that_cannot_write_reports_rollback_failed_and_is_retried(
+    bucket, device, tmp_path, pub, small_disk
+) -> None:
+    from edgefleet.localstack.process import free_port
+
+    filler = small_disk / "pods" / ".filler"
+
+    def fill_the_disk_then_fail(_probe) -> bool:  # type: ignore[no-untyped-def]
+        """The gate's readiness probe: nothing listens; meanwhile the disk fills up."""
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass  # full
+        finally:
+            os.close(fd)
+        return False
+
+    config = from_env(agent_env(device.name, tmp_path, MANIFEST_DIR=str(small_disk / "pods")))
+    agent = Agent(config, device, KubeletRuntime(), probe=fill_the_disk_then_fail)
+    agent.recover()
+    good = pod_yaml("web", IMAGE)
+    pub.publish(entries({"web": good}))
+    assert agent.poll_once() == APPLIED
+    bad = pub.publish(
+        entries({"web": pod_yaml("web", IMAGE, port=free_port(), readiness_path="/")})
+    )
+    assert agent.poll_once() == ROLLBACK_FAILED  # not "rolled-back": the old set is not back
+    assert agent.health == "rollback-failed"
+    assert agent.last_error is not None and agent.last_error["reason"] == "rollback-failed"
+    assert "No space left" in agent.last_error["detail"]
+    assert bad.digest() in agent.state.bad_digests
+    assert agent.state.pending is not None and agent.state.pending.phase == "rollback"
+    agent.report(force=True)
+    assert uploaded_status(bucket)["health"] == "rollback-failed"
+    # Space again: the next poll retries the rollback (never the bad set).
+    filler.unlink()
+    assert agent.poll_once() == ROLLED_BACK
+    assert folder_files(agent) == {"web-pod.yaml": good}
+    assert agent.state.pending is None and agent.state.applied.digest != bad.digest()
+    assert agent.poll_once() == UNCHANGED
