@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import yaml
 from support.sync import (
     FAKE_DIGEST,
     TEST_REGISTRY,
+    ManualClock,
     SetPublisher,
     agent_env,
     entries,
@@ -95,24 +95,11 @@ def test_device_rejects_invalid_pods_through_the_child(bucket, gcs, tmp_path) ->
     assert len(check.batches) == 4
 
 
-class Clock:
-    """The agent's clock, moved by the test (starts at the real time: sets expire)."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def test_a_check_that_cannot_run_keeps_the_set_and_is_retried_after_a_backoff(
     bucket, gcs, tmp_path
 ) -> None:
     pub = SetPublisher(bucket, "x86_64", "beta")
-    clock = Clock()
+    clock = ManualClock()
     env = agent_env(bucket.name, tmp_path, POLL_SECONDS="30")
     agent = Agent(
         from_env(env),

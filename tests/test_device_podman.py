@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from google.api_core.retry import Retry
-from support.sync import SetPublisher, entries, pod_yaml
+from support.sync import ManualClock, SetPublisher, entries, pod_yaml
 
 from device import gcs_json
 from device.podman import PodmanRuntime, adapt_for_podman
@@ -239,19 +239,6 @@ def test_unready_image_is_rolled_back(
     assert status["health"] == "healthy"
 
 
-class _Clock:
-    """The agent's clock, moved by the test (starts at the real time: sets expire)."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 class _Counting:
     """Counts calls of a real callable (the runtime's prefetch, the model check)."""
 
@@ -273,7 +260,7 @@ def test_image_gone_for_good_backs_off_instead_of_repulling_every_poll(
     repo = f"{device_registry.host}/edgefleet/gone-{uuid.uuid4().hex[:6]}"
     gone = lambda n: f"{repo}@sha256:{n * 64}"  # noqa: E731
     pub = SetPublisher(bucket, "x86_64", "beta")
-    clock = _Clock()
+    clock = ManualClock()
     agent = _agent(
         _device_bucket(bucket.name, gcs.env()), tmp_path, device_registry.host, podman_env,
         clock=clock, POLL_SECONDS="10",
