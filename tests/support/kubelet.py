@@ -172,7 +172,8 @@ class KubeletStandIn:
 
     def __post_init__(self) -> None:
         self.path = self.path.rstrip("/")
-        self._store: dict[str, PodRecord] = {}
+        self._store: dict[str, PodRecord] = {}  # the file source's UndeltaStore
+        self._pods: dict[str, PodRecord] = {}  # the last full SET it sent: what kubelet runs
         self._file_keys: dict[str, str] = {}
         self._started: dict[str, float] = {}  # uid -> when the pod (this version) started
         self._lock = threading.Lock()
@@ -297,15 +298,19 @@ class KubeletStandIn:
         return record
 
     def _send_store(self, cause: str) -> None:
+        """UndeltaStore: every change of the store sends the whole store as a SET."""
         with self._lock:
-            pods = {r.manifest_name: r.sha256 for r in self._store.values()}
-            now = time.monotonic()
-            for r in self._store.values():
-                self._started.setdefault(self._uid(r), now)
-        self._send(cause, pods)
+            records = dict(self._store)
+        self._send(cause, records)
 
-    def _send(self, cause: str, pods: dict[str, str]) -> None:
-        self.updates.append(Update(time.monotonic(), cause, dict(pods)))
+    def _send(self, cause: str, records: dict[str, PodRecord]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._pods = records
+            for r in records.values():
+                self._started.setdefault(self._uid(r), now)
+        pods = {r.manifest_name: r.sha256 for r in records.values()}
+        self.updates.append(Update(now, cause, pods))
 
     @staticmethod
     def _uid(record: PodRecord) -> str:
@@ -316,12 +321,12 @@ class KubeletStandIn:
     def running(self) -> dict[str, str]:
         """Manifest name -> sha256 of the file bytes of the version kubelet runs."""
         with self._lock:
-            return {r.manifest_name: r.sha256 for r in self._store.values()}
+            return {r.manifest_name: r.sha256 for r in self._pods.values()}
 
     def ready_at(self, manifest_name: str, file_sha256: str) -> float | None:
         """When that version of the pod became Ready (monotonic), or None."""
         with self._lock:
-            for r in self._store.values():
+            for r in self._pods.values():
                 if r.manifest_name == manifest_name and r.sha256 == file_sha256:
                     started = self._started.get(self._uid(r))
                     if started is None or self._never(r):
@@ -337,7 +342,7 @@ class KubeletStandIn:
 
     def pod_list(self) -> dict[str, Any]:
         with self._lock:
-            records = list(self._store.values())
+            records = list(self._pods.values())
             started = dict(self._started)
         now = time.monotonic()
         items = [self._api_pod(r, started.get(self._uid(r)), now) for r in records]
