@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from edgefleet.core import logs
 from edgefleet.core.errors import EdgefleetError
 from sync_pod.config import Config, from_env
+from sync_pod.pipeline import Outcome
+from sync_pod.wait import Waiter
 
 # A refused connection fails a poll within seconds instead of the library's two minutes.
 RETRY_SECONDS = 5.0
@@ -28,7 +30,6 @@ def make_agent(config: Config):  # type: ignore[no-untyped-def]
     from device import gcs_json
     from device.podcheck import ChildModelCheck
     from device.podman import PodmanRuntime
-    from device.runtime import KubeletRuntime
     from sync_pod.agent import Agent
 
     retry = gcs_json.Retry(initial=0.2, maximum=1.0, multiplier=2.0, timeout=RETRY_SECONDS)
@@ -41,9 +42,23 @@ def make_agent(config: Config):  # type: ignore[no-untyped-def]
             insecure_registries=config.insecure_registries,
         )
         if config.runtime == "podman"
-        else KubeletRuntime()
+        else kubelet_runtime(config)
     )
     return Agent(config, bucket, runtime, model_check=ChildModelCheck(timeout=PODCHECK_SECONDS))
+
+
+def kubelet_runtime(config: Config):  # type: ignore[no-untyped-def]
+    """Kubelet runs what the folder holds; its node API says what runs (the gate's truth).
+    Missing credentials fail the start: gating on ports alone could commit a set while
+    kubelet still runs the old pods."""
+    from device.kubelet import KubeletApi, KubeletCredentials
+    from device.runtime import KubeletRuntime
+
+    if config.kubelet_api is None:
+        return KubeletRuntime()
+    credentials = KubeletCredentials.in_dir(config.kubelet_credentials)
+    credentials.check()
+    return KubeletRuntime(KubeletApi(config.kubelet_api, credentials))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,15 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             agent.recover()
             outcome = agent.poll_once()
             agent.report(force=True)
-            return 0 if outcome not in ("failed",) else 1
-        stopping: list[int] = []
-
-        def stop(signum: int, _frame: object) -> None:
-            stopping.append(signum)
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        agent.run(lambda: bool(stopping), jitter=lambda: random.uniform(1 - JITTER, 1 + JITTER))
+            return 1 if outcome in (Outcome.FAILED, Outcome.ROLLBACK_FAILED) else 0
+        wait = Waiter()
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: wait.stop())
+        signal.signal(signal.SIGINT, lambda _signum, _frame: wait.stop())
+        agent.run(wait, jitter=lambda: random.uniform(1 - JITTER, 1 + JITTER))
         return 0
     except EdgefleetError as exc:
         print(f"edgefleet: {exc}", file=sys.stderr)

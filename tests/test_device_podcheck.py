@@ -1,5 +1,6 @@
 """The device's V1Pod model check in a child process (device.podcheck), through the
-real agent on the real GCS emulator, and check_manifests == a loop over check_manifest."""
+real agent on the device's GCS adapter (device.gcs_json) over the real emulator, and
+check_manifests == a loop over check_manifest."""
 
 from __future__ import annotations
 
@@ -14,17 +15,19 @@ import yaml
 from support.sync import (
     FAKE_DIGEST,
     TEST_REGISTRY,
+    ManualClock,
     SetPublisher,
     agent_env,
     entries,
     pod_yaml,
 )
 
+from device import gcs_json
 from device.podcheck import ChildModelCheck
 from device.runtime import KubeletRuntime
 from edgefleet.core import policy
 from edgefleet.core.errors import InvalidInput, PolicyViolation
-from sync_pod.agent import APPLIED, FAILED, REJECTED, UNCHANGED, Agent
+from sync_pod.agent import APPLIED, BACKING_OFF, FAILED, REJECTED, UNCHANGED, Agent
 from sync_pod.config import from_env
 
 REG = TEST_REGISTRY
@@ -57,15 +60,20 @@ class Counting:
         return self.check(manifests)
 
 
-def _agent(bucket, tmp_path: Path, check) -> Agent:  # type: ignore[no-untyped-def]
+def _device_bucket(bucket, gcs) -> gcs_json.JsonBucket:  # type: ignore[no-untyped-def]
+    """The device's adapter (what `python -m sync_pod` reads through) on the test bucket."""
+    return gcs_json.connect(bucket.name, timeout=5.0, retry=gcs_json.NO_RETRY, env=gcs.env())
+
+
+def _agent(bucket, gcs, tmp_path: Path, check) -> Agent:  # type: ignore[no-untyped-def]
     env = agent_env(bucket.name, tmp_path)
-    return Agent(from_env(env), bucket, KubeletRuntime(), model_check=check)
+    return Agent(from_env(env), _device_bucket(bucket, gcs), KubeletRuntime(), model_check=check)
 
 
-def test_device_rejects_invalid_pods_through_the_child(bucket, tmp_path) -> None:
+def test_device_rejects_invalid_pods_through_the_child(bucket, gcs, tmp_path) -> None:
     pub = SetPublisher(bucket, "x86_64", "beta")
     check = Counting(ChildModelCheck(timeout=60))
-    agent = _agent(bucket, tmp_path, check)
+    agent = _agent(bucket, gcs, tmp_path, check)
     agent.recover()
     pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
     assert agent.poll_once() == APPLIED
@@ -87,26 +95,56 @@ def test_device_rejects_invalid_pods_through_the_child(bucket, tmp_path) -> None
     assert len(check.batches) == 4
 
 
-def test_a_check_that_cannot_run_keeps_the_set_and_is_retried(bucket, tmp_path) -> None:
+def test_a_check_that_cannot_run_keeps_the_set_and_is_retried_after_a_backoff(
+    bucket, gcs, tmp_path
+) -> None:
     pub = SetPublisher(bucket, "x86_64", "beta")
-    agent = _agent(bucket, tmp_path, ChildModelCheck(timeout=60))
+    clock = ManualClock()
+    env = agent_env(bucket.name, tmp_path, POLL_SECONDS="30")
+    agent = Agent(
+        from_env(env),
+        _device_bucket(bucket, gcs),
+        KubeletRuntime(),
+        model_check=ChildModelCheck(timeout=60),
+        clock=clock,
+        sleep=clock.sleep,
+    )
     agent.recover()
     first = pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
     assert agent.poll_once() == APPLIED
     pub.publish(entries({"web": pod_yaml("web", IMAGE, command=["/bin/true"])}))
-    for broken in (
-        ChildModelCheck(command=[str(tmp_path / "no-such-python")]),
-        ChildModelCheck(command=[sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5),
-        ChildModelCheck(command=[sys.executable, "-c", "print('garbage')"]),
-        ChildModelCheck(command=[sys.executable, "-c", "raise SystemExit(3)"]),
+    for failures, broken in enumerate(
+        (
+            ChildModelCheck(command=[str(tmp_path / "no-such-python")]),
+            ChildModelCheck(
+                command=[sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5
+            ),
+            ChildModelCheck(command=[sys.executable, "-c", "print('garbage')"]),
+            ChildModelCheck(command=[sys.executable, "-c", "raise SystemExit(3)"]),
+        ),
+        start=1,
     ):
         agent.model_check = broken
         assert agent.poll_once() == FAILED, broken.command
         assert agent.state.applied is not None and agent.state.applied.digest == first.digest()
         assert agent.last_error is not None and agent.last_error["reason"] == "check-failed"
+        # Backing off: the next polls neither download the set nor run the check again.
+        backoff = agent.state.backoff
+        assert backoff is not None and backoff.failures == failures
+        assert backoff.until - clock.now == 30 * 2 ** (failures - 1)
+        agent.model_check = _must_not_run
+        mark = gcs.mark()
+        assert agent.poll_once() == BACKING_OFF
+        assert [r.method for r in gcs.requests(mark)] == ["GET"]  # the generation only
+        clock.now = backoff.until
     agent.model_check = ChildModelCheck(timeout=60)
-    assert agent.poll_once() == APPLIED  # retried on the next poll, not skipped
+    assert agent.poll_once() == APPLIED  # retried once the back-off is over, not skipped
+    assert agent.state.backoff is None
     assert "/bin/true" in (agent.config.manifest_dir / "web-pod.yaml").read_text()
+
+
+def _must_not_run(manifests):  # type: ignore[no-untyped-def]
+    raise AssertionError(f"the check ran while backing off: {sorted(manifests)}")
 
 
 def test_podcheck_cli_contract() -> None:
@@ -214,6 +252,7 @@ def test_agent_process_keeps_heavy_libraries_out(bucket, gcs, tmp_path) -> None:
         **os.environ,
         **gcs.env(),
         **agent_env(bucket.name, tmp_path),
+        "KUBELET_API": "off",  # no kubelet here; this test is about imports
         "PYTHONPATH": str(REPO),
     }
     code = (
