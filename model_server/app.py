@@ -175,6 +175,8 @@ class ModelServer:
             "runtime": backend.runtime,
             "runtime_version": backend.runtime_version,
             "delegate": backend.delegate,
+            # absent | broken | no-device | loaded; "not probed" without an Edge TPU model.
+            "edgetpu": loaded.edgetpu or "not probed",
             "selected": self.predictor.choice,
             "task": self.predictor.task,
             "labels": len(self.package.labels),
