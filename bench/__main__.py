@@ -56,9 +56,13 @@ def shown(argv: Sequence[str]) -> str:
 def run_one(argv: Sequence[str]) -> tuple[int, float]:
     """Run one benchmark with its output going straight to ours; (exit code, seconds)."""
     started = time.monotonic()
+    child = subprocess.Popen(argv, cwd=REPO)
     try:
-        code = subprocess.run(argv, cwd=REPO, check=False).returncode
+        code = child.wait()
     except KeyboardInterrupt:
+        # Ctrl-C reached the benchmark too: let it tear down its stack (subprocess.run
+        # would kill it at once and leave its namespaces and emulators behind).
+        child.wait()
         code = 130
     return code, time.monotonic() - started
 
