@@ -29,7 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.stats import MB, MiB, median, percentile  # noqa: E402
+from bench.stats import MB, fmt_bytes, median, percentile  # noqa: E402
 
 CORAL = REPO.parent / "shared" / "testdata" / "coral"
 MODEL = "mobilenet_v2_1.0_224_quant.tflite"
@@ -40,11 +40,6 @@ CONCURRENCY = (1, 2, 4, 8)
 TARGET_OVERHEAD_PCT = 10.0
 TARGET_C2_RATIO = 1.6
 TARGET_RSS_MB = 150.0  # MB = 10^6 bytes
-
-
-def mem(nbytes: float) -> str:
-    """``143.4 MiB (150.4 MB)``: MiB = 2^20 bytes, MB = 10^6 bytes."""
-    return f"{nbytes / MiB:.1f} MiB ({nbytes / MB:.1f} MB)"
 
 
 def load_average() -> str:
@@ -272,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         f"in-process {median(local_ratios):.2f}x"
     )
     print(
-        f"server RSS: {mem(idle_rss)} ready, {mem(rss)} after the run, peak {mem(peak)}  "
+        f"server RSS: {fmt_bytes(idle_rss)} ready, {fmt_bytes(rss)} after the run, "
+        f"peak {fmt_bytes(peak)}  "
         f"target <= {TARGET_RSS_MB:.0f} MB: {verdict(peak <= TARGET_RSS_MB * MB)}"
     )
     print(f"load average at end: {load_average()}")

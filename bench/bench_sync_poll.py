@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from support.sync import FAKE_DIGEST, SetPublisher, entries, pod_yaml  # noqa: E402
 
-from bench.stats import MB, MiB, Summary, median, summarize  # noqa: E402
+from bench.stats import MB, Summary, fmt_bytes, median, summarize  # noqa: E402
 from device import gcs_json  # noqa: E402
 from device.podcheck import ChildModelCheck  # noqa: E402
 from device.runtime import KubeletRuntime  # noqa: E402
@@ -167,11 +167,6 @@ def proc_stats(pid: int) -> tuple[int, int, float]:
 
 def met(ok: bool) -> str:
     return "MET" if ok else "MISSED"
-
-
-def mem(nbytes: float) -> str:
-    """``12.3 MiB (12.9 MB)``."""
-    return f"{nbytes / MiB:.1f} MiB ({nbytes / MB:.1f} MB)"
 
 
 # The check child as the agent runs it, plus one line: its peak RSS (ru_maxrss, KiB)
@@ -317,10 +312,13 @@ def main() -> int:
         child_peak = check_child_peak(texts, work)
         total = hwm + child_peak
         print(f"agent process (POLL_SECONDS=1, {idle:.0f} s idle after an apply):")
-        print(f"  RSS idle {mem(rss)}; agent peak {mem(hwm)}")
-        print(f"  check child peak {mem(child_peak)} (runs beside the agent for each new set)")
+        print(f"  RSS idle {fmt_bytes(rss)}; agent peak {fmt_bytes(hwm)}")
         print(
-            f"  device footprint while applying a set: agent peak + child peak = {mem(total)}; "
+            f"  check child peak {fmt_bytes(child_peak)} (runs beside the agent for each new set)"
+        )
+        print(
+            f"  device footprint while applying a set: agent peak + child peak = "
+            f"{fmt_bytes(total)}; "
             f"target <= {TARGET_RSS_MB:.0f} MB: {met(total <= TARGET_RSS_MB * MB)} "
             f"(idle agent alone: {met(rss <= TARGET_RSS_MB * MB)})"
         )
