@@ -37,7 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,10 +48,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.stats import median, percentile  # noqa: E402
 from edgefleet.cloud import storage  # noqa: E402
 from edgefleet.core import layout, manifest_set  # noqa: E402
 from edgefleet.localstack import devices as dev  # noqa: E402
-from edgefleet.operator import demo  # noqa: E402
+from edgefleet.localstack import harness  # noqa: E402
 
 CHANNEL = "beta"
 DEVICES = 3
@@ -63,15 +64,6 @@ class Sample:
     total: float
     sync: list[float] = field(default_factory=list)
     runtime: list[float] = field(default_factory=list)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def wait_set(bucket: storage.Bucket, name: str, digest: str, timeout: float) -> tuple[float, int]:
@@ -114,8 +106,8 @@ def serving_times(devices: list[dict[str, Any]], digest: str, timeout: float) ->
     while len(done) < len(devices):
         for d in devices:
             if d["id"] not in done:
-                info = demo.version_of(d)
-                if info and info.get("version") == digest and demo.is_ready(d):
+                info = harness.version_of(d)
+                if info and info.get("version") == digest and harness.is_ready(d):
                     done[d["id"]] = time.time()
         if time.time() > deadline:
             raise SystemExit(f"bench: devices did not all serve {digest} within {timeout:.0f} s")
@@ -143,10 +135,16 @@ def wipe(devices: list[dict[str, Any]]) -> None:
                 raise SystemExit(f"bench: podman {args[0]} on {d['id']} failed: {done.stderr}")
 
 
-def promote_once(fleet: demo.Fleet, digest: str, timeout: float) -> Sample:
+# Promotions land at a random phase of the devices' poll cycle: after each commit the bench
+# waits one poll (settling) plus a uniform random fraction of another, so the sync time
+# samples the whole 0..poll wait instead of one fixed offset from the last poll.
+PHASE = random.Random(1101)
+
+
+def promote_once(fleet: harness.Fleet, digest: str, timeout: float) -> Sample:
     bucket = fleet.bucket(fleet.stack.config.deploy_bucket)
     set_name = layout.set_object(dev.host_arch(), CHANNEL)
-    demo.promote(fleet, digest, CHANNEL)
+    harness.promote(fleet, digest, CHANNEL)
     moved = time.time()
     set_at, sequence = wait_set(bucket, set_name, digest, timeout)
     on = fleet.on(CHANNEL)
@@ -160,8 +158,8 @@ def promote_once(fleet: demo.Fleet, digest: str, timeout: float) -> Sample:
         sample.sync.append(applied - set_at)
         sample.runtime.append(serving[d["id"]] - applied)
     # Serving is not the end of the agent's work: its health gate commits the set a few
-    # seconds later. The next promotion waits for that (and a poll's worth of settling),
-    # else its sync time would include the tail of this one.
+    # seconds later. The next promotion waits for that, a poll's worth of settling (else
+    # its sync time would include the tail of this one), and a random phase.
     deadline = time.time() + timeout
     for d in on:
         log = logs / f"agent-{d['name']}.log"
@@ -169,11 +167,12 @@ def promote_once(fleet: demo.Fleet, digest: str, timeout: float) -> Sample:
             if time.time() > deadline:
                 raise SystemExit(f"bench: {d['id']} never committed sequence {sequence}")
             time.sleep(0.2)
-    time.sleep(fleet_poll(fleet))
+    poll = fleet_poll(fleet)
+    time.sleep(poll + PHASE.uniform(0, poll))
     return sample
 
 
-def pull_alone(fleet: demo.Fleet, digest: str) -> float:
+def pull_alone(fleet: harness.Fleet, digest: str) -> float:
     """Seconds for one device to pull the whole image with nothing else running. Run last:
     the device's pod and images are removed for it."""
     on = fleet.on(CHANNEL)
@@ -188,7 +187,7 @@ def pull_alone(fleet: demo.Fleet, digest: str) -> float:
     return took
 
 
-def fleet_poll(fleet: demo.Fleet) -> float:
+def fleet_poll(fleet: harness.Fleet) -> float:
     return float(fleet.stack.devices[0].get("poll_seconds", 2.0))
 
 
@@ -202,11 +201,10 @@ def report(name: str, samples: list[Sample], poll: float, slack: float) -> None:
     print(f"\n{name}: {len(samples)} promotions x {DEVICES} devices")
     print(f"  {'':32} {'p50':>7} {'p95':>7} {'max':>7}")
     for label, values in rows.items():
-        print(
-            f"  {label:32} {pct(values, 0.5):6.2f}s {pct(values, 0.95):6.2f}s {max(values):6.2f}s"
-        )
+        p50, p95 = percentile(values, 50), percentile(values, 95)
+        print(f"  {label:32} {p50:6.2f}s {p95:6.2f}s {max(values):6.2f}s")
     target = poll + slack
-    p95 = pct(rows["total (tag -> all serving)"], 0.95)
+    p95 = percentile(rows["total (tag -> all serving)"], 95)
     verdict = "meets" if p95 <= target else "MISSES"
     print(
         f"  total p95 {p95:.2f}s vs target poll+{slack:.0f}s = {target:.1f}s: "
@@ -224,10 +222,10 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=REPO / ".edgefleet" / "bench-rollout")
     args = parser.parse_args()
     os.environ.setdefault("CONTAINERS_CONF", str(REPO / "deploy" / "podman" / "containers.conf"))
-    data = demo.testdata_dir()
+    data = harness.data_dir()
     print(f"load average at start: {os.getloadavg()}")
     quiet = lambda _m: None  # noqa: E731
-    fleet = demo.start(
+    fleet = harness.start(
         args.workdir,
         devices=DEVICES,
         channels=(CHANNEL,),
@@ -236,10 +234,10 @@ def main() -> int:
         prefix="bn",
     )
     try:
-        demo.ensure_base(fleet, say=quiet)
+        harness.ensure_base(fleet, say=quiet)
         t = time.monotonic()
-        d1 = demo.wait_built(fleet, demo.train(fleet, 1, data=data), say=quiet)
-        d2 = demo.wait_built(fleet, demo.train(fleet, 2, data=data), say=quiet)
+        d1 = harness.wait_built(fleet, harness.train(fleet, 1, data=data), say=quiet)
+        d2 = harness.wait_built(fleet, harness.train(fleet, 2, data=data), say=quiet)
         print(f"built v1 and v2 through TRAINER-DONE in {time.monotonic() - t:.0f} s")
         digests = (d1, d2)
         # Warm up: every device pulls and runs both once.
@@ -262,13 +260,13 @@ def main() -> int:
             report("first install (each device pulls the whole image)", first, args.poll, 15.0)
             alone = pull_alone(fleet, digests[0])
             print(f"  one device pulling the whole image alone: {alone:.2f}s")
-        warm_rt = statistics.median(x for s in warm for x in s.runtime)
+        warm_rt = median(x for s in warm for x in s.runtime)
         for name, runs in (("cold", cold), ("first-install", first)):
             if runs:
-                pulled = statistics.median(x for s in runs for x in s.runtime)
+                pulled = median(x for s in runs for x in s.runtime)
                 print(f"{name}/warm runtime p50 ratio: {pulled / warm_rt:.2f}")
     finally:
-        demo.stop(fleet, args.workdir)
+        harness.stop(fleet, args.workdir)
         print(f"load average at end: {os.getloadavg()}")
     return 0
 
