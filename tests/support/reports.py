@@ -7,6 +7,7 @@ reads exactly as one a device uploads. :func:`seed` writes many of them in paral
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,8 @@ SYNC_DIGEST = "sha256:" + "5" * 64
 
 
 def digest(n: int) -> str:
-    return "sha256:" + f"{n:x}".rjust(64, "0")
+    """A stable, realistic-looking digest for version ``n``."""
+    return "sha256:" + hashlib.sha256(f"edgefleet-test-{n}".encode()).hexdigest()
 
 
 def rfc3339(t: datetime) -> str:
@@ -138,7 +140,7 @@ def fleet(count: int, *, now: datetime | None = None) -> list[dict[str, Any]]:
                 channel=channel,
                 running=digest(2 if newer else 1),
                 health="degraded: mobilenet" if i % 53 == 0 else "healthy",
-                age=4000.0 if i % 71 == 0 else float(i % 30),
+                age=4000.0 if i % 71 == 0 else 900.0 if i % 37 == 0 else float(i % 30),
                 now=now,
                 requests=60 + i % 120,
                 latency_p95_ms=(34.0 if newer else 30.0) + (i % 7),
