@@ -40,11 +40,13 @@ class VersionLookup:
         allowed: tuple[str, ...],
         *,
         client: Any = None,
+        insecure: str | None = None,
         retry_after: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.allowed = allowed
         self._client = client
+        self._insecure = insecure
         self._retry_after = retry_after
         self._clock = clock
         self._versions: dict[str, str | None] = {}
@@ -52,7 +54,7 @@ class VersionLookup:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> VersionLookup:
-        return cls(configured_registries(env))
+        return cls(configured_registries(env), insecure=env.get("INSECURE_REGISTRIES"))
 
     def __call__(self, image: str) -> str | None:
         try:
@@ -80,7 +82,5 @@ class VersionLookup:
         if self._client is None:
             from edgefleet.cloud.registry import RegistryClient, parse_insecure
 
-            self._client = RegistryClient(
-                insecure=parse_insecure(os.environ.get("INSECURE_REGISTRIES"))
-            )
+            self._client = RegistryClient(insecure=parse_insecure(self._insecure))
         return self._client

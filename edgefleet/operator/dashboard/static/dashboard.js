@@ -23,6 +23,7 @@
   }
   const badge = (text, kind) => el("span", { class: "badge " + (kind || text) }, text);
   const num = (v, digits) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
+  const val = (v) => (v === null || v === undefined ? "–" : String(Number(Number(v).toFixed(4))));
   const pct = (v) => (v === null || v === undefined ? "–" : (100 * v).toFixed(2) + " %");
   function ago(seconds) {
     if (seconds === null || seconds === undefined) return "never";
@@ -177,7 +178,7 @@
       const gates = r.gates.map((g) => el("tr", { class: g.ok === false ? "failing" : "" },
         el("th", { scope: "row" }, g.metric),
         el("td", {}, `${g.op} ${g.value === null ? "?" : g.value}${g.relative ? "× baseline" : ""}`),
-        el("td", {}, num(g.candidate, 4)), el("td", {}, num(g.baseline, 4)),
+        el("td", {}, val(g.candidate)), el("td", {}, val(g.baseline)),
         el("td", {}, g.ok === null ? badge("pending", "hold") : g.ok ? badge("pass", "ok") : badge("fail", "bad"))));
       const history = r.history.map((h) => el("tr", {}, el("td", {}, h.at), el("td", {}, h.event),
         el("td", {}, num(h.percent, 0) + " %"), el("td", {}, h.detail)));
