@@ -24,8 +24,9 @@ lint: $(VENV)/.installed
 test: install lint
 	$(VENV)/bin/pytest
 
+# `make demo DEMO_ARGS=--keep` keeps the stack and its dashboard up at the end.
 demo: install
-	$(VENV)/bin/edgefleet demo
+	$(VENV)/bin/edgefleet demo $(DEMO_ARGS)
 
 bench: install
 	$(PY) -m bench

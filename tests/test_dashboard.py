@@ -13,7 +13,8 @@ import requests
 from support import reports
 
 from edgefleet.core import layout
-from edgefleet.operator.dashboard import create_app, data, svg
+from edgefleet.operator.dashboard import data, svg
+from edgefleet.operator.dashboard.app import create_app
 from edgefleet.operator.dashboard.service import FleetService
 from edgefleet.operator.fleet_index import open_index
 

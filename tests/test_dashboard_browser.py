@@ -178,7 +178,9 @@ def test_fleet_table_shows_every_device_with_its_version(fleet, page):
     loaded(page, fleet.url)
     page.wait_for_selector('tr[data-device="agent-1"]')
     ids = page.locator("tbody tr").evaluate_all("rows => rows.map(r => r.dataset.device)")
-    assert sorted(ids) == sorted(["agent-1", "gw-evil", "gw-stale"] + [f"gw-{i}" for i in range(1, 7)])
+    assert sorted(ids) == sorted(
+        ["agent-1", "gw-evil", "gw-stale"] + [f"gw-{i}" for i in range(1, 7)]
+    )
     assert cells(page, "gw-1")[:4] == ["gw-1", "x86_64", "stable", "mobilenet_1_1700000000"]
     assert cells(page, "gw-4")[3] == "mobilenet_2_1700003600"
     assert data_short(fleet.v2) in cells(page, "gw-4")[4]
@@ -238,9 +240,13 @@ def test_filter_sort_and_keyboard(fleet, page):
     button = page.locator('th[data-sort="seen"] button')
     button.focus()
     page.keyboard.press("Enter")
-    page.wait_for_function("document.querySelector('th[data-sort=\"seen\"]').ariaSort === 'ascending'")
+    page.wait_for_function(
+        "document.querySelector('th[data-sort=\"seen\"]').ariaSort === 'ascending'"
+    )
     page.keyboard.press("Enter")
-    page.wait_for_function("document.querySelector('th[data-sort=\"seen\"]').ariaSort === 'descending'")
+    page.wait_for_function(
+        "document.querySelector('th[data-sort=\"seen\"]').ariaSort === 'descending'"
+    )
     page.wait_for_function("document.querySelector('tbody tr').dataset.device === 'gw-stale'")
 
 

@@ -1,8 +1,10 @@
-"""Realistic device status reports (``status/DEVICE_ID.json``) for tests and benches.
+"""Stand-in for many devices' status reports (``status/DEVICE_ID.json``), for the
+dashboard's tests and bench: thousands of podman devices cannot run on one machine.
 
-The shape is the sync agent's (``sync_pod.agent.Agent.status``) plus the ``models``
-summary of the wave-2 contract (COORDINATION.md, "Device status"); a report built here
-reads exactly as one a device uploads. :func:`seed` writes many of them in parallel.
+The shape is the sync agent's (``sync_pod.agent.Agent.status``, uploaded as
+``sync_pod.status.StatusReporter`` does) plus the ``models`` summary of the wave-2
+contract (COORDINATION.md, "Device status"); a report built here reads exactly as one a
+device uploads. :func:`seed` writes many of them in parallel.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def service_for(
 
 def _app(service: FleetService, refresh_seconds: float) -> Any:
     try:
-        from edgefleet.operator.dashboard import create_app
+        from edgefleet.operator.dashboard.app import create_app
     except ModuleNotFoundError as exc:
         raise ConfigError(
             f"the dashboard needs {exc.name}: pip install 'edgefleet[dashboard]'"
@@ -99,3 +99,32 @@ def serve_forever(
     finally:
         server.close()
         service.stop()
+
+
+def for_demo(
+    stack_env: Mapping[str, str], *, port: int = DEFAULT_PORT, say: Any = print
+) -> Running:
+    """The dashboard over a local stack (``edgefleet demo``): on 127.0.0.1:``port``, or on
+    a free port when that one is taken; says where."""
+    env = {**os.environ, **stack_env}
+    service = service_for(env["DEPLOY_BUCKET"], env=env)
+    try:
+        running = start(service, port=port, refresh_seconds=2.0)
+    except OSError:
+        running = start(service, port=0, refresh_seconds=2.0)
+    say(f"  dashboard: {running.url} (watch the rollout there)")
+    return running
+
+
+def hold(running: Running, keep: bool, say: Any = print) -> None:
+    """End of the demo: print the dashboard's address; with ``keep``, serve until Ctrl-C
+    (the stack stays up meanwhile), else say how to keep it."""
+    if not keep:
+        say(f"\ndashboard was at {running.url}; `edgefleet demo --keep` keeps it open")
+        return
+    say(f"\ndashboard: {running.url} (kept open with --keep; Ctrl-C stops it and the stack)")
+    stop = threading.Event()
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        say("stopping the dashboard")
