@@ -185,3 +185,33 @@ def test_svg_chart_escapes_labels():
     root = ElementTree.fromstring(out)
     assert "<script>" not in out
     assert any(e.text == "<script>x</script>" for e in root.iter() if e.text)
+
+
+def test_the_dashboard_command_serves_the_bucket(bucket, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    _put(bucket, reports.status("cli-1"))
+    edgefleet = str(Path(sys.executable).parent / "edgefleet")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [edgefleet, "dashboard", "--bucket", bucket.name, "--port", "0", "--refresh-seconds", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        assert f"gs://{bucket.name}" in line, line + proc.stderr.read()
+        url = line.split(": ", 1)[1].split()[0]
+        deadline = time.monotonic() + 30
+        while True:
+            body = requests.get(url + "api/devices", timeout=5).json()
+            if body["status"]["ready"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert [d["id"] for d in body["devices"]] == ["cli-1"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

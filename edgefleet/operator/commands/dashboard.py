@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from edgefleet.core.errors import ConfigError
-from edgefleet.operator import context, fleet
+from edgefleet.operator import context
+from edgefleet.operator.commands import fleet as fleet_commands
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and rollout states, with a JSON API under /api/. The bucket is chosen as for "
         "`edgefleet status`.",
     )
-    p.add_argument("--bucket", help="deploy bucket (default: $DEPLOY_BUCKET or local stack)")
+    fleet_commands._bucket_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=int, default=8080, help="port (default %(default)s)")
     p.add_argument(
@@ -26,18 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="how often to re-read the bucket and the page to update (default %(default)s)",
     )
-    p.add_argument(
-        "--stale-after",
-        type=float,
-        default=fleet.DEFAULT_STALE_SECONDS,
-        metavar="SECONDS",
-        help="a device silent this long (or two of its own report intervals) is stale",
-    )
+    fleet_commands.stale_after_arg(p)
     p.set_defaults(handler=_dashboard)
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from edgefleet.operator.commands.fleet import deploy_bucket_name
     from edgefleet.operator.dashboard import serve
 
     if not 0 <= args.port <= 65535:
@@ -45,7 +39,9 @@ def _dashboard(args: argparse.Namespace) -> int:
     if not 0.5 <= args.refresh_seconds <= 3600:
         raise ConfigError(f"--refresh-seconds {args.refresh_seconds}: choose 0.5 to 3600")
     context.apply_defaults()
-    service = serve.service_for(deploy_bucket_name(args.bucket), stale_after=args.stale_after)
+    service = serve.service_for(
+        fleet_commands.deploy_bucket_name(args.bucket), stale_after=args.stale_after
+    )
     serve.serve_forever(
         service, host=args.host, port=args.port, refresh_seconds=args.refresh_seconds
     )

@@ -38,13 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="exit 3 when any device is unhealthy, offline or stale",
     )
-    status.add_argument(
-        "--stale-after",
-        type=float,
-        default=fleet.DEFAULT_STALE_SECONDS,
-        metavar="SECONDS",
-        help="a device not heard from for this long is stale (default %(default)s)",
-    )
+    stale_after_arg(status)
     status.add_argument("--channel", help="only devices on this channel")
     status.set_defaults(handler=_status)
 
@@ -69,6 +63,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _bucket_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bucket", help="deploy bucket (default: $DEPLOY_BUCKET or local stack)")
+
+
+def stale_after_arg(parser: argparse.ArgumentParser) -> None:
+    """``--stale-after``, shared by ``status`` and ``dashboard``."""
+    parser.add_argument(
+        "--stale-after",
+        type=float,
+        default=fleet.DEFAULT_STALE_SECONDS,
+        metavar="SECONDS",
+        help="a device not heard from for this long (or for two of its own report "
+        "intervals, when longer) is stale (default %(default)s)",
+    )
 
 
 def _promote(args: argparse.Namespace) -> int:
