@@ -173,7 +173,7 @@ def api_rollouts() -> Response:
 def api_models() -> Response:
     service = _fleet()
     return _answer(
-        models=data.models(service.rows(), service.versions()),
+        models=service.models(),
         charts=[{"metric": k, "title": t, "unit": u} for k, (t, u) in CHARTS.items()],
         samples=len(service.series),
     )

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 ROLLOUT_PREFIX = "rollouts/"
 MAX_ROLLOUT_BYTES = 256 * 1024
 SERIES_POINTS = 720
+VERSION_RETRY_SECONDS = 60.0
 
 
 def parse_rollout(raw: bytes, info: ObjectInfo) -> dict[str, Any]:
@@ -58,6 +59,8 @@ class FleetService:
         self._version_of = version_of
         self._versions: dict[str, str] = {}  # digest -> version label
         self._rows: list[DeviceRow] = []
+        self._models: list[dict[str, Any]] = []
+        self._built_at = 0.0
         self.series: deque[dict[str, Any]] = deque(maxlen=SERIES_POINTS)
         self.refreshed_at: datetime | None = None
         self.refresh_seconds: float | None = None
@@ -71,6 +74,11 @@ class FleetService:
     def rows(self) -> list[DeviceRow]:
         with self._lock:
             return self._rows
+
+    def models(self) -> list[dict[str, Any]]:
+        """Per-version summaries as of the last refresh (see data.models)."""
+        with self._lock:
+            return self._models
 
     def versions(self) -> dict[str, str]:
         with self._lock:
@@ -93,19 +101,25 @@ class FleetService:
         """One refresh; errors are kept for the page, the previous state stays."""
         start = time.monotonic()
         try:
-            self.index.refresh()
+            stats = self.index.refresh()
             self.rollouts.refresh()
         except EdgefleetError as exc:
             self.error = fleet.clean(str(exc))
             log.warning("dashboard refresh failed", extra={"fields": {"error": self.error}})
             return
-        rows = self.index.rows()
-        versions = self._lookup_versions(rows)
-        with self._lock:
-            self._versions = versions
-            self._rows = [_with_versions(r, versions) for r in rows]
+        # Rows are rebuilt when reports changed, and once a minute for version labels a
+        # registry could not give earlier (the lookup retries them after 60 s).
+        stale_labels = time.monotonic() - self._built_at > VERSION_RETRY_SECONDS
+        if stats.fetched or stats.removed or self.refreshed_at is None or stale_labels:
+            self._built_at = time.monotonic()
+            rows = self.index.rows()
+            versions = self._lookup_versions(rows)
+            with self._lock:
+                self._versions = versions
+                self._rows = [_with_versions(r, versions) for r in rows]
+                self._models = data.models(self._rows, versions)
         now = self.now()
-        self.series.append({"at": now.isoformat(), "models": data.models(self._rows, versions)})
+        self.series.append({"at": now.isoformat(), "models": self._models})
         self.error = None
         self.refreshed_at = now
         self.refresh_seconds = round(time.monotonic() - start, 3)
