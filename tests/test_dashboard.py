@@ -4,6 +4,10 @@ each view's JSON says, that device text is never trusted, and the security heade
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from xml.etree import ElementTree
@@ -57,8 +61,6 @@ def halted_rollout(arch: str = "x86_64", channel: str = "stable") -> dict:
 
 @pytest.fixture
 def service(bucket, tmp_path: Path) -> FleetService:
-    import os
-
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     labels = {V1: "mobilenet_1_100", V2: "mobilenet_2_200"}
     return FleetService(
@@ -188,12 +190,6 @@ def test_svg_chart_escapes_labels():
 
 
 def test_the_dashboard_command_serves_the_bucket(bucket, tmp_path):
-    import os
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
     _put(bucket, reports.status("cli-1"))
     edgefleet = str(Path(sys.executable).parent / "edgefleet")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
@@ -215,3 +211,24 @@ def test_the_dashboard_command_serves_the_bucket(bucket, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_demo_serves_the_stacks_dashboard_and_prints_its_address(bucket, gcs, tmp_path):
+    from edgefleet.operator.dashboard import serve
+
+    _put(bucket, reports.status("demo1"))
+    said: list[str] = []
+    env = {**gcs.env(), "DEPLOY_BUCKET": bucket.name, "XDG_CACHE_HOME": str(tmp_path)}
+    running = serve.for_demo(env, port=0, say=said.append)
+    try:
+        assert running.url in said[0]
+        deadline = time.monotonic() + 30
+        while not requests.get(running.url + "api/status", timeout=5).json()["status"]["ready"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        body = requests.get(running.url + "api/devices", timeout=5).json()
+        assert [d["id"] for d in body["devices"]] == ["demo1"]
+        serve.hold(running, False, said.append)
+        assert running.url in said[-1] and "--keep" in said[-1]
+    finally:
+        running.stop()
