@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from support.fresh_root import FreshRoot, Result, interpreter_prefix, preinstalled_gcloud_sdk
 
 pytestmark = [pytest.mark.slow, pytest.mark.podman]
@@ -40,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "install-system-deps.sh"
 
 
-@dataclass
+@dataclass(repr=False)
 class Fresh:
     root: FreshRoot
     before: Result  # the script as an unprivileged user, before anything is installed

@@ -3,13 +3,17 @@
 A device's report (``status/DEVICE_ID.json``, written by the sync agent) says which set
 it applied, which pods run with which image digests, its health and when it last
 reported. This module turns reports into rows an operator reads, decides which devices
-are unhealthy or stale, and whether a rollout to a digest has completed.
+are unhealthy or stale, whether a rollout to a digest has completed, and which devices
+refused it (rejected or rolled back the set that carries it: :func:`rollout_refusals`).
 """
 
 from __future__ import annotations
 
 import json
+<<<<<<< HEAD
 import math
+=======
+>>>>>>> h10
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -20,6 +24,7 @@ from edgefleet.core import layout, refs
 from edgefleet.core.errors import InvalidInput
 
 DEFAULT_STALE_SECONDS = 300.0
+<<<<<<< HEAD
 # A device is offline (not merely stale) after this many of its stale thresholds.
 OFFLINE_FACTOR = 5.0
 
@@ -63,14 +68,30 @@ class ModelSummary:
     accelerator: str
     window_seconds: float
     window_end: datetime | None
+=======
+# A report lists its last rejections; more, or longer texts, are cut (reports are untrusted).
+MAX_REJECTIONS = 10
+MAX_TEXT = 400
+>>>>>>> h10
 
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
+<<<<<<< HEAD
     reason: str
     detail: str
     at: str
     digest: str | None
+=======
+    """A set the device refused: rejected before applying it, or rolled back after its
+    health gate failed. ``set_digest`` names the manifest set (its content digest), not
+    an image; ``detail`` carries the runtime's message."""
+
+    reason: str
+    detail: str
+    at: str
+    set_digest: str
+>>>>>>> h10
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +109,16 @@ class DeviceRow:
     # How often the device promised to report (heartbeat + one poll); 0 when unknown.
     report_interval: float = 0.0
     images: tuple[str, ...] = field(default_factory=tuple)  # digest-pinned refs running
+<<<<<<< HEAD
     # What is wrong with the report itself (e.g. its deviceId names another device).
     flags: tuple[str, ...] = field(default_factory=tuple)
     models: tuple[ModelSummary, ...] = field(default_factory=tuple)
     rejections: tuple[Rejection, ...] = field(default_factory=tuple)
     runtime: str = "?"
     agent_version: str = "?"
+=======
+    rejections: tuple[Rejection, ...] = field(default_factory=tuple)
+>>>>>>> h10
 
     def age(self, now: datetime) -> float | None:
         return None if self.last_seen is None else (now - self.last_seen).total_seconds()
@@ -149,6 +174,7 @@ def parse_report(data: bytes, object_name: str, *, updated: datetime | None = No
         doc = json.loads(data)
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
+<<<<<<< HEAD
     except (ValueError, RecursionError, InvalidInput) as exc:
         raise InvalidInput(f"status object {where} is malformed: {clean(exc)}") from exc
     flags: list[str] = []
@@ -226,6 +252,36 @@ def _models(value: Any) -> tuple[ModelSummary, ...]:
     for m in _dicts(value, MAX_MODELS):
         digest = _digest(m.get("digest")) or (
             ref.digest if (ref := _pinned(m.get("image"))) else None
+=======
+        device_id = layout.check_device_id(str(doc["deviceId"]))
+        digests: list[str] = []
+        images: list[str] = []
+        for pod in doc.get("pods") or []:
+            if pod.get("name") == layout.SYNC_POD_NAME:
+                continue
+            for c in pod.get("containers") or []:
+                digest = c.get("imageDigest") or _digest_of(c.get("image"))
+                if digest and digest not in digests:
+                    digests.append(str(digest))
+                image = c.get("image")
+                if isinstance(image, str) and _digest_of(image) and image not in images:
+                    images.append(image)
+        applied = doc.get("applied") or {}
+        return DeviceRow(
+            device_id=device_id,
+            arch=str(doc.get("arch") or "?"),
+            channel=str(doc.get("channel") or "?"),
+            health=str(doc.get("health") or "unknown"),
+            last_seen=_parse_time(doc.get("reportedAt")),
+            offline=bool(doc.get("offline")),
+            digests=tuple(digests),
+            set_sequence=applied.get("sequence") if isinstance(applied, dict) else None,
+            last_error=_error_text(doc),
+            images=tuple(images),
+            report_interval=_seconds(doc.get("heartbeatSeconds"))
+            + _seconds(doc.get("pollSeconds")),
+            rejections=_rejections(doc),
+>>>>>>> h10
         )
         if digest is None:
             continue
@@ -331,6 +387,48 @@ def rollout_progress(
     return RolloutProgress(channel, digest, len(members), done, pending)
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Device ``device_id`` refused the set that would make it run the rollout's digest."""
+
+    device_id: str
+    rejection: Rejection
+
+    def line(self) -> str:
+        """One line: device, reason and the runtime's message."""
+        r = self.rejection
+        return f"device {self.device_id} refused set {r.set_digest[:12]} ({r.reason}): {r.detail}"
+
+
+def rollout_refusals(
+    rows: Iterable[DeviceRow],
+    channel: str,
+    digest: str,
+    set_digests: Mapping[str, str],
+    arch: str | None = None,
+) -> list[Refusal]:
+    """Devices of ``channel`` (and ``arch``) that do not run ``digest`` healthily and
+    refused the set now published for their arch, ``set_digests[arch]``, which carries
+    ``digest``. A refusal of an older set does not count: a device retries a newer one."""
+    out = []
+    for r in rows:
+        if r.channel != channel or (arch is not None and r.arch != arch):
+            continue
+        if (r.runs(digest) and r.healthy()) or r.arch not in set_digests:
+            continue
+        mine = [j for j in r.rejections if j.set_digest == set_digests[r.arch]]
+        if mine:
+            out.append(Refusal(r.device_id, mine[-1]))
+    return sorted(out, key=lambda f: f.device_id)
+
+
+def one_line(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` safe to print on one line: control characters and runs of whitespace
+    become single spaces, cut at ``limit`` characters."""
+    flat = re.sub(r"[\x00-\x20\x7f-\x9f]+", " ", text).strip()
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def table(rows: Iterable[DeviceRow], now: datetime, stale_after: float) -> str:
     """A fixed-width table, one device per line."""
     header = ("DEVICE", "ARCH", "CHANNEL", "VERSION", "DIGEST", "HEALTH", "LAST SEEN", "PROBLEMS")
@@ -406,6 +504,7 @@ def _error_text(doc: Mapping[str, Any]) -> str | None:
     return clean(error) if error else None
 
 
+<<<<<<< HEAD
 def parse_time(value: Any) -> datetime | None:
     """An RFC 3339 time (aware, UTC when no offset), or None when absent or unreadable."""
     if not isinstance(value, str) or not value or len(value) > 40:
@@ -413,5 +512,29 @@ def parse_time(value: Any) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
+=======
+def _rejections(doc: Mapping[str, Any]) -> tuple[Rejection, ...]:
+    """The report's last rejections, oldest first; malformed entries are left out."""
+    raw = doc.get("rejections")
+    if not isinstance(raw, list):
+        raw = [doc["lastRejection"]] if isinstance(doc.get("lastRejection"), dict) else []
+    out = []
+    for item in raw[-MAX_REJECTIONS:]:
+        if not isinstance(item, dict) or not isinstance(item.get("digest"), str):
+            continue
+        out.append(
+            Rejection(
+                reason=one_line(str(item.get("reason") or "rejected"), 64),
+                detail=one_line(str(item.get("detail") or "")),
+                at=one_line(str(item.get("at") or ""), 40),
+                set_digest=one_line(item["digest"], 80),
+            )
+        )
+    return tuple(out)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+>>>>>>> h10
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from edgefleet.core import layout, refs
 from edgefleet.core.errors import ConfigError, InvalidInput, InvalidReference
-from edgefleet.operator import context, fleet
+from edgefleet.operator import context, fleet, watch
 
 if TYPE_CHECKING:
     from edgefleet.cloud.storage import Bucket
@@ -45,7 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     rollout = sub.add_parser("rollout", help="follow a rollout")
     verbs = rollout.add_subparsers(dest="verb", metavar="VERB", required=True)
     wait = verbs.add_parser(
-        "wait", help="wait until every device of a channel runs a digest, healthy"
+        "wait",
+        help="wait until every device of a channel runs a digest, healthy",
+        description="Wait until every device of CHANNEL reports DIGEST running and healthy. "
+        "Stops at once when a device reports that it rejected or rolled back the set that "
+        "carries DIGEST, printing the device, its reason and the runtime's message.",
+        epilog=f"exit codes: 0 complete; 1 error (bad argument, bucket unreachable); "
+        f"2 usage; {EXIT_TIMEOUT} not complete within --timeout; {EXIT_REFUSED} a device "
+        "rejected or rolled back the digest",
     )
     _bucket_arg(wait)
     wait.add_argument("--channel", required=True)
@@ -59,6 +66,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fail unless at least this many devices are on the channel (default 1)",
     )
     wait.set_defaults(handler=_rollout_wait)
+
+
+# `rollout wait` exit codes besides 0 (complete), 1 (error) and 2 (usage).
+EXIT_TIMEOUT = 4
+EXIT_REFUSED = 5
 
 
 def _bucket_arg(parser: argparse.ArgumentParser) -> None:
@@ -104,9 +116,13 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+<<<<<<< HEAD
     from edgefleet.operator.versions import VersionLookup
 
     rows = fleet.with_versions(_read_reports(_fleet_index(args.bucket)), VersionLookup.from_env())
+=======
+    rows = fleet.with_versions(watch.read_reports(_deploy_bucket(args.bucket)), VersionLookup())
+>>>>>>> h10
     if args.channel:
         rows = [r for r in rows if r.channel == args.channel]
     now = datetime.now(UTC)
@@ -140,8 +156,8 @@ def _rollout_wait(args: argparse.Namespace) -> int:
     start = time.monotonic()
     last_line = ""
     while True:
-        rows = _read_reports(bucket)
-        progress = fleet.rollout_progress(rows, channel, digest, args.arch)
+        seen = watch.look(bucket, channel, digest, args.arch)
+        progress = seen.progress
         line = (
             f"{channel}: {len(progress.done)}/{progress.total} devices run {digest[:19]}… healthy"
         )
@@ -154,6 +170,13 @@ def _rollout_wait(args: argparse.Namespace) -> int:
                 f"in {time.monotonic() - start:.1f}s"
             )
             return 0
+        if seen.refusals:
+            for refusal in seen.refusals:
+                print(
+                    f"edgefleet: rollout of {digest[:19]}… to {channel} failed: {refusal.line()}",
+                    file=sys.stderr,
+                )
+            return EXIT_REFUSED
         if time.monotonic() >= deadline:
             pending = ", ".join(progress.pending) or f"fewer than {args.min_devices} devices"
             print(
@@ -161,7 +184,7 @@ def _rollout_wait(args: argparse.Namespace) -> int:
                 f"{args.timeout:.0f}s; waiting on: {pending} (see `edgefleet status`)",
                 file=sys.stderr,
             )
-            return 4
+            return EXIT_TIMEOUT
         time.sleep(1.0)
 
 
@@ -201,9 +224,46 @@ def deploy_bucket_name(bucket_name: str | None) -> str:
     return name
 
 
+<<<<<<< HEAD
 def _read_reports(index: FleetIndex) -> list[fleet.DeviceRow]:
     """Refresh the index (fetching only changed reports); say which reports are unusable."""
     index.refresh()
     for error in index.errors().values():
         print(f"edgefleet: skipping {fleet.clean(error)}", file=sys.stderr)
     return index.rows()
+=======
+VERSION_LABEL = "org.opencontainers.image.version"
+
+
+class VersionLookup:
+    """The VERSION column: each running image's version label, asked once per digest
+    (content-addressed, so never stale) through one registry client. A registry that
+    cannot answer leaves the column empty and is asked again next time."""
+
+    def __init__(self) -> None:
+        from edgefleet.cloud.registry import RegistryClient, parse_insecure
+
+        self._client = RegistryClient(
+            insecure=parse_insecure(os.environ.get("INSECURE_REGISTRIES"))
+        )
+        self._versions: dict[str, str | None] = {}
+
+    def __call__(self, image: str) -> str | None:
+        from edgefleet.core.errors import EdgefleetError
+
+        try:
+            ref = refs.parse(image)
+        except InvalidReference:
+            return None
+        if not ref.digest:
+            return None
+        if ref.digest not in self._versions:
+            try:
+                config = self._client.get_config(ref, self._client.get_manifest(ref))
+                labels = (config.get("config") or {}).get("Labels") or {}
+                value = labels.get(VERSION_LABEL)
+                self._versions[ref.digest] = str(value) if value else None
+            except (EdgefleetError, OSError, AttributeError):
+                return None
+        return self._versions[ref.digest]
+>>>>>>> h10
