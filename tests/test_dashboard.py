@@ -98,6 +98,8 @@ def test_device_api_has_history_rejections_and_models(bucket, service, client):
                  "at": "2026-11-29T10:00:00Z", "digest": None, "generation": 4}  # fmt: skip
     _put(bucket, reports.status("d1", running=V1, rejections=[rejection]))
     service.refresh()
+    [seen] = client.get("/api/devices/d1").get_json()["device"]["rejections"]
+    assert (seen["reason"], seen["detail"]) == ("set-rejected", "signature by an unknown key")
     _put(bucket, reports.status("d1", running=V2, sequence=4))
     service.refresh()
     d = client.get("/api/devices/d1").get_json()["device"]

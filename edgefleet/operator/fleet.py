@@ -10,10 +10,7 @@ refused it (rejected or rolled back the set that carries it: :func:`rollout_refu
 from __future__ import annotations
 
 import json
-<<<<<<< HEAD
 import math
-=======
->>>>>>> h10
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -24,7 +21,6 @@ from edgefleet.core import layout, refs
 from edgefleet.core.errors import InvalidInput
 
 DEFAULT_STALE_SECONDS = 300.0
-<<<<<<< HEAD
 # A device is offline (not merely stale) after this many of its stale thresholds.
 OFFLINE_FACTOR = 5.0
 
@@ -68,21 +64,10 @@ class ModelSummary:
     accelerator: str
     window_seconds: float
     window_end: datetime | None
-=======
-# A report lists its last rejections; more, or longer texts, are cut (reports are untrusted).
-MAX_REJECTIONS = 10
-MAX_TEXT = 400
->>>>>>> h10
 
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-<<<<<<< HEAD
-    reason: str
-    detail: str
-    at: str
-    digest: str | None
-=======
     """A set the device refused: rejected before applying it, or rolled back after its
     health gate failed. ``set_digest`` names the manifest set (its content digest), not
     an image; ``detail`` carries the runtime's message."""
@@ -91,7 +76,6 @@ class Rejection:
     detail: str
     at: str
     set_digest: str
->>>>>>> h10
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,16 +93,12 @@ class DeviceRow:
     # How often the device promised to report (heartbeat + one poll); 0 when unknown.
     report_interval: float = 0.0
     images: tuple[str, ...] = field(default_factory=tuple)  # digest-pinned refs running
-<<<<<<< HEAD
     # What is wrong with the report itself (e.g. its deviceId names another device).
     flags: tuple[str, ...] = field(default_factory=tuple)
     models: tuple[ModelSummary, ...] = field(default_factory=tuple)
     rejections: tuple[Rejection, ...] = field(default_factory=tuple)
     runtime: str = "?"
     agent_version: str = "?"
-=======
-    rejections: tuple[Rejection, ...] = field(default_factory=tuple)
->>>>>>> h10
 
     def age(self, now: datetime) -> float | None:
         return None if self.last_seen is None else (now - self.last_seen).total_seconds()
@@ -174,7 +154,6 @@ def parse_report(data: bytes, object_name: str, *, updated: datetime | None = No
         doc = json.loads(data)
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
-<<<<<<< HEAD
     except (ValueError, RecursionError, InvalidInput) as exc:
         raise InvalidInput(f"status object {where} is malformed: {clean(exc)}") from exc
     flags: list[str] = []
@@ -222,7 +201,8 @@ def _running(pods: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
         for c in _dicts(pod.get("containers"), MAX_CONTAINERS):
             image = c.get("image") if isinstance(c.get("image"), str) else None
             ref = _pinned(image)
-            digest = _digest(c.get("imageDigest")) or (ref.digest if ref else None)
+            suffix = image.rsplit("@", 1)[1] if image and "@" in image else None
+            digest = _digest(c.get("imageDigest")) or _digest(suffix)
             if digest and digest not in digests:
                 digests.append(digest)
             if ref is not None and image not in images:
@@ -252,36 +232,6 @@ def _models(value: Any) -> tuple[ModelSummary, ...]:
     for m in _dicts(value, MAX_MODELS):
         digest = _digest(m.get("digest")) or (
             ref.digest if (ref := _pinned(m.get("image"))) else None
-=======
-        device_id = layout.check_device_id(str(doc["deviceId"]))
-        digests: list[str] = []
-        images: list[str] = []
-        for pod in doc.get("pods") or []:
-            if pod.get("name") == layout.SYNC_POD_NAME:
-                continue
-            for c in pod.get("containers") or []:
-                digest = c.get("imageDigest") or _digest_of(c.get("image"))
-                if digest and digest not in digests:
-                    digests.append(str(digest))
-                image = c.get("image")
-                if isinstance(image, str) and _digest_of(image) and image not in images:
-                    images.append(image)
-        applied = doc.get("applied") or {}
-        return DeviceRow(
-            device_id=device_id,
-            arch=str(doc.get("arch") or "?"),
-            channel=str(doc.get("channel") or "?"),
-            health=str(doc.get("health") or "unknown"),
-            last_seen=_parse_time(doc.get("reportedAt")),
-            offline=bool(doc.get("offline")),
-            digests=tuple(digests),
-            set_sequence=applied.get("sequence") if isinstance(applied, dict) else None,
-            last_error=_error_text(doc),
-            images=tuple(images),
-            report_interval=_seconds(doc.get("heartbeatSeconds"))
-            + _seconds(doc.get("pollSeconds")),
-            rejections=_rejections(doc),
->>>>>>> h10
         )
         if digest is None:
             continue
@@ -311,10 +261,11 @@ def _rejections(value: Any, last: Any) -> tuple[Rejection, ...]:
         items = [last]
     return tuple(
         Rejection(
-            reason=clean(r.get("reason") or "?", 80),
-            detail=clean(r.get("detail") or ""),
-            at=clean(r.get("at") or "", 40),
-            digest=_digest(r.get("digest")),
+            # One line each (rollout wait prints them so), then cleaned like all report text.
+            reason=clean(one_line(str(r.get("reason") or "rejected"), 64)),
+            detail=clean(one_line(str(r.get("detail") or ""))),
+            at=clean(one_line(str(r.get("at") or ""), 40)),
+            set_digest=clean(r.get("digest") if isinstance(r.get("digest"), str) else "", 80),
         )
         for r in items
     )
@@ -504,7 +455,6 @@ def _error_text(doc: Mapping[str, Any]) -> str | None:
     return clean(error) if error else None
 
 
-<<<<<<< HEAD
 def parse_time(value: Any) -> datetime | None:
     """An RFC 3339 time (aware, UTC when no offset), or None when absent or unreadable."""
     if not isinstance(value, str) or not value or len(value) > 40:
@@ -512,29 +462,5 @@ def parse_time(value: Any) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-=======
-def _rejections(doc: Mapping[str, Any]) -> tuple[Rejection, ...]:
-    """The report's last rejections, oldest first; malformed entries are left out."""
-    raw = doc.get("rejections")
-    if not isinstance(raw, list):
-        raw = [doc["lastRejection"]] if isinstance(doc.get("lastRejection"), dict) else []
-    out = []
-    for item in raw[-MAX_REJECTIONS:]:
-        if not isinstance(item, dict) or not isinstance(item.get("digest"), str):
-            continue
-        out.append(
-            Rejection(
-                reason=one_line(str(item.get("reason") or "rejected"), 64),
-                detail=one_line(str(item.get("detail") or "")),
-                at=one_line(str(item.get("at") or ""), 40),
-                set_digest=one_line(item["digest"], 80),
-            )
-        )
-    return tuple(out)
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not value:
->>>>>>> h10
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

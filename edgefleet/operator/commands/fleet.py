@@ -116,13 +116,9 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-<<<<<<< HEAD
     from edgefleet.operator.versions import VersionLookup
 
     rows = fleet.with_versions(_read_reports(_fleet_index(args.bucket)), VersionLookup.from_env())
-=======
-    rows = fleet.with_versions(watch.read_reports(_deploy_bucket(args.bucket)), VersionLookup())
->>>>>>> h10
     if args.channel:
         rows = [r for r in rows if r.channel == args.channel]
     now = datetime.now(UTC)
@@ -151,12 +147,13 @@ def _rollout_wait(args: argparse.Namespace) -> int:
     digest = refs.check_digest(args.digest)
     if args.arch:
         layout.check_arch(args.arch)
-    bucket = _fleet_index(args.bucket)
+    bucket = _deploy_bucket(args.bucket)
+    index = _fleet_index(args.bucket)
     deadline = time.monotonic() + args.timeout
     start = time.monotonic()
     last_line = ""
     while True:
-        seen = watch.look(bucket, channel, digest, args.arch)
+        seen = watch.look(bucket, channel, digest, args.arch, rows=_read_reports(index))
         progress = seen.progress
         line = (
             f"{channel}: {len(progress.done)}/{progress.total} devices run {digest[:19]}… healthy"
@@ -224,46 +221,9 @@ def deploy_bucket_name(bucket_name: str | None) -> str:
     return name
 
 
-<<<<<<< HEAD
 def _read_reports(index: FleetIndex) -> list[fleet.DeviceRow]:
     """Refresh the index (fetching only changed reports); say which reports are unusable."""
     index.refresh()
     for error in index.errors().values():
         print(f"edgefleet: skipping {fleet.clean(error)}", file=sys.stderr)
     return index.rows()
-=======
-VERSION_LABEL = "org.opencontainers.image.version"
-
-
-class VersionLookup:
-    """The VERSION column: each running image's version label, asked once per digest
-    (content-addressed, so never stale) through one registry client. A registry that
-    cannot answer leaves the column empty and is asked again next time."""
-
-    def __init__(self) -> None:
-        from edgefleet.cloud.registry import RegistryClient, parse_insecure
-
-        self._client = RegistryClient(
-            insecure=parse_insecure(os.environ.get("INSECURE_REGISTRIES"))
-        )
-        self._versions: dict[str, str | None] = {}
-
-    def __call__(self, image: str) -> str | None:
-        from edgefleet.core.errors import EdgefleetError
-
-        try:
-            ref = refs.parse(image)
-        except InvalidReference:
-            return None
-        if not ref.digest:
-            return None
-        if ref.digest not in self._versions:
-            try:
-                config = self._client.get_config(ref, self._client.get_manifest(ref))
-                labels = (config.get("config") or {}).get("Labels") or {}
-                value = labels.get(VERSION_LABEL)
-                self._versions[ref.digest] = str(value) if value else None
-            except (EdgefleetError, OSError, AttributeError):
-                return None
-        return self._versions[ref.digest]
->>>>>>> h10

@@ -159,7 +159,7 @@ def device_detail(
             for s in reversed(list(history))
         ],
         "rejections": [
-            {"reason": r.reason, "detail": r.detail, "at": r.at, "digest": short(r.digest)}
+            {"reason": r.reason, "detail": r.detail, "at": r.at, "set": short(r.set_digest)}
             for r in reversed(row.rejections)
         ],
         "models": [_model_json(m) for m in row.models],

@@ -147,7 +147,7 @@
         el("td", {}, h.health), el("td", {}, h.setSequence === null ? "–" : String(h.setSequence))))
       : [emptyRow(5, "No change seen yet.")]);
     fill(document.querySelector("#rejections tbody"), d.rejections.length ? d.rejections.map((r) =>
-      el("tr", {}, el("td", {}, r.at), el("td", {}, r.reason), el("td", {}, r.detail), el("td", {}, el("code", {}, r.digest || "–"))))
+      el("tr", {}, el("td", {}, r.at), el("td", {}, r.reason), el("td", {}, r.detail), el("td", {}, el("code", {}, r.set || "–"))))
       : [emptyRow(4, "No rejection reported.")]);
   }
 
