@@ -93,8 +93,11 @@ def fleet(gcs, registry, tmp_path_factory) -> Iterator[Fleet]:  # type: ignore[n
         ("stable", "x86_64", f.v1), ("stable", "x86_64", f.v1), ("stable", "aarch64", f.v1),
         ("beta", "x86_64", f.v2), ("beta", "aarch64", f.v2), ("latest", "x86_64", f.v2),
     ]):  # fmt: skip
+        newer = digest == f.v2  # v2: slower and less confident, as a canary might be
         f.put(f.report(f"gw-{i + 1}", digest, channel=channel, arch=arch,
-                       accelerator="edgetpu" if arch == "aarch64" else "cpu"))  # fmt: skip
+                       accelerator="edgetpu" if arch == "aarch64" else "cpu",
+                       requests=90 + 30 * i, latency_p95_ms=36.0 + i if newer else 29.0 + i,
+                       confidence=0.81 if newer else 0.88))  # fmt: skip
     # Silent for 20 minutes with a 5 minute heartbeat: stale (two intervals are 11 min).
     f.put(f.report("gw-stale", f.v1, channel="stable", age=1200))
     # A report under a sane name whose content claims a hostile id and health text.
