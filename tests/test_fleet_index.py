@@ -148,3 +148,12 @@ def test_status_asks_only_the_configured_registry_for_versions(
     assert rows[0]["device_id"] == "d1"
     # The report's registry is contacted only when the operator configured it.
     assert bool(seen) is configured
+
+
+def test_an_oversized_report_is_not_downloaded_whole_and_is_named(bucket, index):
+    bucket.write("status/huge.json", b"{" + b" " * (300 * 1024) + b"}")
+    _put(bucket, reports.status("ok"))
+    assert index.refresh().fetched == 2
+    assert "over" in index.errors()["status/huge.json"]
+    assert index.refresh().fetched == 0  # remembered until it changes
+    assert [r.device_id for r in index.rows()] == ["ok"]
