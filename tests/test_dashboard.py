@@ -234,3 +234,13 @@ def test_the_demo_serves_the_stacks_dashboard_and_prints_its_address(bucket, gcs
         assert running.url in said[-1] and "--keep" in said[-1]
     finally:
         running.stop()
+
+
+def test_a_loopback_dashboard_answers_only_to_loopback_names(service):
+    from edgefleet.operator.dashboard.serve import LOOPBACK_NAMES
+
+    client = create_app(service, allowed_hosts=LOOPBACK_NAMES).test_client()
+    assert client.get("/api/status", headers={"Host": "127.0.0.1:8080"}).status_code == 200
+    assert client.get("/api/status", headers={"Host": "[::1]:8080"}).status_code == 200
+    # A page elsewhere that rebinds its own name to 127.0.0.1 is refused.
+    assert client.get("/api/status", headers={"Host": "evil.example:8080"}).status_code == 421

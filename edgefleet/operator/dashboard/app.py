@@ -44,11 +44,24 @@ api = Blueprint("api", __name__)
 charts = Blueprint("charts", __name__)
 
 
-def create_app(service: FleetService, *, refresh_seconds: float = 5.0) -> Flask:
+def create_app(
+    service: FleetService,
+    *,
+    refresh_seconds: float = 5.0,
+    allowed_hosts: frozenset[str] | None = None,
+) -> Flask:
     """The dashboard over ``service`` (the caller starts its refresh); the page polls the
-    API every ``refresh_seconds``."""
+    API every ``refresh_seconds``. ``allowed_hosts``: host names the ``Host`` header may
+    name (None: any), so a page elsewhere cannot read a loopback dashboard through DNS
+    rebinding."""
     app = Flask(__name__)
-    app.config.update(FLEET=service, REFRESH_SECONDS=refresh_seconds, JSON_SORT_KEYS=False)
+    app.config.update(
+        FLEET=service,
+        REFRESH_SECONDS=refresh_seconds,
+        ALLOWED_HOSTS=allowed_hosts,
+        JSON_SORT_KEYS=False,
+    )
+    app.before_request(_check_host)
     app.register_blueprint(pages)
     app.register_blueprint(api, url_prefix="/api")
     app.register_blueprint(charts, url_prefix="/charts")
@@ -59,6 +72,20 @@ def create_app(service: FleetService, *, refresh_seconds: float = 5.0) -> Flask:
 
 def _fleet() -> FleetService:
     return current_app.config["FLEET"]
+
+
+def _check_host() -> Any:
+    allowed = current_app.config["ALLOWED_HOSTS"]
+    if allowed is not None and _hostname(request.host or "") not in allowed:
+        return jsonify(error="unknown Host: open the dashboard by its own address"), 421
+    return None
+
+
+def _hostname(host: str) -> str:
+    """``name:port`` or ``[v6]:port`` -> the name (lower case), without the port."""
+    if host.startswith("["):
+        return host.split("]", 1)[0].lower() + "]"
+    return host.split(":", 1)[0].lower()
 
 
 def _headers(resp: Response) -> Response:

@@ -34,14 +34,20 @@ def service_for(
     return FleetService(index, version_of=VersionLookup.from_env(env), stale_after=stale_after)
 
 
-def _app(service: FleetService, refresh_seconds: float) -> Any:
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+
+def _app(service: FleetService, refresh_seconds: float, host: str) -> Any:
+    """The app; bound to loopback it answers only to loopback names (DNS rebinding)."""
     try:
         from edgefleet.operator.dashboard.app import create_app
     except ModuleNotFoundError as exc:
         raise ConfigError(
             f"the dashboard needs {exc.name}: pip install 'edgefleet[dashboard]'"
         ) from exc
-    return create_app(service, refresh_seconds=refresh_seconds)
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    allowed = LOOPBACK_NAMES if loopback else None
+    return create_app(service, refresh_seconds=refresh_seconds, allowed_hosts=allowed)
 
 
 @dataclass
@@ -74,7 +80,9 @@ def start(
     ``refresh_seconds``."""
     import waitress
 
-    server = waitress.create_server(_app(service, refresh_seconds), host=host, port=port, threads=8)
+    server = waitress.create_server(
+        _app(service, refresh_seconds, host), host=host, port=port, threads=8
+    )
     service.start(refresh_seconds)
     thread = threading.Thread(target=server.run, name="dashboard-http", daemon=True)
     thread.start()
@@ -87,7 +95,7 @@ def serve_forever(
     """``edgefleet dashboard``: serve until interrupted."""
     import waitress
 
-    app = _app(service, refresh_seconds)
+    app = _app(service, refresh_seconds, host)
     server = waitress.create_server(app, host=host, port=port, threads=8)
     service.start(refresh_seconds)
     say(
