@@ -9,6 +9,7 @@ refused it (rejected or rolled back the set that carries it: :func:`rollout_refu
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -210,6 +211,7 @@ def _running(pods: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(digests), tuple(images)
 
 
+@functools.lru_cache(maxsize=4096)  # a fleet runs few distinct images: parse each once
 def _pinned(image: str | None) -> refs.ImageRef | None:
     if image is None or len(image) > 512:
         return None
@@ -221,10 +223,18 @@ def _pinned(image: str | None) -> refs.ImageRef | None:
 
 
 def _digest(value: Any) -> str | None:
+    if isinstance(value, str) and value in _DIGESTS:
+        return value
     try:
-        return refs.check_digest(value) if isinstance(value, str) else None
+        digest = refs.check_digest(value) if isinstance(value, str) else None
     except InvalidInput:
         return None
+    if digest is not None and len(_DIGESTS) < 4096:
+        _DIGESTS.add(digest)
+    return digest
+
+
+_DIGESTS: set[str] = set()  # digests already checked (few distinct ones in a fleet)
 
 
 def _models(value: Any) -> tuple[ModelSummary, ...]:
