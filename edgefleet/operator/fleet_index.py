@@ -95,6 +95,7 @@ class Mirror(Generic[T]):
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()
         self._entries: dict[str, Entry[T]] = {}
+        self._from_cache = False  # the disk cache is read once, before the first listing
         self.refreshed = False
 
     def entries(self) -> dict[str, Entry[T]]:
@@ -112,7 +113,8 @@ class Mirror(Generic[T]):
         raises (TransientError) and leaves the index as it was."""
         with self._refreshing:
             start = self._clock()
-            if not self.refreshed and self._cache is not None:
+            if not self._from_cache and self._cache is not None:
+                self._from_cache = True
                 self._merge(
                     [
                         (info, self._entry(info, data))
