@@ -42,6 +42,16 @@ CHROMIUM_FLAGS = [
 SHOTS = REPO / "docs" / "dashboard"
 REPOSITORY = "edgefleet/mobilenet"
 EVIL_ID = '<img src=x onerror="document.body.dataset.pwned=1">'
+# gw-3 once rolled back a set (the agent's rejection record, as it reports it).
+REFUSED = [
+    {
+        "reason": "unhealthy",
+        "detail": "mobilenet: readiness probe failed (HTTP 503)",
+        "at": "2026-11-29T09:12:03Z",
+        "digest": "sha256:" + "4e" * 32,
+        "generation": 12,
+    }
+]
 
 
 def push_version(registry, version: str) -> str:  # type: ignore[no-untyped-def]
@@ -97,7 +107,8 @@ def fleet(gcs, registry, tmp_path_factory) -> Iterator[Fleet]:  # type: ignore[n
         f.put(f.report(f"gw-{i + 1}", digest, channel=channel, arch=arch,
                        accelerator="edgetpu" if arch == "aarch64" else "cpu",
                        requests=90 + 30 * i, latency_p95_ms=36.0 + i if newer else 29.0 + i,
-                       confidence=0.81 if newer else 0.88))  # fmt: skip
+                       confidence=0.81 if newer else 0.88,
+                       rejections=REFUSED if i == 2 else ()))  # fmt: skip
     # Silent for 20 minutes with a 5 minute heartbeat: stale (two intervals are 11 min).
     f.put(f.report("gw-stale", f.v1, channel="stable", age=1200))
     # A report under a sane name whose content claims a hostile id and health text.
@@ -256,6 +267,8 @@ def test_filter_sort_and_keyboard(fleet, page):
 def test_device_page_channels_and_models_views(fleet, page):
     loaded(page, fleet.url + "devices/gw-3")
     assert "mobilenet_1_1700000000" in page.locator("#facts").inner_text()
+    rejection = page.locator("#rejections tbody").inner_text()
+    assert "unhealthy" in rejection and "readiness probe failed (HTTP 503)" in rejection
     assert page.locator("#history tbody tr").count() >= 1
     shot(page, "device")
     loaded(page, fleet.url + "channels")

@@ -64,6 +64,7 @@ class FleetService:
         self.series: deque[dict[str, Any]] = deque(maxlen=SERIES_POINTS)
         self.refreshed_at: datetime | None = None
         self.refresh_seconds: float | None = None
+        self.last_refresh: dict[str, int | None] = {}
         self.error: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -89,6 +90,7 @@ class FleetService:
             "ready": self.refreshed_at is not None,
             "refreshedAt": self.refreshed_at.isoformat() if self.refreshed_at else None,
             "refreshSeconds": self.refresh_seconds,
+            "lastRefresh": self.last_refresh,
             "error": self.error,
             "devices": len(self.rows()),
             "unreadable": len(self.index.errors()),
@@ -100,6 +102,8 @@ class FleetService:
     def refresh(self) -> None:
         """One refresh; errors are kept for the page, the previous state stays."""
         start = time.monotonic()
+        counter = self.index.requests
+        before = counter.count if counter is not None else 0
         try:
             stats = self.index.refresh()
             self.rollouts.refresh()
@@ -123,6 +127,11 @@ class FleetService:
         self.error = None
         self.refreshed_at = now
         self.refresh_seconds = round(time.monotonic() - start, 3)
+        self.last_refresh = {
+            "fetched": stats.fetched,
+            "removed": stats.removed,
+            "requests": counter.count - before if counter is not None else None,
+        }
 
     def _lookup_versions(self, rows: list[DeviceRow]) -> dict[str, str]:
         """digest -> version label, one lookup per distinct image (cached by the lookup)."""
