@@ -5,8 +5,9 @@ version labels the dashboard reads; one real sync agent (``python -m sync_pod``,
 kubelet runtime: files only, so its report carries no running digest) that applies a
 signed set and reports; and seven devices whose reports are written in the agent's own
 report shape (tests/support/reports.py), because starting seven podman devices is too
-heavy for this shared machine. A promotion's device half (the agent applying the new set
-and reporting the new digest) is that report rewritten with the promoted digest.
+heavy for this shared machine. A promotion is a real `edgefleet promote` in the registry;
+its device half (the agent applying the new set and reporting the new digest) is that
+device's report rewritten with the promoted digest.
 
 Screenshots of each view go to docs/dashboard/ when EDGEFLEET_SCREENSHOTS=1.
 """
@@ -30,6 +31,7 @@ from support.sync import SetPublisher, entries, pod_yaml
 from edgefleet.cloud import storage
 from edgefleet.core import layout, signing
 from edgefleet.localstack.registry import OCI_CONFIG, OCI_MANIFEST
+from edgefleet.operator import cli
 from edgefleet.operator.dashboard import serve
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -214,11 +216,14 @@ def test_a_stale_device_is_marked(fleet, page):
     assert page.locator('tr[data-device="gw-1"]').get_attribute("class") == "fresh"
 
 
-def test_a_promotion_changes_the_row_without_reload(fleet, page):
+def test_a_promotion_changes_the_row_without_reload(fleet, page, monkeypatch):
     loaded(page, fleet.url)
     page.evaluate("window.__sameDocument = true")
     assert cells(page, "gw-2")[3] == "mobilenet_1_1700000000"
-    # The device applies the promoted set and reports v2.
+    # The operator promotes v2 to stable in the real registry...
+    monkeypatch.setenv("INSECURE_REGISTRIES", fleet.registry.host)
+    assert cli.main(["promote", f"{fleet.repo}@{fleet.v2}", "--channel", "stable"]) == 0
+    # ...and the device, having applied the new set, reports v2 (the agent's half, seeded).
     fleet.put(fleet.report("gw-2", fleet.v2, channel="stable", sequence=4))
     page.wait_for_function(
         "document.querySelector('tr[data-device=\"gw-2\"] td.version').textContent"
