@@ -24,8 +24,9 @@ lint: $(VENV)/.installed
 test: install lint
 	$(VENV)/bin/pytest
 
+# `make demo DEMO_ARGS=--keep` keeps the stack and its dashboard up at the end.
 demo: install
-	$(VENV)/bin/edgefleet demo
+	$(VENV)/bin/edgefleet demo $(DEMO_ARGS)
 
 # Every benchmark with quick settings; BENCH="model_server rollout" picks some,
 # BENCH_ARGS=--full uses each benchmark's own defaults (bench/__main__.py).

@@ -34,6 +34,7 @@ QUICK: dict[str, tuple[str, ...]] = {
     "sync_poll": ("--polls", "15", "--idle-seconds", "5"),
     "tag_to_manifest": ("--retags", "20", "--cost-retags", "5", "--baseline", "5"),
     "rollout": ("--promotions", "4", "--cold", "3", "--first", "1"),
+    "dashboard": ("--devices", "2000", "--runs", "3", "--baseline-objects", "300"),
 }
 
 

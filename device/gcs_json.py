@@ -14,18 +14,19 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 import urllib3
 
-from edgefleet.core.bucket import Blob, Conflict, TooLarge
+from edgefleet.core.bucket import Blob, Conflict, ObjectInfo, TooLarge
 from edgefleet.core.errors import ConfigError, EdgefleetError, TransientError
 
 GCS_ENDPOINT = "https://storage.googleapis.com"
 SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
+READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 # Statuses a retry may fix (the ones google-cloud-storage retries).
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _CHUNK = 64 * 1024
@@ -159,6 +160,36 @@ class JsonBucket:
         self._check(resp.status, body, f"writing gs://{self.name}/{name}")
         return int(_json(body, f"writing gs://{self.name}/{name}").get("generation") or 0)
 
+    def list_objects(self, prefix: str, *, page_size: int = 1000) -> Iterator[ObjectInfo]:
+        """Every object under ``prefix`` with its generation, MD5, size and write time:
+        one request per ``page_size`` objects, only the fields an index compares."""
+        what = f"listing gs://{self.name}/{prefix}"
+        params = {
+            "prefix": prefix,
+            "maxResults": str(page_size),
+            "fields": "items(name,generation,md5Hash,size,updated),nextPageToken",
+        }
+        while True:
+            url = f"{self._base}/storage/v1/b/{_q(self.name)}/o?{_query(params)}"
+            resp = self._request("GET", url, what)
+            body = _finish(resp)
+            self._check(resp.status, body, what)
+            page = _json(body, what)
+            for item in page.get("items") or []:
+                if not isinstance(item, dict) or not item.get("name"):
+                    continue
+                yield ObjectInfo(
+                    str(item["name"]),
+                    int(item.get("generation") or 0),
+                    item.get("md5Hash"),
+                    int(item.get("size") or 0),
+                    item.get("updated"),
+                )
+            token = page.get("nextPageToken")
+            if not token:
+                return
+            params["pageToken"] = str(token)
+
     # -- HTTP ---------------------------------------------------------------------------
 
     def _object_url(self, name: str, *, download: bool = False) -> str:
@@ -254,25 +285,30 @@ def connect(
     timeout: float = 10.0,
     retry: Retry = Retry(),
     env: Mapping[str, str] = os.environ,
+    connections: int = 2,
+    scope: str = SCOPE,
+    wrap: Callable[[Http], Http] = lambda http: http,
 ) -> JsonBucket:
     """The bucket on real GCS (application default credentials) or, when
-    STORAGE_EMULATOR_HOST is set, on the emulator (anonymous, plain HTTP allowed)."""
-    http = urllib3.PoolManager(maxsize=2)
+    STORAGE_EMULATOR_HOST is set, on the emulator (anonymous, plain HTTP allowed).
+    ``connections``: kept-alive connections (a device needs 2; an operator's index more);
+    ``wrap``: wraps the HTTP client (e.g. to count requests)."""
+    http = urllib3.PoolManager(maxsize=connections)
     emulator = env.get("STORAGE_EMULATOR_HOST", "").strip()
     if emulator:
         endpoint = emulator if "://" in emulator else f"http://{emulator}"
-        return JsonBucket(name, http, endpoint=endpoint, timeout=timeout, retry=retry)
+        return JsonBucket(name, wrap(http), endpoint=endpoint, timeout=timeout, retry=retry)
     import google.auth  # only off the emulator: ~12 MiB
     from google.auth import exceptions as auth_exc
     from google.auth.transport.urllib3 import AuthorizedHttp
 
     try:
-        credentials, _ = google.auth.default(scopes=[SCOPE])
+        credentials, _ = google.auth.default(scopes=[scope])
     except auth_exc.DefaultCredentialsError as exc:
         raise ConfigError(f"no Google credentials for gs://{name}: {exc}") from exc
     return JsonBucket(
         name,
-        AuthorizedHttp(credentials, http=http),
+        wrap(AuthorizedHttp(credentials, http=http)),
         timeout=timeout,
         retry=retry,
         transient_errors=(auth_exc.TransportError, auth_exc.RefreshError),

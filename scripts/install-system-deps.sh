@@ -31,6 +31,7 @@ NEEDS=(
   "curl                          curl"                          # tests probe device ports
   "/etc/ssl/certs/ca-certificates.crt ca-certificates"          # pip inside image builds
   "-                             busybox-static"                # tiny test images (a file copy)
+  "chromium                      chromium"                      # dashboard browser tests (Playwright drives it)
 )
 
 # found CHECK PACKAGE: is the dependency present?

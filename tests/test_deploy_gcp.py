@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,26 @@ def test_each_identity_gets_exactly_its_bindings(steps: list[Step]) -> None:
         ),
         ("run services", "tag-monitor", sa("edgefleet-trigger"), "roles/run.invoker"),
         ("run services", "model-done-watcher", sa("edgefleet-trigger"), "roles/run.invoker"),
+        # The dashboard: read-only, reachable only through IAP.
+        ("storage buckets", deploy, sa("edgefleet-dashboard"), "roles/storage.objectViewer"),
+        (
+            "artifacts repositories",
+            "edgefleet",
+            sa("edgefleet-dashboard"),
+            "roles/artifactregistry.reader",
+        ),
+        (
+            "run services",
+            "edgefleet-dashboard",
+            "serviceAccount:service-${PROJECT_NUMBER}@gcp-sa-iap.iam.gserviceaccount.com",
+            "roles/run.invoker",
+        ),
+        (
+            "iap web",
+            "--resource-type=cloud-run",
+            "${DASHBOARD_MEMBERS:?set DASHBOARD_MEMBERS, e.g. group:ops@example.com}",
+            "roles/iap.httpsResourceAccessor",
+        ),
     }
     assert bindings(steps) == expected
 
@@ -339,6 +360,14 @@ def test_stage_packs_function_source_and_build_source(tmp_path: Path) -> None:
     assert len(wheels) == 1
     assert (fn / "main.py").read_text() == (REPO / "functions" / "main.py").read_text()
     assert (fn / "requirements.txt").read_text().splitlines()[-1] == f"./{wheels[0].name}"
+    # The dashboard's Cloud Run source: the same wheel with its extra, templates inside.
+    dash = tmp_path / "dashboard"
+    assert (dash / "requirements.txt").read_text() == f"./{wheels[0].name}[dashboard]\n"
+    assert "edgefleet dashboard" in (dash / "Procfile").read_text()
+    with zipfile.ZipFile(dash / wheels[0].name) as whl:
+        packed = set(whl.namelist())
+    for asset in ("templates/fleet.html", "static/dashboard.js", "static/dashboard.css"):
+        assert f"edgefleet/operator/dashboard/{asset}" in packed
     with tarfile.open(tmp_path / "edgefleet-src.tar.gz") as tar:
         names = set(tar.getnames())
     for member in (

@@ -38,6 +38,7 @@ class ObjectInfo:
     generation: int
     md5_hash: str | None
     size: int
+    updated: str | None = None  # RFC 3339 time the store wrote this generation, when known
 
 
 class DeviceBucket(Protocol):

@@ -10,14 +10,22 @@ from pathlib import Path
 from edgefleet.localstack import devices as dev
 from edgefleet.localstack import harness as h
 from edgefleet.localstack.harness import Fleet, Say
+from edgefleet.operator.dashboard import serve
 
 
-def run(workdir: Path, *, poll_seconds: float = dev.DEFAULT_POLL_SECONDS, say: Say = print) -> int:
+def run(
+    workdir: Path,
+    *,
+    poll_seconds: float = dev.DEFAULT_POLL_SECONDS,
+    say: Say = print,
+    keep: bool = False,
+) -> int:
     """The demo: build v1, roll it out channel by channel, build v2, promote, roll back."""
     data = h.data_dir()
     image = (data / h.IMAGE).read_bytes()
     began = time.monotonic()
     fleet: Fleet | None = None
+    dashboard = None
     steps: list[tuple[str, float]] = []
 
     def step(title: str) -> None:
@@ -48,6 +56,7 @@ def run(workdir: Path, *, poll_seconds: float = dev.DEFAULT_POLL_SECONDS, say: S
         fleet = h.start(workdir, devices=3, poll_seconds=poll_seconds, say=say, prefix="demo")
         for d in fleet.devices:
             say(f"  device {d['id']} in netns {d['name']} on channel {d['channel']}")
+        dashboard = serve.for_demo(fleet.stack.env(), say=say)
         step("base image (built once, then cached)")
         say(f"  {h.ensure_base(fleet, say)}")
 
@@ -75,7 +84,10 @@ def run(workdir: Path, *, poll_seconds: float = dev.DEFAULT_POLL_SECONDS, say: S
         step("convergence times (tag move -> every device of the channel serving it)")
         for what, seconds in steps:
             say(f"  {what:34} {seconds:6.1f} s")
+        serve.hold(dashboard, keep, say)
     finally:
+        if dashboard is not None:
+            dashboard.stop()
         step("tearing down: agents, device pods and storage, namespaces, stack")
         h.stop(fleet, workdir)
     say(f"\ndemo finished in {time.monotonic() - began:.0f} s")

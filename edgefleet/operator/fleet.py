@@ -9,20 +9,62 @@ refused it (rejected or rolled back the set that carries it: :func:`rollout_refu
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from edgefleet.core import layout
+from edgefleet.core import layout, refs
 from edgefleet.core.errors import InvalidInput
 
 DEFAULT_STALE_SECONDS = 300.0
-# A report lists its last rejections; more, or longer texts, are cut (reports are untrusted).
+# A device is offline (not merely stale) after this many of its stale thresholds.
+OFFLINE_FACTOR = 5.0
+
+# Bounds on one report: a device's report is untrusted input.
+MAX_REPORT_BYTES = 256 * 1024
+MAX_TEXT = 300  # characters kept of any free-text field (health, reasons, details)
+MAX_PODS = 64
+MAX_CONTAINERS = 16
+MAX_MODELS = 16
 MAX_REJECTIONS = 10
-MAX_TEXT = 400
+STATUS_PREFIX = "status/"
+STATUS_SUFFIX = ".json"
+
+# C0/C1 controls, DEL, and format characters (bidi overrides, zero-width) a terminal or a
+# page would interpret: a report must never move a cursor, recolour or reorder a line.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+
+
+def clean(value: Any, limit: int = MAX_TEXT) -> str:
+    """Text from a report made safe to print anywhere: control and format characters
+    shown as ``\\uXXXX`` escapes, cut at ``limit`` characters (marked with ``…``)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSummary:
+    """One running version's model-server summary from a report (the ``models`` contract)."""
+
+    digest: str
+    name: str
+    requests: int
+    errors: int
+    error_rate: float | None
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    confidence_mean: float | None
+    drift: float | None
+    accelerator: str
+    window_seconds: float
+    window_end: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,16 +94,35 @@ class DeviceRow:
     # How often the device promised to report (heartbeat + one poll); 0 when unknown.
     report_interval: float = 0.0
     images: tuple[str, ...] = field(default_factory=tuple)  # digest-pinned refs running
+    # What is wrong with the report itself (e.g. its deviceId names another device).
+    flags: tuple[str, ...] = field(default_factory=tuple)
+    models: tuple[ModelSummary, ...] = field(default_factory=tuple)
     rejections: tuple[Rejection, ...] = field(default_factory=tuple)
+    runtime: str = "?"
+    agent_version: str = "?"
 
     def age(self, now: datetime) -> float | None:
         return None if self.last_seen is None else (now - self.last_seen).total_seconds()
 
+    def stale_threshold(self, stale_after: float) -> float:
+        """``stale_after`` seconds, or two of the device's own report intervals when that
+        is longer (an idle device reports only on heartbeat)."""
+        return max(stale_after, 2 * self.report_interval)
+
     def stale(self, now: datetime, stale_after: float) -> bool:
-        """Not heard from for ``stale_after`` seconds, or for two of the device's own
-        report intervals when that is longer (an idle device reports only on heartbeat)."""
+        """Not heard from within :meth:`stale_threshold`."""
         age = self.age(now)
-        return age is None or age > max(stale_after, 2 * self.report_interval)
+        return age is None or age > self.stale_threshold(stale_after)
+
+    def liveness(self, now: datetime, stale_after: float) -> str:
+        """``fresh``, ``stale``, ``offline`` (the device says so, or silent for
+        OFFLINE_FACTOR stale thresholds) or ``never`` (no usable report time)."""
+        age = self.age(now)
+        if age is None:
+            return "never"
+        if self.offline or age > OFFLINE_FACTOR * self.stale_threshold(stale_after):
+            return "offline"
+        return "stale" if age > self.stale_threshold(stale_after) else "fresh"
 
     def healthy(self) -> bool:
         return self.health == "healthy" and not self.offline
@@ -70,43 +131,172 @@ class DeviceRow:
         return digest in self.digests
 
 
-def parse_report(data: bytes, object_name: str) -> DeviceRow:
-    """A status object -> a row; raise InvalidInput naming the object when it is malformed."""
+def device_of(object_name: str) -> str:
+    """``status/ID.json`` -> ID: the object's name says whose report it is (a bucket
+    writer can be restricted per object; a report's content cannot)."""
+    if not (object_name.startswith(STATUS_PREFIX) and object_name.endswith(STATUS_SUFFIX)):
+        raise InvalidInput(f"{clean(object_name)} is not a status object (status/ID.json)")
+    return layout.check_device_id(object_name[len(STATUS_PREFIX) : -len(STATUS_SUFFIX)])
+
+
+def parse_report(data: bytes, object_name: str, *, updated: datetime | None = None) -> DeviceRow:
+    """A status object -> a row; raise InvalidInput naming the object when it is malformed.
+
+    Every field is untrusted: the device id comes from the object name (a report naming
+    another device is flagged, never believed), text is cleaned and cut, lists and numbers
+    are bounded, and ``updated`` (the store's write time, when known) caps the report's
+    own ``reportedAt`` so a device cannot look fresher than its last write.
+    """
+    where = clean(object_name, 200)
+    if len(data) > MAX_REPORT_BYTES:
+        raise InvalidInput(f"status object {where} is {len(data)} bytes, over {MAX_REPORT_BYTES}")
     try:
+        device_id = device_of(object_name)
         doc = json.loads(data)
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
-        device_id = layout.check_device_id(str(doc["deviceId"]))
-        digests: list[str] = []
-        images: list[str] = []
-        for pod in doc.get("pods") or []:
-            if pod.get("name") == layout.SYNC_POD_NAME:
-                continue
-            for c in pod.get("containers") or []:
-                digest = c.get("imageDigest") or _digest_of(c.get("image"))
-                if digest and digest not in digests:
-                    digests.append(str(digest))
-                image = c.get("image")
-                if isinstance(image, str) and _digest_of(image) and image not in images:
-                    images.append(image)
-        applied = doc.get("applied") or {}
-        return DeviceRow(
-            device_id=device_id,
-            arch=str(doc.get("arch") or "?"),
-            channel=str(doc.get("channel") or "?"),
-            health=str(doc.get("health") or "unknown"),
-            last_seen=_parse_time(doc.get("reportedAt")),
-            offline=bool(doc.get("offline")),
-            digests=tuple(digests),
-            set_sequence=applied.get("sequence") if isinstance(applied, dict) else None,
-            last_error=_error_text(doc),
-            images=tuple(images),
-            report_interval=_seconds(doc.get("heartbeatSeconds"))
-            + _seconds(doc.get("pollSeconds")),
-            rejections=_rejections(doc),
+    except (ValueError, RecursionError, InvalidInput) as exc:
+        raise InvalidInput(f"status object {where} is malformed: {clean(exc)}") from exc
+    flags: list[str] = []
+    claimed = doc.get("deviceId")
+    if claimed != device_id:
+        flags.append(f"report names device {clean(claimed, 80)!s}" if claimed else "no deviceId")
+    digests, images = _running(doc.get("pods"))
+    applied = doc.get("applied")
+    sequence = applied.get("sequence") if isinstance(applied, dict) else None
+    return DeviceRow(
+        device_id=device_id,
+        arch=_choice(doc.get("arch"), layout.check_arch, flags, "arch"),
+        channel=_choice(doc.get("channel"), layout.check_channel, flags, "channel"),
+        health=clean(doc.get("health") or "unknown"),
+        last_seen=_seen(doc.get("reportedAt"), updated, flags),
+        offline=doc.get("offline") is True,
+        digests=digests,
+        set_sequence=sequence if _is_int(sequence) else None,
+        last_error=_error_text(doc),
+        images=images,
+        report_interval=_seconds(doc.get("heartbeatSeconds")) + _seconds(doc.get("pollSeconds")),
+        flags=tuple(flags),
+        models=_models(doc.get("models")),
+        rejections=_rejections(doc.get("rejections"), doc.get("lastRejection")),
+        runtime=clean(doc.get("runtime") or "?", 40),
+        agent_version=clean(doc.get("agentVersion") or "?", 40),
+    )
+
+
+def _choice(value: Any, check: Callable[[str], str], flags: list[str], what: str) -> str:
+    try:
+        return check(value) if isinstance(value, str) else "?"
+    except InvalidInput:
+        flags.append(f"invalid {what} {clean(value, 40)!s}")
+        return "?"
+
+
+def _running(pods: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Digests and digest-pinned image refs of the model pods (the sync pod left out)."""
+    digests: list[str] = []
+    images: list[str] = []
+    for pod in _dicts(pods, MAX_PODS):
+        if pod.get("name") == layout.SYNC_POD_NAME:
+            continue
+        for c in _dicts(pod.get("containers"), MAX_CONTAINERS):
+            image = c.get("image") if isinstance(c.get("image"), str) else None
+            ref = _pinned(image)
+            suffix = image.rsplit("@", 1)[1] if image and "@" in image else None
+            digest = _digest(c.get("imageDigest")) or _digest(suffix)
+            if digest and digest not in digests:
+                digests.append(digest)
+            if ref is not None and image not in images:
+                images.append(clean(image, 512))
+    return tuple(digests), tuple(images)
+
+
+@functools.lru_cache(maxsize=4096)  # a fleet runs few distinct images: parse each once
+def _pinned(image: str | None) -> refs.ImageRef | None:
+    if image is None or len(image) > 512:
+        return None
+    try:
+        ref = refs.parse(image)
+    except InvalidInput:
+        return None
+    return ref if ref.digest else None
+
+
+def _digest(value: Any) -> str | None:
+    if isinstance(value, str) and value in _DIGESTS:
+        return value
+    try:
+        digest = refs.check_digest(value) if isinstance(value, str) else None
+    except InvalidInput:
+        return None
+    if digest is not None and len(_DIGESTS) < 4096:
+        _DIGESTS.add(digest)
+    return digest
+
+
+_DIGESTS: set[str] = set()  # digests already checked (few distinct ones in a fleet)
+
+
+def _models(value: Any) -> tuple[ModelSummary, ...]:
+    out = []
+    for m in _dicts(value, MAX_MODELS):
+        digest = _digest(m.get("digest")) or (
+            ref.digest if (ref := _pinned(m.get("image"))) else None
         )
-    except (ValueError, KeyError, TypeError, AttributeError, InvalidInput) as exc:
-        raise InvalidInput(f"status object {object_name} is malformed: {exc}") from exc
+        if digest is None:
+            continue
+        window = m.get("window") if isinstance(m.get("window"), dict) else {}
+        out.append(
+            ModelSummary(
+                digest=digest,
+                name=clean(m.get("name") or "?", 63),
+                requests=_count(m.get("requests")),
+                errors=_count(m.get("errors")),
+                error_rate=_ratio(m.get("errorRate")),
+                latency_p50_ms=_number(m.get("latencyP50Ms")),
+                latency_p95_ms=_number(m.get("latencyP95Ms")),
+                confidence_mean=_ratio(m.get("confidenceMean")),
+                drift=_number(m.get("drift")),
+                accelerator=clean(m.get("accelerator") or "unknown", 20),
+                window_seconds=_seconds(window.get("seconds")),
+                window_end=parse_time(window.get("end")),
+            )
+        )
+    return tuple(out)
+
+
+def _rejections(value: Any, last: Any) -> tuple[Rejection, ...]:
+    items = list(_dicts(value, 1000))[-MAX_REJECTIONS:]
+    if not items and isinstance(last, dict):
+        items = [last]
+    return tuple(
+        Rejection(
+            # One line each (rollout wait prints them so), then cleaned like all report text.
+            reason=clean(one_line(str(r.get("reason") or "rejected"), 64)),
+            detail=clean(one_line(str(r.get("detail") or ""))),
+            at=clean(one_line(str(r.get("at") or ""), 40)),
+            set_digest=clean(r.get("digest") if isinstance(r.get("digest"), str) else "", 80),
+        )
+        for r in items
+    )
+
+
+def _dicts(value: Any, limit: int) -> Iterable[dict[str, Any]]:
+    """The dict items of a list, at most ``limit`` of them (anything else: none)."""
+    if not isinstance(value, list):
+        return ()
+    return [v for v in value[:limit] if isinstance(v, dict)]
+
+
+def _seen(value: Any, updated: datetime | None, flags: list[str]) -> datetime | None:
+    reported = parse_time(value)
+    if value and reported is None:
+        flags.append("unreadable reportedAt")
+    if updated is not None and (reported is None or reported > updated):
+        if reported is not None and (reported - updated).total_seconds() > 60:
+            flags.append("reportedAt is later than the report was written")
+        return updated
+    return reported
 
 
 def with_versions(
@@ -116,7 +306,7 @@ def with_versions(
     ``org.opencontainers.image.version`` label); unknown ones are left out."""
     out = []
     for row in rows:
-        found = [v for v in (version_of(i) for i in row.images) if v]
+        found = [clean(v, 80) for v in (version_of(i) for i in row.images) if v]
         out.append(replace(row, versions=tuple(dict.fromkeys(found))) if found else row)
     return out
 
@@ -131,6 +321,7 @@ def problems(row: DeviceRow, now: datetime, stale_after: float) -> list[str]:
         out.append("offline")
     if row.health != "healthy":
         out.append(f"health: {row.health}")
+    out.extend(f"report: {flag}" for flag in row.flags)
     return out
 
 
@@ -217,6 +408,7 @@ def table(rows: Iterable[DeviceRow], now: datetime, stale_after: float) -> str:
                 "; ".join(problems(r, now, stale_after)) or "-",
             )
         )
+    lines = [tuple(clean(cell) for cell in line) for line in lines]  # never a raw control char
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
@@ -227,55 +419,58 @@ def table(rows: Iterable[DeviceRow], now: datetime, stale_after: float) -> str:
 def to_json(row: DeviceRow, now: datetime, stale_after: float) -> dict[str, Any]:
     out = asdict(row)
     out["last_seen"] = row.last_seen.isoformat() if row.last_seen else None
+    out["liveness"] = row.liveness(now, stale_after)
     out["problems"] = problems(row, now, stale_after)
+    for model in out["models"]:
+        end = model["window_end"]
+        model["window_end"] = end.isoformat() if end else None
     return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any, limit: float = 1e9) -> float | None:
+    """A finite, non-negative number no larger than ``limit``; None otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value < 0 or value > limit:
+        return None
+    return float(value)
+
+
+def _ratio(value: Any) -> float | None:
+    return _number(value, 1.0)
+
+
+def _count(value: Any) -> int:
+    return int(value) if _is_int(value) and 0 <= value <= 10**12 else 0
 
 
 def _seconds(value: Any) -> float:
     """A non-negative number of seconds from a report, 0 when absent or malformed."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return 0.0
     return max(0.0, min(float(value), 7 * 86400.0))
-
-
-def _digest_of(image: Any) -> str | None:
-    if isinstance(image, str) and "@" in image:
-        return image.rsplit("@", 1)[1]
-    return None
 
 
 def _error_text(doc: Mapping[str, Any]) -> str | None:
     rejection = doc.get("lastRejection")
     if isinstance(rejection, dict) and rejection.get("reason"):
-        return f"{rejection.get('reason')}: {rejection.get('detail', '')}".strip()
+        return clean(f"{rejection.get('reason')}: {rejection.get('detail', '')}".strip())
     error = doc.get("lastError")
     if isinstance(error, dict):
-        return f"{error.get('reason', 'error')}: {error.get('detail', '')}".strip()
-    return str(error) if error else None
+        return clean(f"{error.get('reason', 'error')}: {error.get('detail', '')}".strip())
+    return clean(error) if error else None
 
 
-def _rejections(doc: Mapping[str, Any]) -> tuple[Rejection, ...]:
-    """The report's last rejections, oldest first; malformed entries are left out."""
-    raw = doc.get("rejections")
-    if not isinstance(raw, list):
-        raw = [doc["lastRejection"]] if isinstance(doc.get("lastRejection"), dict) else []
-    out = []
-    for item in raw[-MAX_REJECTIONS:]:
-        if not isinstance(item, dict) or not isinstance(item.get("digest"), str):
-            continue
-        out.append(
-            Rejection(
-                reason=one_line(str(item.get("reason") or "rejected"), 64),
-                detail=one_line(str(item.get("detail") or "")),
-                at=one_line(str(item.get("at") or ""), 40),
-                set_digest=one_line(item["digest"], 80),
-            )
-        )
-    return tuple(out)
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not value:
+def parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 time (aware, UTC when no offset), or None when absent or unreadable."""
+    if not isinstance(value, str) or not value or len(value) > 40:
         return None
-    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

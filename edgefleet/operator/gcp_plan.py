@@ -580,6 +580,9 @@ def plan(config: GcpConfig) -> list[Step]:
             "--role=roles/run.invoker",
             comment=f"Eventarc may invoke {fn}, nobody else",
         )
+    from edgefleet.operator.dashboard import deploy as dashboard
+
+    dashboard.plan(p, c)  # Cloud Run behind IAP, read-only service account
     return p.steps
 
 
@@ -674,6 +677,9 @@ def stage(root: Path, out: Path) -> None:
     (functions / "main.py").write_text((root / "functions" / "main.py").read_text())
     reqs = (root / "functions" / "requirements.txt").read_text().rstrip("\n")
     (functions / "requirements.txt").write_text(f"{reqs}\n./{wheel.name}\n")
+    from edgefleet.operator.dashboard import deploy as dashboard
+
+    dashboard.stage(functions, wheel.name, out)
 
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         return None if "__pycache__" in info.name or info.name.endswith(".pyc") else info

@@ -32,8 +32,8 @@ def read_reports(bucket: Bucket) -> list[fleet.DeviceRow]:
     for object_name in bucket.list(STATUS_PREFIX):
         try:
             blob = bucket.read(object_name, max_bytes=MAX_REPORT_BYTES)
-        except TooLarge as exc:
-            print(f"edgefleet: skipping {exc}", file=sys.stderr)
+        except TooLarge as exc:  # the name is a device's choice: cleaned like its content
+            print(f"edgefleet: skipping {fleet.clean(str(exc))}", file=sys.stderr)
             continue
         if blob is None:
             continue
@@ -73,8 +73,16 @@ class Watch:
     rows: list[fleet.DeviceRow]
 
 
-def look(bucket: Bucket, channel: str, digest: str, arch: str | None = None) -> Watch:
-    rows = read_reports(bucket)
+def look(
+    bucket: Bucket,
+    channel: str,
+    digest: str,
+    arch: str | None = None,
+    *,
+    rows: list[fleet.DeviceRow] | None = None,
+) -> Watch:
+    """``rows``: the reports already read (e.g. through the fleet index); else read here."""
+    rows = read_reports(bucket) if rows is None else rows
     progress = fleet.rollout_progress(rows, channel, digest, arch)
     refusals: list[fleet.Refusal] = []
     if not progress.complete:

@@ -7,4 +7,6 @@ Stand-ins for parts that cannot run here (each module's docstring starts with
   relist every ``fileCheckFrequency``, glob-then-open read order) and its node API
   ``GET /pods`` (PodList, x509 client authentication), from ``pkg/kubelet/config/file*.go``.
 * ``cloudbuild_api``: the Cloud Build REST API's ``projects.locations.builds.create``.
+* ``reports``: many devices' status reports (the sync agent's report shape), for
+  the dashboard's tests and ``bench/bench_dashboard.py``.
 """

@@ -22,6 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workdir", default=DEFAULT_WORKDIR, help="state and logs (kept)")
     p.add_argument("--poll-seconds", type=float, default=2.0, help="device poll interval")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="at the end, keep the stack and its dashboard (http://127.0.0.1:8080/) up "
+        "until Ctrl-C",
+    )
     p.set_defaults(handler=_demo)
 
 
@@ -37,7 +43,7 @@ def _demo(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # tear down as on Ctrl-C
     out = lambda line: print(line, flush=True)  # noqa: E731
     try:
-        return demo.run(Path(args.workdir), poll_seconds=args.poll_seconds, say=out)
+        return demo.run(Path(args.workdir), poll_seconds=args.poll_seconds, say=out, keep=args.keep)
     except KeyboardInterrupt:
         print("edgefleet: demo interrupted; everything it started was stopped", file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ from edgefleet.operator import context, fleet, watch
 
 if TYPE_CHECKING:
     from edgefleet.cloud.storage import Bucket
+    from edgefleet.operator.fleet_index import FleetIndex
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,13 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="exit 3 when any device is unhealthy, offline or stale",
     )
-    status.add_argument(
-        "--stale-after",
-        type=float,
-        default=fleet.DEFAULT_STALE_SECONDS,
-        metavar="SECONDS",
-        help="a device not heard from for this long is stale (default %(default)s)",
-    )
+    stale_after_arg(status)
     status.add_argument("--channel", help="only devices on this channel")
     status.set_defaults(handler=_status)
 
@@ -82,6 +77,18 @@ def _bucket_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bucket", help="deploy bucket (default: $DEPLOY_BUCKET or local stack)")
 
 
+def stale_after_arg(parser: argparse.ArgumentParser) -> None:
+    """``--stale-after``, shared by ``status`` and ``dashboard``."""
+    parser.add_argument(
+        "--stale-after",
+        type=float,
+        default=fleet.DEFAULT_STALE_SECONDS,
+        metavar="SECONDS",
+        help="a device not heard from for this long (or for two of its own report "
+        "intervals, when longer) is stale (default %(default)s)",
+    )
+
+
 def _promote(args: argparse.Namespace) -> int:
     from edgefleet.cloud.registry import NotFound, RegistryClient, parse_insecure
 
@@ -109,7 +116,9 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    rows = fleet.with_versions(watch.read_reports(_deploy_bucket(args.bucket)), VersionLookup())
+    from edgefleet.operator.versions import VersionLookup
+
+    rows = fleet.with_versions(_read_reports(_fleet_index(args.bucket)), VersionLookup.from_env())
     if args.channel:
         rows = [r for r in rows if r.channel == args.channel]
     now = datetime.now(UTC)
@@ -139,11 +148,12 @@ def _rollout_wait(args: argparse.Namespace) -> int:
     if args.arch:
         layout.check_arch(args.arch)
     bucket = _deploy_bucket(args.bucket)
+    index = _fleet_index(args.bucket)
     deadline = time.monotonic() + args.timeout
     start = time.monotonic()
     last_line = ""
     while True:
-        seen = watch.look(bucket, channel, digest, args.arch)
+        seen = watch.look(bucket, channel, digest, args.arch, rows=_read_reports(index))
         progress = seen.progress
         line = (
             f"{channel}: {len(progress.done)}/{progress.total} devices run {digest[:19]}… healthy"
@@ -190,45 +200,30 @@ def _deploy_bucket(bucket_name: str | None) -> Bucket:
     from edgefleet.cloud.storage import Bucket, make_client
 
     context.apply_defaults()
+    return Bucket(make_client(), deploy_bucket_name(bucket_name))
+
+
+def _fleet_index(bucket_name: str | None) -> FleetIndex:
+    """The deploy bucket's status reports through the incremental index (and its cache)."""
+    from edgefleet.operator import fleet_index
+
+    context.apply_defaults()
+    return fleet_index.open_index(deploy_bucket_name(bucket_name))
+
+
+def deploy_bucket_name(bucket_name: str | None) -> str:
+    """--bucket, else $DEPLOY_BUCKET, else the local stack's (context.apply_defaults)."""
     name = bucket_name or os.environ.get("DEPLOY_BUCKET")
     if not name:
         raise ConfigError(
             "no deploy bucket: pass --bucket, set DEPLOY_BUCKET or run `edgefleet up`"
         )
-    return Bucket(make_client(), name)
+    return name
 
 
-VERSION_LABEL = "org.opencontainers.image.version"
-
-
-class VersionLookup:
-    """The VERSION column: each running image's version label, asked once per digest
-    (content-addressed, so never stale) through one registry client. A registry that
-    cannot answer leaves the column empty and is asked again next time."""
-
-    def __init__(self) -> None:
-        from edgefleet.cloud.registry import RegistryClient, parse_insecure
-
-        self._client = RegistryClient(
-            insecure=parse_insecure(os.environ.get("INSECURE_REGISTRIES"))
-        )
-        self._versions: dict[str, str | None] = {}
-
-    def __call__(self, image: str) -> str | None:
-        from edgefleet.core.errors import EdgefleetError
-
-        try:
-            ref = refs.parse(image)
-        except InvalidReference:
-            return None
-        if not ref.digest:
-            return None
-        if ref.digest not in self._versions:
-            try:
-                config = self._client.get_config(ref, self._client.get_manifest(ref))
-                labels = (config.get("config") or {}).get("Labels") or {}
-                value = labels.get(VERSION_LABEL)
-                self._versions[ref.digest] = str(value) if value else None
-            except (EdgefleetError, OSError, AttributeError):
-                return None
-        return self._versions[ref.digest]
+def _read_reports(index: FleetIndex) -> list[fleet.DeviceRow]:
+    """Refresh the index (fetching only changed reports); say which reports are unusable."""
+    index.refresh()
+    for error in index.errors().values():
+        print(f"edgefleet: skipping {fleet.clean(error)}", file=sys.stderr)
+    return index.rows()
