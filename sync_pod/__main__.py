@@ -7,11 +7,12 @@ import os
 import random
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from edgefleet.core import logs
 from edgefleet.core.errors import EdgefleetError
 from sync_pod.config import Config, from_env
+from sync_pod.wake import Wait
 
 # A refused connection fails a poll within seconds instead of the library's two minutes.
 RETRY_SECONDS = 5.0
@@ -46,6 +47,21 @@ def make_agent(config: Config):  # type: ignore[no-untyped-def]
     return Agent(config, bucket, runtime, model_check=ChildModelCheck(timeout=PODCHECK_SECONDS))
 
 
+def make_wait(config: Config, known_generation: Callable[[], int]) -> Wait:
+    """The sleep between polls: an MQTT subscription when ``MQTT_URL`` is set."""
+    from edgefleet.core import mqtt
+    from sync_pod.wake import MqttWake, TimedWait
+
+    if config.mqtt is None:
+        return TimedWait()
+    return MqttWake(
+        config.mqtt,
+        mqtt.topic(config.arch, config.channel),
+        f"edgefleet-{config.device_id}",
+        known_generation=known_generation,
+    ).start()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sync_pod", description=__doc__)
     parser.add_argument("--once", action="store_true", help="recover, poll once, report, exit")
@@ -60,13 +76,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             agent.report(force=True)
             return 0 if outcome not in ("failed",) else 1
         stopping: list[int] = []
+        agent.wait = make_wait(config, lambda: agent.state.seen_generation)
 
         def stop(signum: int, _frame: object) -> None:
             stopping.append(signum)
+            agent.wait.stop()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        agent.run(lambda: bool(stopping), jitter=lambda: random.uniform(1 - JITTER, 1 + JITTER))
+        try:
+            agent.run(lambda: bool(stopping), jitter=lambda: random.uniform(1 - JITTER, 1 + JITTER))
+        finally:
+            agent.wait.stop()
         return 0
     except EdgefleetError as exc:
         print(f"edgefleet: {exc}", file=sys.stderr)

@@ -40,8 +40,10 @@ from edgefleet.core.errors import (
 from edgefleet.core.policy import ModelCheck, check_manifests
 from sync_pod.config import Config
 from sync_pod.folder import FolderError, ManifestFolder
+from sync_pod.pace import HintStore
 from sync_pod.state import AppliedSet, Pending, Rejection, State, StateStore
 from sync_pod.status import StatusReporter
+from sync_pod.wake import TIMEOUT, TimedWait, Wait
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +85,12 @@ class Agent:
         sleep: Callable[[float], None] = time.sleep,
         probe: Callable[[Probe], bool] = check_probe,
         model_check: ModelCheck | None = None,
+        wait: Wait | None = None,
     ) -> None:
         """``model_check``: the V1Pod model check of a new set's manifests (None: in this
-        process; the device's main runs it in a child, see :mod:`device.podcheck`)."""
+        process; the device's main runs it in a child, see :mod:`device.podcheck`).
+        ``wait``: the sleep between polls (an MQTT wake-up can end it, see
+        :mod:`sync_pod.wake`)."""
         self.config = config
         self.bucket = bucket
         self.runtime = runtime
@@ -93,6 +98,9 @@ class Agent:
         self.sleep = sleep
         self.probe = probe
         self.model_check = model_check
+        self.wait = wait or TimedWait()
+        self.pace = config.pace()
+        self.hints = HintStore(config.state_dir)
         self.policy = config.policy()
         self.folder = ManifestFolder(config.manifest_dir, config.state_dir / "sets")
         self.store = StateStore(config.state_dir / "state.json")
@@ -157,10 +165,14 @@ class Agent:
                 self.report()
             except Exception:
                 log.exception("status report failed unexpectedly")
-            delay = self.config.poll_seconds * jitter()
-            deadline = time.monotonic() + delay
+            deadline = time.monotonic() + self.poll_interval() * jitter()
             while not should_stop() and time.monotonic() < deadline:
-                self.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                if self.wait.wait(min(0.5, max(0.0, deadline - time.monotonic()))) != TIMEOUT:
+                    break
+
+    def poll_interval(self) -> float:
+        """The device's poll interval, or the last verified set's hint within its bounds."""
+        return self.pace.interval(self.hints.hint)
 
     # -- one poll -----------------------------------------------------------------------
 
@@ -208,6 +220,7 @@ class Agent:
                 )  # fmt: skip
             except SetRejected as exc:
                 return self._reject(exc.reason, str(exc), digest, generation)
+            self.hints.update(candidate.poll_seconds)
             self.state.seen_generation = generation
             self._save()
             return UNCHANGED
@@ -228,6 +241,7 @@ class Agent:
             )
         except SetRejected as exc:
             return self._reject(exc.reason, str(exc), digest, generation)
+        self.hints.update(candidate.poll_seconds)
         entries = candidate.effective()
         try:
             checked = check_manifests(
@@ -519,7 +533,7 @@ class Agent:
             # The next report comes at the latest after this, plus a poll: readers judge
             # staleness by it (an idle device only reports on change or heartbeat).
             "heartbeatSeconds": self.config.status_seconds,
-            "pollSeconds": self.config.poll_seconds,
+            "pollSeconds": self.poll_interval(),
         }
 
 
