@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from edgefleet.core import logs
 from edgefleet.core.errors import EdgefleetError
 from sync_pod.config import Config, from_env
-from sync_pod.wake import Wait
+from sync_pod.pipeline import Outcome
+from sync_pod.wait import Waiter
 
 # A refused connection fails a poll within seconds instead of the library's two minutes.
 RETRY_SECONDS = 5.0
@@ -47,13 +48,13 @@ def make_agent(config: Config):  # type: ignore[no-untyped-def]
     return Agent(config, bucket, runtime, model_check=ChildModelCheck(timeout=PODCHECK_SECONDS))
 
 
-def make_wait(config: Config, known_generation: Callable[[], int]) -> Wait:
-    """The sleep between polls: an MQTT subscription when ``MQTT_URL`` is set."""
+def make_wait(config: Config, known_generation: Callable[[], int]) -> Waiter:
+    """The sleep between polls: ended early by an MQTT wake-up when ``MQTT_URL`` is set."""
     from edgefleet.core import mqtt
-    from sync_pod.wake import MqttWake, TimedWait
+    from sync_pod.wake import MqttWake
 
     if config.mqtt is None:
-        return TimedWait()
+        return Waiter()
     return MqttWake(
         config.mqtt,
         mqtt.topic(config.arch, config.channel),
@@ -74,20 +75,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             agent.recover()
             outcome = agent.poll_once()
             agent.report(force=True)
-            return 0 if outcome not in ("failed",) else 1
-        stopping: list[int] = []
-        agent.wait = make_wait(config, lambda: agent.state.seen_generation)
-
-        def stop(signum: int, _frame: object) -> None:
-            stopping.append(signum)
-            agent.wait.stop()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+            return 1 if outcome in (Outcome.FAILED, Outcome.ROLLBACK_FAILED) else 0
+        wait = make_wait(config, lambda: agent.state.seen_generation)
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: wait.stop())
+        signal.signal(signal.SIGINT, lambda _signum, _frame: wait.stop())
         try:
-            agent.run(lambda: bool(stopping), jitter=lambda: random.uniform(1 - JITTER, 1 + JITTER))
+            agent.run(wait, jitter=lambda: random.uniform(1 - JITTER, 1 + JITTER))
         finally:
-            agent.wait.stop()
+            wait.stop()
         return 0
     except EdgefleetError as exc:
         print(f"edgefleet: {exc}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """The agent's wait between polls, and the MQTT wake-up that can end it early.
 
 The agent sleeps between polls through one call, ``wait(timeout) -> reason``. Without a
-broker that is a plain timed wait (:class:`TimedWait`). With ``MQTT_URL``,
+broker that is a plain timed wait (:class:`sync_pod.wait.Waiter`). With ``MQTT_URL``,
 :class:`MqttWake` keeps a subscription to the device's topic
 ``edgefleet/v1/sets/ARCH/CHANNEL`` (see :mod:`edgefleet.core.mqtt`) and ends the wait as
 soon as a wake-up message names a set generation the agent has not seen: a rollout then
@@ -24,60 +24,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from edgefleet.core import mqtt
 from edgefleet.core.errors import InvalidInput
 from edgefleet.core.logs import fields
+from sync_pod.wait import Waiter
 
 log = logging.getLogger(__name__)
 
-TIMEOUT = "timeout"
-WOKEN = "woken"
-STOPPED = "stopped"
-
-
-class Wait(Protocol):
-    """What the agent's loop sleeps through between polls."""
-
-    def wait(self, timeout: float) -> str:
-        """Block up to ``timeout`` s; return :data:`TIMEOUT`, :data:`WOKEN` or :data:`STOPPED`."""
-
-    def stop(self) -> None:
-        """End the current and every later wait at once (shutdown)."""
-
-
-class TimedWait:
-    """A wait that only a timeout, :meth:`wake` or :meth:`stop` ends."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._stopped = False
-        self._woken = False
-        self._lock = threading.Lock()
-
-    def wait(self, timeout: float) -> str:
-        self._event.wait(max(0.0, timeout))
-        with self._lock:
-            if self._stopped:
-                return STOPPED
-            woken, self._woken = self._woken, False
-            self._event.clear()
-        return WOKEN if woken else TIMEOUT
-
-    def wake(self) -> None:
-        with self._lock:
-            self._woken = True
-            self._event.set()
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stopped = True
-            self._event.set()
-
-    @property
-    def stopped(self) -> bool:
-        return self._stopped
+WAIT_MQTT = "mqtt"  # the reason a wait ended early: a wake-up message
 
 
 @dataclass
@@ -93,8 +49,9 @@ class WakeStats:
     last_hint: mqtt.Hint | None = None
 
 
-class MqttWake(TimedWait):
-    """A :class:`TimedWait` that a wake-up message on the device's topic ends early.
+class MqttWake(Waiter):
+    """A :class:`~sync_pod.wait.Waiter` that a wake-up message on the device's topic ends
+    early (reason :data:`WAIT_MQTT`).
 
     ``known_generation()`` is the set generation the agent has already seen: a message
     naming it (the retained one on every reconnect, a replay) does not wake the agent.
@@ -190,4 +147,4 @@ class MqttWake(TimedWait):
             self.stats.ignored += 1
             return
         self.stats.wakes += 1
-        self.wake()
+        self.wake(WAIT_MQTT)

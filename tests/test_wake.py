@@ -32,7 +32,10 @@ from edgefleet.localstack.process import free_port
 from sync_pod.agent import APPLIED, UNCHANGED, Agent
 from sync_pod.config import DEFAULT_POLL_SECONDS, DEFAULT_POLL_SECONDS_WITH_MQTT, from_env
 from sync_pod.pace import Pace
-from sync_pod.wake import STOPPED, TIMEOUT, WOKEN, MqttWake
+from sync_pod.pipeline import WAIT_STOP as STOPPED
+from sync_pod.pipeline import WAIT_TIMEOUT as TIMEOUT
+from sync_pod.wake import WAIT_MQTT as WOKEN
+from sync_pod.wake import MqttWake
 
 IMAGE = f"{TEST_REGISTRY}/edgefleet/web@{FAKE_DIGEST}"
 TOPIC = mqtt.topic("x86_64", "beta")
@@ -152,27 +155,27 @@ def test_set_write_publishes_a_retained_hint_that_wakes_a_subscriber(bucket, bro
         result = store.update(
             "x86_64", "beta", lambda snap: entries({"web": pod_yaml("web", IMAGE)})
         )
-        assert wake.wait(5) == WOKEN
+        assert wake(5) == WOKEN
         assert time.monotonic() - started < 2
         assert wake.stats.last_hint == mqtt.Hint(result.generation, result.manifest_set.sequence)
-        assert wake.wait(0.2) == TIMEOUT  # one message, one wake
+        assert wake(0.2) == TIMEOUT  # one message, one wake
     finally:
         wake.stop()
     # Retained: a device connecting later learns the newest generation at once...
     late = subscriber(target, client_id="late")
     try:
-        assert late.wait(5) == WOKEN
+        assert late(5) == WOKEN
         assert late.stats.last_hint.generation == result.generation
     finally:
         late.stop()
     # ...but a device that already has that generation is not woken by it.
     known = subscriber(target, known=result.generation, client_id="known")
     try:
-        assert known.wait(1.0) == TIMEOUT
+        assert known(1.0) == TIMEOUT
         assert known.stats.ignored == 1 and known.stats.wakes == 0
     finally:
         known.stop()
-    assert known.wait(5) == STOPPED
+    assert known(5) == STOPPED
 
 
 def test_unreachable_broker_never_fails_the_set_write(bucket, caplog) -> None:
@@ -195,7 +198,7 @@ def test_malformed_and_oversized_messages_are_dropped(broker) -> None:
         publisher._publish(TOPIC, b'{"generation": "1", "sequence": 1}')
         with pytest.raises(Exception):  # noqa: B017 - the broker refuses what we announced
             publisher._publish(TOPIC, b"{" + b" " * 5000 + b"}")
-        assert wake.wait(1.0) == TIMEOUT
+        assert wake(1.0) == TIMEOUT
         assert wake.stats.invalid == 2 and wake.stats.wakes == 0
     finally:
         wake.stop()
@@ -214,13 +217,13 @@ def test_forged_wakeup_costs_one_poll_and_applies_nothing(bucket, broker, tmp_pa
     wake = MqttWake(
         target, TOPIC, "forged-test", known_generation=lambda: agent.state.seen_generation
     )
-    agent.wait = wake.start()
+    wake.start()
     try:
         assert wake.connected.wait(10)
         # A forged message naming a generation that does not exist: the agent polls once,
         # finds the set it already has, and changes nothing.
         WakeupPublisher(target).publish("x86_64", "beta", applied.generation + 1000, 1)
-        assert agent.wait.wait(5) == WOKEN
+        assert wake(5) == WOKEN
         assert agent.poll_once() == UNCHANGED
         assert agent.state.applied == applied
     finally:
@@ -276,7 +279,7 @@ def test_tls_and_credentials_are_required_and_honoured(tmp_path) -> None:
         assert WakeupPublisher(good).publish("x86_64", "beta", 5, 6)
         wake = subscriber(good)
         try:
-            assert wake.wait(5) == WOKEN and wake.stats.last_hint == mqtt.Hint(5, 6)
+            assert wake(5) == WOKEN and wake.stats.last_hint == mqtt.Hint(5, 6)
         finally:
             wake.stop()
         wrong_password = mqtt.parse_url(
@@ -303,7 +306,7 @@ def test_subscription_survives_a_broker_restart(tmp_path) -> None:
         with Mosquitto(tmp_path, port=port):
             assert wake.connected.wait(15), "did not reconnect"
             assert WakeupPublisher(target).publish("x86_64", "beta", 42, 43)
-            assert wake.wait(5) == WOKEN
+            assert wake(5) == WOKEN
             assert wake.stats.connects == 2
     finally:
         wake.stop()
