@@ -3,6 +3,7 @@ Coral models of ../shared/testdata, ONNX Runtime on a scikit-learn model built h
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import json
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 import requests
 from PIL import Image
+from support.model_server_proc import ServerProcess
 
 from edgefleet.localstack.process import free_port
 from model_server.config import ServerConfig
@@ -357,6 +359,61 @@ def test_model_dir_without_tpu_picks_the_cpu_model_and_says_so(tmp_path: Path, c
         assert version["delegate"] == "xnnpack"
         assert "Edge TPU unavailable" in version["selected"]
         assert "libedgetpu.so.1" in version["selected"]
+        assert version["edgetpu"] == "absent"  # this machine has no libedgetpu at all
+
+
+def _loaded_library(soname: str) -> Path:
+    """The file the dynamic loader opens for ``soname`` here (from /proc/self/maps)."""
+    ctypes.CDLL(soname)
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.rstrip().endswith(soname) or f"/{soname}" in line:
+            return Path(line.split()[-1]).resolve()
+    raise AssertionError(f"{soname} not found in /proc/self/maps")
+
+
+def _broken_edgetpu_dirs(tmp_path: Path) -> dict[str, Path]:
+    """Two real broken installs of libedgetpu.so.1, each in its own LD_LIBRARY_PATH dir:
+    a file the loader rejects (no ELF header) and a real shared library that loads but is
+    no delegate (libz under the name), as a wrong or half-finished install would be."""
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "libedgetpu.so.1").write_bytes(b"\x7fELF but not really" + bytes(64))
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    shutil.copy(_loaded_library("libz.so.1"), wrong / "libedgetpu.so.1")
+    return {"garbage": garbage, "wrong": wrong}
+
+
+def test_broken_edgetpu_install_is_reported_as_broken_not_absent(
+    tmp_path: Path, coral: Path
+) -> None:
+    """A libedgetpu.so.1 that is present but does not load: the server still serves the
+    CPU model, and /version/ and an ERROR log line say the install is broken (and why)."""
+    pkg = _package(tmp_path, coral, golden_top1=401)
+    shutil.copy(coral / V1_TPU, pkg / "model_edgetpu.tflite")
+    for kind, libdir in _broken_edgetpu_dirs(tmp_path).items():
+        log = tmp_path / f"{kind}.log"
+        env = {"LD_LIBRARY_PATH": str(libdir), "EDGEFLEET_TELEMETRY": "off"}
+        with ServerProcess(["--model-dir", str(pkg), "--host", "127.0.0.1"], env, log) as srv:
+            version = requests.get(f"{srv.url}/version/").json()
+        assert (version["edgetpu"], version["delegate"]) == ("broken", "xnnpack"), kind
+        assert "is installed but" in version["selected"], version["selected"]
+        entries = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+        [error] = [e for e in entries if e["severity"] == "ERROR"]
+        assert error["edgetpu"] == "broken" and "libedgetpu.so.1" in error["reason"]
+
+
+def test_broken_edgetpu_install_without_cpu_model_fails_startup_saying_broken(
+    tmp_path: Path, coral: Path
+) -> None:
+    libdir = _broken_edgetpu_dirs(tmp_path)["wrong"]
+    proc = _run_cli(
+        ["--model", str(coral / V1_TPU), "--labels", str(coral / LABELS), "--port", "0"],
+        {"LD_LIBRARY_PATH": str(libdir), "EDGEFLEET_TELEMETRY": "off"},
+    )
+    assert proc.returncode == 1
+    [line] = proc.stderr.strip().splitlines()
+    assert "broken: libedgetpu.so.1 is installed but is not a working delegate" in line
 
 
 def test_drift_is_reported_when_predictions_leave_the_reference(
