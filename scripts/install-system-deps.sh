@@ -31,6 +31,7 @@ NEEDS=(
   "curl                          curl"                          # tests probe device ports
   "/etc/ssl/certs/ca-certificates.crt ca-certificates"          # pip inside image builds
   "-                             busybox-static"                # tiny test images (a file copy)
+  "mosquitto                     mosquitto"                     # MQTT wake-up broker (local stack)
 )
 
 # found CHECK PACKAGE: is the dependency present?

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from support.fresh_root import FreshRoot, Result, interpreter_prefix, preinstalled_gcloud_sdk
 
 pytestmark = [pytest.mark.slow, pytest.mark.podman]

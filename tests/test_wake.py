@@ -333,3 +333,19 @@ def test_agent_follows_the_sets_poll_hint_within_its_bounds(bucket, tmp_path) ->
     again.recover()
     again.poll_once()
     assert again.poll_interval() == 60
+
+
+def test_local_stack_runs_mosquitto_and_hands_its_url_to_clients(pubsub, tmp_path) -> None:
+    from edgefleet.localstack.stack import LocalStack, StackConfig, read_state
+
+    with LocalStack(StackConfig(workdir=tmp_path, functions=()), pubsub=pubsub) as s:
+        assert s.mosquitto is not None
+        assert s.env()["MQTT_URL"] == s.mosquitto.url
+        state = read_state(tmp_path)
+        assert "mosquitto" in {p["name"] for p in state["processes"]}
+        assert state["ports"]["mqtt"] == s.mosquitto.port
+        assert WakeupPublisher(mqtt.parse_url(s.env()["MQTT_URL"])).publish("x86_64", "beta", 1, 2)
+        pid = s.mosquitto.process.pid
+    from edgefleet.localstack import process
+
+    assert not process.pid_alive(pid)

@@ -165,3 +165,14 @@ def _copy(src: Path, directory: Path) -> Path:
 def _sbin(name: str) -> str | None:
     path = Path("/usr/sbin") / name
     return str(path) if path.is_file() else None
+
+
+def describe(stack: object) -> str:
+    """One line for the demo: how devices learn of a new set on this stack."""
+    broker = getattr(stack, "mosquitto", None)
+    if broker is None:
+        return "devices poll only (no MQTT broker in this stack)"
+    return (
+        f"tag_monitor publishes a wake-up on {broker.url} (mosquitto) after each set write; "
+        "devices poll at once on it, and on their poll interval otherwise"
+    )

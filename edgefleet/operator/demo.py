@@ -9,6 +9,7 @@ from pathlib import Path
 
 from edgefleet.localstack import devices as dev
 from edgefleet.localstack import harness as h
+from edgefleet.localstack import mosquitto
 from edgefleet.localstack.harness import Fleet, Say
 
 
@@ -48,6 +49,7 @@ def run(workdir: Path, *, poll_seconds: float = dev.DEFAULT_POLL_SECONDS, say: S
         fleet = h.start(workdir, devices=3, poll_seconds=poll_seconds, say=say, prefix="demo")
         for d in fleet.devices:
             say(f"  device {d['id']} in netns {d['name']} on channel {d['channel']}")
+        say(f"  wake-up: {mosquitto.describe(fleet.stack)}")
         step("base image (built once, then cached)")
         say(f"  {h.ensure_base(fleet, say)}")
 
