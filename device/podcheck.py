@@ -10,11 +10,14 @@ the caller: the set is not accepted unchecked, it is retried on the next poll.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 
 from edgefleet.core.errors import TransientError
 
@@ -56,6 +59,45 @@ class ChildModelCheck:
             ) from exc
         if not all(v is None or isinstance(v, str) for v in answer.values()):
             raise TransientError("pod model check answered with something other than text")
+        return answer
+
+
+class CachedModelCheck:
+    """Remembers verdicts of a model check by manifest SHA-256 (pure in the text, so a
+    verdict never goes stale); only manifests never judged reach ``inner``.
+
+    Why: the child costs ~0.75 s of CPU per new set on this class of machine, and a device
+    sees the same manifests again and again: a channel flipping between two versions, a
+    rollback, a set re-signed or re-issued with one manifest changed. Checks run one at a
+    time, so callers sharing one cache (the fleet simulator's agents, bench/bench_fleet.py)
+    wait for the first and then find its verdicts. A failed check caches nothing.
+    Bounded: the ``capacity`` most recently used verdicts.
+    """
+
+    def __init__(self, inner: Callable[[Mapping[str, str]], dict[str, str | None]], *,
+                 capacity: int = 256) -> None:  # fmt: skip
+        self.inner = inner
+        self.capacity = capacity
+        self.hits = 0
+        self.misses = 0
+        self._verdicts: OrderedDict[str, str | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, manifests: Mapping[str, str]) -> dict[str, str | None]:
+        keys = {name: hashlib.sha256(text.encode()).hexdigest() for name, text in manifests.items()}
+        with self._lock:
+            missing = {n: t for n, t in manifests.items() if keys[n] not in self._verdicts}
+            self.hits += len(manifests) - len(missing)
+            self.misses += len(missing)
+            if missing:
+                for name, verdict in self.inner(missing).items():
+                    self._verdicts[keys[name]] = verdict
+            answer = {}
+            for name in manifests:
+                self._verdicts.move_to_end(keys[name])
+                answer[name] = self._verdicts[keys[name]]
+            while len(self._verdicts) > self.capacity:
+                self._verdicts.popitem(last=False)
         return answer
 
 

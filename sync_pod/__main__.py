@@ -28,7 +28,7 @@ def make_agent(config: Config):  # type: ignore[no-untyped-def]
     lean JSON-API bucket instead of google-cloud-storage, and the kubernetes model check
     in a child process per new set."""
     from device import gcs_json
-    from device.podcheck import ChildModelCheck
+    from device.podcheck import CachedModelCheck, ChildModelCheck
     from device.podman import PodmanRuntime
     from device.runtime import KubeletRuntime
     from sync_pod.agent import Agent
@@ -45,7 +45,7 @@ def make_agent(config: Config):  # type: ignore[no-untyped-def]
         if config.runtime == "podman"
         else KubeletRuntime()
     )
-    return Agent(config, bucket, runtime, model_check=ChildModelCheck(timeout=PODCHECK_SECONDS))
+    return Agent(config, bucket, runtime, model_check=CachedModelCheck(ChildModelCheck(timeout=PODCHECK_SECONDS)))
 
 
 def make_wait(config: Config, known_generation: Callable[[], int]) -> Waiter:
