@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
+import multiprocessing as mp
 import os
 import sys
 import tempfile
-import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -40,6 +43,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from bench.stats import percentile  # noqa: E402
 
+IMAGE = Path("/work/shared/testdata/coral/grace_hopper.bmp")
 DIGESTS = {1: "sha256:" + "1" * 64, 2: "sha256:" + "2" * 64}
 
 
@@ -82,41 +86,57 @@ def write_folder(root: Path, version: int, port: int) -> Path:
 
 @dataclass
 class Client:
+    """Runs in its own process (as a device's client would), so the proxy in this process
+    never competes with it for the interpreter lock."""
+
     port: int
     ok: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     versions: dict[str, int] = field(default_factory=dict)
-    stop: threading.Event = field(default_factory=threading.Event)
+    stop: Any = None
+    image: bytes | None = None  # POST /predict/ with this image instead of GET /version/
 
     def one(self) -> None:
         started = time.perf_counter()
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
-            conn.request("GET", "/version/")
+            if self.image is None:
+                conn.request("GET", "/version/")
+            else:
+                conn.request("POST", "/predict/", body=self.image,
+                             headers={"Content-Type": "application/octet-stream"})  # fmt: skip
             resp = conn.getresponse()
             body = resp.read()
             if resp.status != 200:
                 self.failures.append(f"HTTP {resp.status}")
                 return
             self.ok.append(time.perf_counter() - started)
-            import json
-
-            version = json.loads(body).get("version", "?")
+            version = json.loads(body).get("version", "?") if self.image is None else "-"
             self.versions[version] = self.versions.get(version, 0) + 1
         except (OSError, http.client.HTTPException) as exc:
             self.failures.append(type(exc).__name__)
         finally:
             conn.close()
 
-    def run(self) -> None:
+    def run(self) -> Client:
         while not self.stop.is_set():
             self.one()
+        self.stop = None
+        return self
 
     def timed(self, count: int) -> list[float]:
         start = len(self.ok)
         for _ in range(count):
             self.one()
         return self.ok[start:]
+
+
+def timed(port: int, count: int, image: bytes | None = None) -> list[float]:
+    return Client(port, image=image).timed(count)
+
+
+def run_until(port: int, stop: Any) -> Client:
+    return Client(port, stop=stop).run()
 
 
 def main() -> int:
@@ -138,27 +158,34 @@ def main() -> int:
     proxy = HandoverProxy(served).start()
     inner = ProcessRuntime(work / "logs")
     runtime = HandoverRuntime(inner, {served: proxy}, work / "state", ready_timeout=120)
+    ctx = mp.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=2, mp_context=ctx)
+    manager = ctx.Manager()
     try:
         runtime.reconcile(write_folder(work, 1, served))
-        client = Client(served)
-        assert client.timed(1), "nothing serves after the first apply"
+        assert pool.submit(timed, served, 1).result(), "nothing serves after the first apply"
 
         # Added latency of the hand-over path: direct to the live slot vs through the
         # proxy, in alternating rounds.
         live_port = slot_port(served, runtime.slots["model-server"].slot)
-        direct_client = Client(live_port)
         direct: list[float] = []
         proxied: list[float] = []
         for _ in range(args.rounds):
-            direct += direct_client.timed(args.per_round)
-            proxied += client.timed(args.per_round)
+            direct += pool.submit(timed, live_port, args.per_round).result()
+            proxied += pool.submit(timed, served, args.per_round).result()
         d50, p50 = percentile(direct, 50), percentile(proxied, 50)
         d95, p95 = percentile(direct, 95), percentile(proxied, 95)
+        image = IMAGE.read_bytes()
+        direct_predict: list[float] = []
+        proxied_predict: list[float] = []
+        for _ in range(args.rounds):
+            direct_predict += pool.submit(timed, live_port, args.per_round // 10, image).result()
+            proxied_predict += pool.submit(timed, served, args.per_round // 10, image).result()
 
         # Promotions under load.
-        load = Client(served)
-        thread = threading.Thread(target=load.run, daemon=True)
-        thread.start()
+        stop = manager.Event()
+        running = pool.submit(run_until, served, stop)
+        time.sleep(1.0)
         switch_times = []
         for k in range(args.promotions):
             version = 2 if k % 2 == 0 else 1
@@ -166,26 +193,28 @@ def main() -> int:
             runtime.reconcile(write_folder(work, version, served))
             switch_times.append(time.monotonic() - t0)
         time.sleep(0.5)
-        load.stop.set()
-        thread.join()
+        stop.set()
+        load = running.result()
 
         # The old behaviour on the same servers: stop, then start on the served port.
-        proxy.switch(None)
+        proxy.stop()  # the port is the server's own again
         inner.stop_all()
-        old = Client(served)
         old_root = work / "old"
         inner.reconcile(write_folder(old_root, 1, served))
-        _wait_serving(old)
-        old_thread = threading.Thread(target=old.run, daemon=True)
-        old_thread.start()
+        _wait_serving(Client(served))
+        stop = manager.Event()
+        running = pool.submit(run_until, served, stop)
+        time.sleep(1.0)
         for k in range(args.old_switches):
             inner.reconcile(write_folder(old_root, 2 if k % 2 == 0 else 1, served))
             _wait_serving(Client(served))
-        old.stop.set()
-        old_thread.join()
+        stop.set()
+        old = running.result()
     finally:
         inner.stop_all()
         proxy.stop()
+        pool.shutdown()
+        manager.shutdown()
 
     total = len(load.ok) + len(load.failures)
     print(f"\n{args.promotions} promotions (v1 <-> v2, hand-over) under back-to-back requests")
@@ -203,6 +232,11 @@ def main() -> int:
     print(f"  through the proxy:    p50 {p50 * 1000:.2f} ms, p95 {p95 * 1000:.2f} ms")
     print(f"  added at p50: {(p50 / d50 - 1) * 100:+.1f} % (target <= 5 %), "
           f"ratio proxy/direct p50 {p50 / d50:.3f}")  # fmt: skip
+    dp, pp = percentile(direct_predict, 50), percentile(proxied_predict, 50)
+    print(f"latency of POST /predict/ (the workload; {IMAGE.name}), "
+          f"{len(direct_predict)} requests each")  # fmt: skip
+    print(f"  direct p50 {dp * 1000:.2f} ms, through the proxy p50 {pp * 1000:.2f} ms: "
+          f"added {(pp / dp - 1) * 100:+.1f} %")  # fmt: skip
     print(f"load average at end: {os.getloadavg()}")
     return 0 if not load.failures else 1
 

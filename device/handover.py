@@ -53,7 +53,6 @@ from edgefleet.core.logs import fields
 log = logging.getLogger(__name__)
 
 BUFFER_LIMIT = 1 << 20  # bytes queued towards a slow peer before reading is paused
-CONNECT_TIMEOUT = 5.0
 
 
 @dataclass
@@ -124,12 +123,9 @@ class _Client(asyncio.Protocol):
 
     async def _connect(self, port: int) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            _, upstream = await asyncio.wait_for(
-                loop.create_connection(lambda: _Upstream(self), "127.0.0.1", port),
-                CONNECT_TIMEOUT,
-            )
-        except (OSError, TimeoutError):
+        try:  # loopback: connected or refused at once, no timer needed
+            _, upstream = await loop.create_connection(lambda: _Upstream(self), "127.0.0.1", port)
+        except OSError:
             self.proxy._state.of(port).failed += 1
             self.transport.abort()
             return
@@ -291,8 +287,10 @@ SLOTS_FILE = "slots.json"
 
 
 def slot_port(served: int, slot: str) -> int:
-    """The loopback port slot ``slot`` of a pod serving ``served`` listens on."""
-    return SLOT_BASE + 2 * (served % 10000) + SLOTS.index(slot)
+    """The loopback port slot ``slot`` of a pod serving ``served`` listens on: 20000-29999,
+    below Linux's ephemeral range (32768-60999), so no outgoing connection's local port
+    can hold it when a slot starts (5000 -> 20000 and 20001)."""
+    return SLOT_BASE + 2 * (served % 5000) + SLOTS.index(slot)
 
 
 def served_ports(pod: Mapping[str, Any], handed: Collection[int]) -> list[int]:

@@ -45,7 +45,12 @@ def make_agent(config: Config):  # type: ignore[no-untyped-def]
         if config.runtime == "podman"
         else KubeletRuntime()
     )
-    return Agent(config, bucket, runtime, model_check=CachedModelCheck(ChildModelCheck(timeout=PODCHECK_SECONDS)))
+    return Agent(
+        config,
+        bucket,
+        runtime,
+        model_check=CachedModelCheck(ChildModelCheck(timeout=PODCHECK_SECONDS)),
+    )
 
 
 def make_wait(config: Config, known_generation: Callable[[], int]) -> Waiter:
