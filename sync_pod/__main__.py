@@ -8,6 +8,7 @@ import random
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from edgefleet.core import logs
 from edgefleet.core.errors import EdgefleetError
@@ -45,12 +46,23 @@ def make_agent(config: Config):  # type: ignore[no-untyped-def]
         if config.runtime == "podman"
         else KubeletRuntime()
     )
+    if config.handover_ports:
+        runtime = handover_runtime(config, runtime)
     return Agent(
         config,
         bucket,
         runtime,
         model_check=CachedModelCheck(ChildModelCheck(timeout=PODCHECK_SECONDS)),
     )
+
+
+def handover_runtime(config: Config, runtime: Any) -> Any:
+    """The runtime wrapped for hand-over: this process listens on HANDOVER_PORTS and
+    forwards to the live version of each pod serving one (docs/device.md)."""
+    from device.handover import HandoverProxy, HandoverRuntime
+
+    proxies = {port: HandoverProxy(port).start() for port in config.handover_ports}
+    return HandoverRuntime(runtime, proxies, config.state_dir, ready_timeout=config.health_timeout)
 
 
 def make_wait(config: Config, known_generation: Callable[[], int]) -> Waiter:

@@ -54,6 +54,7 @@ class Config:
     mqtt: mqtt.BrokerTarget | None = None
     poll_min_seconds: float = pace.DEFAULT_MIN_SECONDS
     poll_max_seconds: float = pace.DEFAULT_MAX_SECONDS
+    handover_ports: tuple[int, ...] = ()  # HANDOVER_PORTS: switch these by hand-over
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -132,7 +133,22 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         mqtt=target,
         poll_min_seconds=poll_min,
         poll_max_seconds=poll_max,
+        handover_ports=_handover_ports(env, runtime),
     )
+
+
+def _handover_ports(env: Mapping[str, str], runtime: str) -> tuple[int, ...]:
+    """HANDOVER_PORTS: loopback ports (e.g. 5000) whose pods are switched by hand-over
+    (device.handover); the agent then listens on them itself. Podman runtime only."""
+    raw = [p.strip() for p in (env.get("HANDOVER_PORTS") or "").split(",") if p.strip()]
+    if raw and runtime != "podman":
+        raise ConfigError("HANDOVER_PORTS needs RUNTIME=podman (docs/device.md, Hand-over)")
+    ports = []
+    for item in raw:
+        if not item.isdigit() or not 1 <= int(item) <= 65535:
+            raise ConfigError(f"HANDOVER_PORTS: {item!r} is not a TCP port, e.g. 5000")
+        ports.append(int(item))
+    return tuple(dict.fromkeys(ports))
 
 
 def _mqtt_target(env: Mapping[str, str]) -> mqtt.BrokerTarget | None:

@@ -191,3 +191,19 @@ def test_a_version_that_never_gets_ready_is_never_switched_to(device, tmp_path) 
     # A restarted agent finds the live slot again (slots.json) and routes to it.
     again = HandoverRuntime(inner, {served: HandoverProxy(free_port())}, tmp_path / "state")
     assert again.slots["model-server"].slot == runtime.slots["model-server"].slot
+
+
+def test_handover_ports_are_validated_and_need_podman(tmp_path) -> None:
+    from support.sync import agent_env
+
+    from edgefleet.core.errors import ConfigError
+    from sync_pod.config import from_env
+
+    base = agent_env("b", tmp_path)
+    assert from_env(base).handover_ports == ()
+    podman = {**base, "RUNTIME": "podman"}
+    assert from_env({**podman, "HANDOVER_PORTS": "5000, 5000,8080"}).handover_ports == (5000, 8080)
+    with pytest.raises(ConfigError, match="RUNTIME=podman"):
+        from_env({**base, "HANDOVER_PORTS": "5000"})
+    with pytest.raises(ConfigError, match="not a TCP port"):
+        from_env({**podman, "HANDOVER_PORTS": "70000"})
