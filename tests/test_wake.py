@@ -349,3 +349,16 @@ def test_local_stack_runs_mosquitto_and_hands_its_url_to_clients(pubsub, tmp_pat
     from edgefleet.localstack import process
 
     assert not process.pid_alive(pid)
+
+
+def test_gcp_plan_gives_tag_monitor_the_broker_url() -> None:
+    from edgefleet.operator import gcp_plan
+
+    url = "mqtts://fleet:pw@broker.example:8883"
+    script = gcp_plan.render(gcp_plan.plan(gcp_plan.GcpConfig("proj-12345", mqtt_url=url)))
+    deploy = next(ln for ln in script.splitlines() if "--entry-point=tag_monitor" in ln)
+    assert f"MQTT_URL={url}" in deploy
+    without = gcp_plan.render(gcp_plan.plan(gcp_plan.GcpConfig("proj-12345")))
+    assert "MQTT_URL" not in without
+    with pytest.raises(ConfigError, match="--mqtt-url"):
+        gcp_plan.GcpConfig("proj-12345", mqtt_url="http://broker").check()

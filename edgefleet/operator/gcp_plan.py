@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgefleet.core import layout
+from edgefleet.core import layout, mqtt
 from edgefleet.core.errors import ConfigError, EdgefleetError
 
 FUNCTIONS_SA = "edgefleet-fn"
@@ -95,6 +95,7 @@ class GcpConfig:
     signing_secret: str = "edgefleet-signing-key"
     signing_key: str = "edgefleet-signing.pem"
     stage_dir: str = "build/gcp"
+    mqtt_url: str = ""  # the wake-up broker tag_monitor publishes to (docs/operations.md)
 
     def __post_init__(self) -> None:
         for name, suffix in (
@@ -116,6 +117,8 @@ class GcpConfig:
         for name in (self.repository, self.signing_secret):
             if not _ID.match(name):
                 raise ConfigError(f"invalid resource id {name!r}")
+        if self.mqtt_url:
+            mqtt.parse_url(self.mqtt_url, var="--mqtt-url")
         for channel in self.channels:
             layout.check_channel(channel)
         for arch in (*self.arches, *self.build_arches):
@@ -440,6 +443,8 @@ def plan(config: GcpConfig) -> list[Step]:
         "SIGNING_KEY": c.secret_version,
         "ALLOWED_REGISTRIES": "${IMAGE_REPOSITORY}",
     }
+    if c.mqtt_url:
+        tag_env["MQTT_URL"] = c.mqtt_url
     p.gcloud(
         "functions",
         "deploy",
@@ -565,6 +570,7 @@ def config_from(args: argparse.Namespace) -> GcpConfig:
         signing_secret=args.signing_secret,
         signing_key=args.signing_key,
         stage_dir=args.stage_dir,
+        mqtt_url=args.mqtt_url,
     )
 
 
@@ -588,6 +594,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     parser.add_argument("--signing-secret", default=env.get("SIGNING_SECRET", d.signing_secret))
     parser.add_argument("--signing-key", default=env.get("SIGNING_KEY_FILE", d.signing_key))
     parser.add_argument("--stage-dir", default=env.get("STAGE_DIR", d.stage_dir))
+    parser.add_argument(
+        "--mqtt-url",
+        default=env.get("MQTT_URL", ""),
+        help="wake-up broker (mqtts://USER:PASSWORD@HOST:8883) tag_monitor publishes to",
+    )
     parser.add_argument("--out", help="stage: output directory")
     args = parser.parse_args(argv)
     try:
