@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "install-system-deps.sh"
 
 
-@dataclass
+@dataclass(repr=False)
 class Fresh:
     root: FreshRoot
     before: Result  # the script as an unprivileged user, before anything is installed

@@ -38,11 +38,14 @@ def deb_cache() -> Path:
     return path
 
 
-@dataclass
+@dataclass(repr=False)
 class Result:
     argv: Sequence[str]
     returncode: int
     output: str  # stdout and stderr, interleaved
+
+    def __repr__(self) -> str:  # assertion messages show the output's tail instead
+        return f"Result(exit {self.returncode})"
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.output.splitlines()[-lines:])
