@@ -31,7 +31,6 @@ def make_agent(config: Config):  # type: ignore[no-untyped-def]
     from device import gcs_json
     from device.podcheck import CachedModelCheck, ChildModelCheck
     from device.podman import PodmanRuntime
-    from device.runtime import KubeletRuntime
     from sync_pod.agent import Agent
 
     retry = gcs_json.Retry(initial=0.2, maximum=1.0, multiplier=2.0, timeout=RETRY_SECONDS)
@@ -44,7 +43,7 @@ def make_agent(config: Config):  # type: ignore[no-untyped-def]
             insecure_registries=config.insecure_registries,
         )
         if config.runtime == "podman"
-        else KubeletRuntime()
+        else kubelet_runtime(config)
     )
     if config.handover_ports:
         runtime = handover_runtime(config, runtime)
@@ -78,6 +77,20 @@ def make_wait(config: Config, known_generation: Callable[[], int]) -> Waiter:
         f"edgefleet-{config.device_id}",
         known_generation=known_generation,
     ).start()
+
+
+def kubelet_runtime(config: Config):  # type: ignore[no-untyped-def]
+    """Kubelet runs what the folder holds; its node API says what runs (the gate's truth).
+    Missing credentials fail the start: gating on ports alone could commit a set while
+    kubelet still runs the old pods."""
+    from device.kubelet import KubeletApi, KubeletCredentials
+    from device.runtime import KubeletRuntime
+
+    if config.kubelet_api is None:
+        return KubeletRuntime()
+    credentials = KubeletCredentials.in_dir(config.kubelet_credentials)
+    credentials.check()
+    return KubeletRuntime(KubeletApi(config.kubelet_api, credentials))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
