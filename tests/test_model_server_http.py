@@ -634,3 +634,79 @@ def test_create_app_factory_serves_under_waitress(coral: Path) -> None:
             assert post_image(http.url, coral / "cat_720p.jpg", multipart=True)["index"] == 283
     finally:
         server.close()
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses (IPv4, dotted) with a socket LISTENing on ``port``, from the kernel."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        address, hexport = fields[1].split(":")
+        if int(hexport, 16) == port and fields[3] == "0A":  # 0A = TCP_LISTEN
+            found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+    return found
+
+
+def test_server_listens_on_loopback_by_default_and_host_is_configurable(
+    tmp_path: Path, coral: Path
+) -> None:
+    args = ["--model", str(coral / V1), "--labels", str(coral / LABELS)]
+    env = {"EDGEFLEET_TELEMETRY": "off"}
+    with ServerProcess(args, env, tmp_path / "default.log") as srv:
+        assert _listening_addresses(srv.port) == {"127.0.0.1"}
+    with ServerProcess(args, {**env, "EDGEFLEET_HOST": "0.0.0.0"}, tmp_path / "all.log") as srv:
+        assert _listening_addresses(srv.port) == {"0.0.0.0"}
+
+
+def _vm_hwm_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_json_bodies_are_bounded_in_size_and_depth_before_parsing(
+    iris_model: tuple[Path, Any, Any], tmp_path: Path
+) -> None:
+    """A 10 MiB JSON feature list (which used to cost ~87 MiB and seconds before its 400)
+    gets a JSON 413 without being read into memory or parsed, also when sent chunked; deep
+    nesting gets a JSON 400, never a 500; the server keeps serving."""
+    pkg, _, x = iris_model
+    env = {"EDGEFLEET_TELEMETRY": "off"}
+    with ServerProcess(["--model-dir", str(pkg)], env, tmp_path / "server.log") as srv:
+        assert srv.proc is not None
+        url, json_type = f"{srv.url}/predict/", {"Content-Type": "application/json"}
+        big = b'{"features": [' + b"1.5, " * (10 * 2**20 // 5) + b"1.5]}"
+        assert len(big) > 10 * 2**20 - 1000
+        peak_before = _vm_hwm_mib(srv.proc.pid)
+        for _ in range(4):
+            r = requests.post(url, data=big, headers=json_type)
+            assert (r.status_code, r.json()["error"]) == (413, "too_large")
+        chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))
+        r = requests.post(url, data=chunks, headers=json_type)  # no Content-Length
+        assert (r.status_code, r.json()["error"]) == (413, "too_large")
+        assert _vm_hwm_mib(srv.proc.pid) - peak_before < 16, "the body was held in memory"
+
+        deep = b'{"features": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"  # under the size bound
+        r = requests.post(url, data=deep, headers=json_type)
+        assert (r.status_code, r.json()["error"]) == (400, "invalid_json")
+        assert "nested deeper" in r.json()["message"]
+        tricky = {"features": x[0].tolist(), "note": "[[[[[[[[{{{{{{ in a string"}
+        assert requests.post(url, json=tricky).status_code == 200
+        metrics = requests.get(f"{srv.url}/metrics").text
+        assert 'edgefleet_errors_total{kind="internal"}' not in metrics
+
+
+def test_depth_is_bounded_even_when_the_size_bound_is_raised(
+    iris_model: tuple[Path, Any, Any],
+) -> None:
+    pkg, _, _ = iris_model
+    cfg = ServerConfig(model_dir=pkg, telemetry="off", workers=1, max_json_bytes=2_000_000)
+    with serve_in_background(cfg) as (server, url):
+        assert server.wait_selftest() == "passed"
+        objects = b'{"features": ' + b'{"a": ' * 100_000 + b"1" + b"}" * 100_001
+        for deep in (b"[" * 200_000, objects):
+            r = requests.post(
+                f"{url}/predict/", data=deep, headers={"Content-Type": "application/json"}
+            )
+            assert (r.status_code, r.json()["error"]) == (400, "invalid_json")
