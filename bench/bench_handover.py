@@ -50,31 +50,9 @@ DIGESTS = {1: "sha256:" + "1" * 64, 2: "sha256:" + "2" * 64}
 def manifest(version: int, port: int) -> str:
     """The model-server Pod as the template renders it (hostPort on 127.0.0.1)."""
     import yaml
+    from support.process_runtime import model_server_pod
 
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "model-server"},
-        "spec": {
-            "containers": [
-                {
-                    "name": "model-server",
-                    "image": f"127.0.0.1:5999/edgefleet/model@{DIGESTS[version]}",
-                    "ports": [
-                        {
-                            "name": "http",
-                            "containerPort": 5000,
-                            "hostPort": port,
-                            "hostIP": "127.0.0.1",
-                        }
-                    ],
-                    "env": [{"name": "CONTAINER_DIGEST", "value": DIGESTS[version]}],
-                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}},
-                }
-            ]
-        },
-    }
-    return yaml.safe_dump(pod, sort_keys=False)
+    return yaml.safe_dump(model_server_pod(DIGESTS[version], port), sort_keys=False)
 
 
 def write_folder(root: Path, version: int, port: int) -> Path:

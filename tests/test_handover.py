@@ -13,10 +13,11 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
-from support.process_runtime import ProcessRuntime
+from support.process_runtime import ProcessRuntime, model_server_pod
 
 from device.handover import (
     HandoverFailed,
@@ -92,23 +93,8 @@ def test_proxy_refuses_a_port_in_use_with_a_clear_error() -> None:
             HandoverProxy(port).start()
 
 
-def pod(version: int, port: int, *, ready_path: str = "/readyz", host_network: bool = False):
-    spec: dict = {
-        "containers": [
-            {
-                "name": "model-server",
-                "image": f"127.0.0.1:5999/edgefleet/model@{DIGESTS[version]}",
-                "ports": [
-                    {"name": "http", "containerPort": 5000, "hostPort": port, "hostIP": "127.0.0.1"}
-                ],
-                "env": [{"name": "CONTAINER_DIGEST", "value": DIGESTS[version]}],
-                "readinessProbe": {"httpGet": {"path": ready_path, "port": "http"}},
-            }
-        ]
-    }
-    if host_network:
-        spec["hostNetwork"] = True
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "model-server"}, "spec": spec}
+def pod(version: int, port: int, **kwargs: Any) -> dict[str, Any]:
+    return model_server_pod(DIGESTS[version], port, **kwargs)
 
 
 def test_slot_rewrite_renames_and_moves_only_the_served_port() -> None:

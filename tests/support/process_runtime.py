@@ -91,3 +91,26 @@ class ProcessRuntime:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+def model_server_pod(
+    digest: str, port: int, *, ready_path: str = "/readyz", host_network: bool = False
+) -> dict[str, Any]:
+    """The model-server Pod as the template renders it (hostPort on 127.0.0.1), pinned to
+    ``digest`` (what ``/version/`` reports), for the hand-over test and bench."""
+    spec: dict[str, Any] = {
+        "containers": [
+            {
+                "name": "model-server",
+                "image": f"127.0.0.1:5999/edgefleet/model@{digest}",
+                "ports": [
+                    {"name": "http", "containerPort": 5000, "hostPort": port, "hostIP": "127.0.0.1"}
+                ],
+                "env": [{"name": "CONTAINER_DIGEST", "value": digest}],
+                "readinessProbe": {"httpGet": {"path": ready_path, "port": "http"}},
+            }
+        ]
+    }
+    if host_network:
+        spec["hostNetwork"] = True
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "model-server"}, "spec": spec}
