@@ -120,7 +120,14 @@ class HandoverProxy:
 
     # -- lifecycle --------------------------------------------------------------------
 
+    @property
+    def listening(self) -> bool:
+        return self._thread is not None
+
     def start(self) -> HandoverProxy:
+        """Listen (idempotent); raises OSError naming the port when it is taken."""
+        if self._thread is not None:
+            return self
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -519,8 +526,12 @@ class HandoverRuntime:
             self.sleep(0.05)
 
     def _route(self, name: str, slot: str, served: list[int]) -> None:
+        """Point the served ports at ``slot``. The proxy listens from the first pod that
+        is handed over: until then (a hostNetwork pod binding the port itself, say) the
+        port stays free for it."""
         for port in served:
             self.proxies[port].switch(slot_port(port, slot))
+            self.proxies[port].start()
 
     # -- bookkeeping -------------------------------------------------------------------
 

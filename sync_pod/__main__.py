@@ -60,7 +60,7 @@ def handover_runtime(config: Config, runtime: Any) -> Any:
     forwards to the live version of each pod serving one (docs/device.md)."""
     from device.handover import HandoverProxy, HandoverRuntime
 
-    proxies = {port: HandoverProxy(port).start() for port in config.handover_ports}
+    proxies = {port: HandoverProxy(port) for port in config.handover_ports}  # listen lazily
     return HandoverRuntime(runtime, proxies, config.state_dir, ready_timeout=config.health_timeout)
 
 

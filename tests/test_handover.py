@@ -123,7 +123,7 @@ def version_of(port: int) -> str:
 @pytest.fixture
 def device(tmp_path):  # type: ignore[no-untyped-def]
     served = free_port()
-    proxy = HandoverProxy(served).start()
+    proxy = HandoverProxy(served)  # listens once the first pod is handed over
     inner = ProcessRuntime(tmp_path / "logs")
     runtime = HandoverRuntime(inner, {served: proxy}, tmp_path / "state", ready_timeout=90)
     yield served, proxy, inner, runtime
@@ -175,8 +175,37 @@ def test_a_version_that_never_gets_ready_is_never_switched_to(device, tmp_path) 
     assert version_of(served) == DIGESTS[1]
     assert len(inner.pods()) == 1  # the failed slot was taken down
     # A restarted agent finds the live slot again (slots.json) and routes to it.
-    again = HandoverRuntime(inner, {served: HandoverProxy(free_port())}, tmp_path / "state")
-    assert again.slots["model-server"].slot == runtime.slots["model-server"].slot
+    spare = HandoverProxy(free_port())
+    try:
+        again = HandoverRuntime(inner, {served: spare}, tmp_path / "state")
+        assert again.slots["model-server"].slot == runtime.slots["model-server"].slot
+        assert spare.listening and spare.backend == before
+    finally:
+        spare.stop()
+
+
+@pytest.mark.slow
+def test_the_port_stays_free_until_a_pod_is_handed_over(tmp_path) -> None:
+    """A hostNetwork pod binds the served port itself: the proxy must not take it."""
+    served = free_port()
+    proxy = HandoverProxy(served)
+    inner = ProcessRuntime(tmp_path / "logs")
+    runtime = HandoverRuntime(inner, {served: proxy}, tmp_path / "state", ready_timeout=90)
+    try:
+        runtime.reconcile(folder(tmp_path, pod(1, served, host_network=True)))
+        assert not proxy.listening
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                assert version_of(served) == DIGESTS[1]  # the server's own socket
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("the hostNetwork server never answered on its port")
+    finally:
+        inner.stop_all()
+        proxy.stop()
 
 
 def test_handover_ports_are_validated_and_need_podman(tmp_path) -> None:
