@@ -56,7 +56,8 @@ from edgefleet.core.logs import fields
 
 log = logging.getLogger(__name__)
 
-CHUNK = 64 * 1024  # bytes read at once; a side is not read again until they are written
+CHUNK = 256 * 1024  # bytes read at once; a side is not read again until they are written
+READS_PER_EVENT = 16
 
 
 @dataclass
@@ -262,18 +263,24 @@ class HandoverProxy:
             conn.connected = True
         elif events & selectors.EVENT_READ:
             pipe = conn.up if sock is conn.client else conn.down
-            if not pipe.pending and not pipe.eof:
+            for _ in range(READS_PER_EVENT):  # a large body: read-write without a select
+                if pipe.pending or pipe.eof:
+                    break
                 try:
                     data = sock.recv(CHUNK)
                 except (BlockingIOError, InterruptedError):
-                    data = None
+                    break
                 except OSError:
                     self._close(conn, conns)
                     return
                 if data == b"":
                     pipe.eof = True
-                elif data:
-                    pipe.pending = data
+                    break
+                pipe.pending = data
+                if not self._flush(pipe, conn, conns):
+                    return
+                if len(data) < CHUNK:
+                    break
         if not (self._flush(conn.up, conn, conns) and self._flush(conn.down, conn, conns)):
             return
         # The server is done (it never half-closes and keeps reading in HTTP): close both
