@@ -346,7 +346,7 @@ def run_mode(args: argparse.Namespace, push: bool, env: dict[str, str], pub: Pub
                 if fan:
                     line += f"; fan-out max {max(fan) * 1000:.0f} ms to {len(fan)} agents"
             print(line)
-            time.sleep(3 if push else 1)  # let status reports land
+            time.sleep(3)  # let status reports land
         after = fleet.counters()
         cpu_after = host_cpu(after, service_pids)
         per_rollout_requests = (after["requests"] - before["requests"]) / args.agents / rollouts
@@ -388,7 +388,8 @@ def report(result: ModeResult, idle_poll_requests: float | None) -> None:
         )
     print(
         f"  GCS per device per rollout {result.per_rollout_requests:.2f} requests, "
-        f"{result.per_rollout_bytes / 1000:.1f} kB (bodies; incl. the status report)"
+        f"{result.per_rollout_bytes / 1000:.1f} kB (bodies; incl. the status report and "
+        "any timed poll in the window)"
     )
     print(
         f"  GCS per device per hour idle (measured over the window): "
