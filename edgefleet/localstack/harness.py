@@ -6,6 +6,11 @@ model package and, last, ``TRAINER-DONE`` (:func:`train`), wait for model_done_w
 image (:func:`wait_built`), move a channel tag (:func:`promote`), wait until every
 device of the channel serves a digest (:func:`wait_serving`), ask devices what they run
 (:func:`observe`).
+
+Waits fail fast with the reason, not at their timeout: :func:`wait_built` stops when
+model_done_watcher logged that it rejected or failed the version (:func:`build_failure`),
+:func:`wait_serving` when a device reported that it rejected or rolled back the set
+carrying the digest (:func:`check_refusals`, the same rule as ``edgefleet rollout wait``).
 """
 
 from __future__ import annotations
