@@ -150,9 +150,6 @@ class ManifestFolder:
             raise FolderError(f"cannot update {live}: {exc.strerror or exc}") from exc
         return [name for _, name in steps]
 
-    def matches(self, wanted: Mapping[str, bytes]) -> bool:
-        return self.read() == dict(wanted)
-
     def clean_leftovers(self) -> None:
         """Remove temporary files a killed agent left in the live folder (kubelet never
         reads them: their names start with a dot) and the swap links the former symlink

@@ -13,6 +13,7 @@ from device import gcs_json
 from device.runtime import KubeletRuntime
 from sync_pod.agent import Agent
 from sync_pod.config import from_env
+from sync_pod.folder import REMOVE, SYNC_POD_FILE, WRITE, write_order
 from sync_pod.memory import BackoffPolicy, backing_off, remember
 from sync_pod.pipeline import Outcome, PollResult, Reason
 from sync_pod.state import State
@@ -100,3 +101,15 @@ def test_run_polls_reports_and_waits_through_the_given_wait(bucket, gcs, tmp_pat
     assert asked == [30.0, 30.0]
     assert agent.state.applied is not None
     assert agent.last_result is not None and agent.last_result.outcome is Outcome.UNCHANGED
+
+
+def test_write_order_adds_first_removes_after_and_the_sync_pod_last() -> None:
+    live = {"a-pod.yaml": b"1", "b-pod.yaml": b"1", "gone-pod.yaml": b"1", SYNC_POD_FILE: b"1"}
+    wanted = {"b-pod.yaml": b"2", "a-pod.yaml": b"1", "new-pod.yaml": b"1", SYNC_POD_FILE: b"2"}
+    assert write_order(live, wanted) == [
+        (WRITE, "b-pod.yaml"),
+        (WRITE, "new-pod.yaml"),
+        (REMOVE, "gone-pod.yaml"),
+        (WRITE, SYNC_POD_FILE),
+    ]
+    assert write_order(wanted, wanted) == []
