@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -59,7 +60,7 @@ from edgefleet.localstack import devices as dev  # noqa: E402
 from edgefleet.localstack import harness  # noqa: E402
 
 CHANNEL = "beta"
-SETTLE_MAX = 2.0  # seconds between promotions (a poll's worth, at most this)
+SETTLE_MAX = 2.0  # --mqtt: seconds between promotions (the commit is already waited for)
 MQTT_TARGET = 2.5  # --mqtt: total p95 target, whatever the (fallback) poll
 DEVICES = 3
 
@@ -141,6 +142,12 @@ def wipe(devices: list[dict[str, Any]]) -> None:
                 raise SystemExit(f"bench: podman {args[0]} on {d['id']} failed: {done.stderr}")
 
 
+# Promotions land at a random phase of the devices' poll cycle: after each commit the bench
+# waits one poll (settling) plus a uniform random fraction of another, so the sync time
+# samples the whole 0..poll wait instead of one fixed offset from the last poll.
+PHASE = random.Random(1101)
+
+
 def promote_once(fleet: harness.Fleet, digest: str, timeout: float) -> Sample:
     bucket = fleet.bucket(fleet.stack.config.deploy_bucket)
     set_name = layout.set_object(dev.host_arch(), CHANNEL)
@@ -158,8 +165,8 @@ def promote_once(fleet: harness.Fleet, digest: str, timeout: float) -> Sample:
         sample.sync.append(applied - set_at)
         sample.runtime.append(serving[d["id"]] - applied)
     # Serving is not the end of the agent's work: its health gate commits the set a few
-    # seconds later. The next promotion waits for that (and a poll's worth of settling),
-    # else its sync time would include the tail of this one.
+    # seconds later. The next promotion waits for that, a poll's worth of settling (else
+    # its sync time would include the tail of this one), and a random phase.
     deadline = time.time() + timeout
     for d in on:
         log = logs / f"agent-{d['name']}.log"
@@ -167,7 +174,11 @@ def promote_once(fleet: harness.Fleet, digest: str, timeout: float) -> Sample:
             if time.time() > deadline:
                 raise SystemExit(f"bench: {d['id']} never committed sequence {sequence}")
             time.sleep(0.2)
-    time.sleep(min(fleet_poll(fleet), SETTLE_MAX))
+    poll = fleet_poll(fleet)
+    if fleet.stack.mosquitto is not None:  # woken over MQTT: the poll's phase is moot
+        time.sleep(SETTLE_MAX)
+    else:
+        time.sleep(poll + PHASE.uniform(0, poll))
     return sample
 
 
