@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import logging
 import time
 from pathlib import Path
@@ -362,3 +363,48 @@ def test_gcp_plan_gives_tag_monitor_the_broker_url() -> None:
     assert "MQTT_URL" not in without
     with pytest.raises(ConfigError, match="--mqtt-url"):
         gcp_plan.GcpConfig("proj-12345", mqtt_url="http://broker").check()
+
+
+def test_the_agent_process_applies_a_set_at_once_on_a_wakeup(bucket, broker, tmp_path) -> None:
+    """`python -m sync_pod` with MQTT_URL: a 10-minute poll, yet a written set is applied
+    within seconds, because tag_monitor's SetStore publishes the wake-up."""
+    import os
+    import subprocess
+    import sys
+
+    target = mqtt.parse_url(broker.url)
+    clear_retained(target)
+    store = SetStore(bucket, on_written=WakeupPublisher(target))
+    store.update("x86_64", "beta", lambda s: entries({"web": pod_yaml("web", IMAGE)}))
+    env = {
+        **os.environ,
+        **agent_env(bucket.name, tmp_path, MQTT_URL=broker.url, KUBELET_API="off"),
+        "LOG_LEVEL": "INFO",
+    }
+    env.pop("POLL_SECONDS", None)
+    log = tmp_path / "agent.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "sync_pod"], env=env, stdout=fh, stderr=fh)
+    try:
+        pods = tmp_path / "device" / "pods"
+        web = pods / "web-pod.yaml"
+
+        def wait_for(pred, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if pred():
+                    return True
+                time.sleep(0.05)
+            return False
+
+        assert wait_for(web.is_file, 60), log.read_text()[-2000:]  # the first poll at start
+        assert wait_for(lambda: "wake-up subscription connected" in log.read_text(), 30)
+        v2 = pod_yaml("web", IMAGE, command=["/bin/busybox", "true"])
+        store.update("x86_64", "beta", lambda s: entries({"web": v2}))
+        # Within seconds, not the 600 s (±20 %) fallback poll.
+        assert wait_for(lambda: web.read_text() == v2, 15), log.read_text()[-2000:]
+        status = json.loads((tmp_path / "state" / "status.json").read_text())["status"]
+        assert status["pollSeconds"] == 600
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0  # SIGTERM ends the wait and the subscription cleanly
