@@ -26,7 +26,7 @@ from support.sync import FAKE_DIGEST, TEST_REGISTRY, SetPublisher, agent_env, en
 from device.runtime import KubeletRuntime
 from edgefleet.cloud.set_store import SetStore
 from edgefleet.cloud.wakeup import WakeupPublisher
-from edgefleet.core import manifest_set, mqtt
+from edgefleet.core import layout, manifest_set, mqtt
 from edgefleet.core.errors import ConfigError, InvalidInput, InvalidManifestSet
 from edgefleet.localstack.mosquitto import Mosquitto
 from edgefleet.localstack.process import free_port
@@ -408,3 +408,31 @@ def test_the_agent_process_applies_a_set_at_once_on_a_wakeup(bucket, broker, tmp
     finally:
         proc.terminate()
         assert proc.wait(20) == 0  # SIGTERM ends the wait and the subscription cleanly
+
+
+@pytest.mark.stack
+def test_tag_monitor_function_publishes_the_wakeup_after_writing_the_set(
+    stack_functions, monkeypatch
+) -> None:
+    """The real path: a tag pushed to the registry -> Pub/Sub -> tag_monitor (under
+    functions-framework, MQTT_URL from the stack) writes the set and publishes."""
+    from edgefleet.cloud.storage import Bucket, make_client
+
+    env = stack_functions.env()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    target = mqtt.parse_url(env["MQTT_URL"])
+    deploy = Bucket(make_client(), stack_functions.config.deploy_bucket)
+    name = layout.set_object("x86_64", "alpha")
+    before = deploy.generation(name)
+    wake = MqttWake(target, mqtt.topic("x86_64", "alpha"), f"e2e-{time.monotonic_ns()}",
+                    known_generation=lambda: before).start()  # fmt: skip
+    try:
+        assert wake.connected.wait(10)
+        reg = stack_functions.registry
+        reg.push_minimal_image(f"edgefleet/wake{time.monotonic_ns() % 10**8}", "alpha",
+                               arch="amd64", salt="wake")  # fmt: skip
+        assert wake(60) == WOKEN
+        assert wake.stats.last_hint.generation == deploy.generation(name) != before
+    finally:
+        wake.stop()
