@@ -34,6 +34,8 @@ QUICK: dict[str, tuple[str, ...]] = {
     "sync_poll": ("--polls", "15", "--idle-seconds", "5"),
     "tag_to_manifest": ("--retags", "20", "--cost-retags", "5", "--baseline", "5"),
     "rollout": ("--promotions", "4", "--cold", "3", "--first", "1"),
+    "fleet": ("--agents", "200", "--rollouts", "3", "--poll-rollouts", "1", "--idle", "20"),
+    "handover": ("--promotions", "4", "--old-switches", "2", "--rounds", "4"),
 }
 
 
