@@ -29,6 +29,7 @@ import http.client
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -193,6 +194,7 @@ def main() -> int:
         proxy.stop()
         pool.shutdown()
         manager.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
 
     total = len(load.ok) + len(load.failures)
     print(f"\n{args.promotions} promotions (v1 <-> v2, hand-over) under back-to-back requests")

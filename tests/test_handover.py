@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support.process_runtime import ProcessRuntime, model_server_pod
+from support.process_runtime import BackToBack, ProcessRuntime, model_server_pod
 
 from device.handover import (
     HandoverFailed,
@@ -137,27 +137,12 @@ def test_switch_and_rollback_drop_no_request(device, tmp_path) -> None:
     assert runtime.reconcile(folder(tmp_path, pod(1, served))) == ["model-server"]
     assert version_of(served) == DIGESTS[1]
     assert set(runtime.pods()) == {"model-server"}
-    answers: list[str] = []
-    failures: list[str] = []
-    stop = threading.Event()
-
-    def client() -> None:
-        while not stop.is_set():
-            try:
-                answers.append(version_of(served))
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                failures.append(repr(exc))
-
-    t = threading.Thread(target=client)
-    t.start()
-    try:
+    with BackToBack(lambda: version_of(served)) as traffic:
         runtime.reconcile(folder(tmp_path, pod(2, served)))  # promote
         assert version_of(served) == DIGESTS[2]
         runtime.reconcile(folder(tmp_path, pod(1, served)))  # roll back: same hand-over
         assert version_of(served) == DIGESTS[1]
-    finally:
-        stop.set()
-        t.join()
+    failures, answers = traffic.failures, traffic.answers
     assert failures == []
     assert DIGESTS[2] in answers and answers[-1] == DIGESTS[1]
     assert sorted(inner.pods()) == ["model-server-" + runtime.slots["model-server"].slot]

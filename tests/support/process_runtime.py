@@ -12,10 +12,13 @@ this shared machine's CPU; the hand-over logic and the proxy are what is measure
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +117,30 @@ def model_server_pod(
     if host_network:
         spec["hostNetwork"] = True
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "model-server"}, "spec": spec}
+
+
+class BackToBack:
+    """A client thread calling ``request()`` back to back until stopped; what it got and
+    what failed (used as ``with BackToBack(fn) as traffic: ...``)."""
+
+    def __init__(self, request: Callable[[], str]) -> None:
+        self.request = request
+        self.answers: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.answers.append(self.request())
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                self.failures.append(repr(exc))
+
+    def __enter__(self) -> BackToBack:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
