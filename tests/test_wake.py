@@ -337,9 +337,12 @@ def test_agent_follows_the_sets_poll_hint_within_its_bounds(bucket, tmp_path) ->
 
 
 def test_local_stack_runs_mosquitto_and_hands_its_url_to_clients(pubsub, tmp_path) -> None:
-    from edgefleet.localstack.stack import LocalStack, StackConfig, read_state
+    from edgefleet.localstack import process
+    from edgefleet.localstack.mosquitto import broker_path
+    from edgefleet.localstack.stack import LocalStack, StackConfig, down, read_state
 
-    with LocalStack(StackConfig(workdir=tmp_path, functions=()), pubsub=pubsub) as s:
+    s = LocalStack(StackConfig(workdir=tmp_path, functions=()), pubsub=pubsub).start()
+    try:
         assert s.mosquitto is not None
         assert s.env()["MQTT_URL"] == s.mosquitto.url
         state = read_state(tmp_path)
@@ -347,9 +350,11 @@ def test_local_stack_runs_mosquitto_and_hands_its_url_to_clients(pubsub, tmp_pat
         assert state["ports"]["mqtt"] == s.mosquitto.port
         assert WakeupPublisher(mqtt.parse_url(s.env()["MQTT_URL"])).publish("x86_64", "beta", 1, 2)
         pid = s.mosquitto.process.pid
-    from edgefleet.localstack import process
-
+    finally:
+        stopped = down(tmp_path)  # as `edgefleet down` does, from what stack.json records
+    assert any(item.startswith("mosquitto") for item in stopped)
     assert not process.pid_alive(pid)
+    assert not broker_path(tmp_path.resolve()).exists()
 
 
 def test_gcp_plan_gives_tag_monitor_the_broker_url() -> None:

@@ -128,16 +128,28 @@ RUN_DIR = Path("/run/edgefleet-mosquitto")
 def broker_dir(workdir: Path, name: str) -> Path:
     """Where the broker's files live: the workdir, or /run/… when mosquitto will drop
     root privileges (see the module doc)."""
-    if os.geteuid() != 0 or _group() is None:
-        path = workdir / name
+    path = broker_path(workdir, name)
+    if path.parent != RUN_DIR:
         path.mkdir(parents=True, exist_ok=True)
         return path
-    tag = hashlib.sha256(str(workdir).encode()).hexdigest()[:10]
     RUN_DIR.mkdir(mode=0o755, exist_ok=True)
-    path = RUN_DIR / f"{tag}-{name}"
     path.mkdir(mode=0o750, exist_ok=True)
     _share(path)
     return path
+
+
+def broker_path(workdir: Path, name: str = "mosquitto") -> Path:
+    if os.geteuid() != 0 or _group() is None:
+        return workdir / name
+    tag = hashlib.sha256(str(workdir).encode()).hexdigest()[:10]
+    return RUN_DIR / f"{tag}-{name}"
+
+
+def remove_files(workdir: str | os.PathLike[str]) -> None:
+    """``edgefleet down`` (another process): remove the broker's /run directory."""
+    path = broker_path(Path(workdir).resolve())
+    if path.parent == RUN_DIR:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _group() -> int | None:

@@ -26,6 +26,7 @@ from edgefleet.localstack import process as proc
 from edgefleet.localstack.functions import DEFAULT_SOURCE, FunctionProcess
 from edgefleet.localstack.gcs import GcsEmulator, PubsubEvents
 from edgefleet.localstack.mosquitto import Mosquitto
+from edgefleet.localstack.mosquitto import remove_files as mosquitto_files
 from edgefleet.localstack.podman import PodmanEnv, PodmanService
 from edgefleet.localstack.process import StackError
 from edgefleet.localstack.pubsub import PubsubEmulator
@@ -400,4 +401,5 @@ def down(workdir: str | os.PathLike[str]) -> list[str]:
         if failures:
             raise StackError(_stop_failed(workdir, failures))
         (workdir / STATE_FILE).unlink(missing_ok=True)
+        mosquitto_files(workdir)
     return stopped
