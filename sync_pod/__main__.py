@@ -107,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             agent.report(force=True)
             return 1 if outcome in (Outcome.FAILED, Outcome.ROLLBACK_FAILED) else 0
         wait = make_wait(config, lambda: agent.state.seen_generation)
+        agent.wakeup_status = getattr(wait, "status", None)
         signal.signal(signal.SIGTERM, lambda _signum, _frame: wait.stop())
         signal.signal(signal.SIGINT, lambda _signum, _frame: wait.stop())
         try:

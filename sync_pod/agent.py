@@ -132,6 +132,8 @@ class Agent:
         self.last_poll: float | None = None
         self.last_error: dict[str, str] | None = None
         self.last_result: PollResult | None = None
+        # The MQTT wake-up's state for the status (sync_pod.wake.MqttWake.status), if any.
+        self.wakeup_status: Callable[[], dict[str, Any]] | None = None
         self.health = "unknown"
         self._checked: Checked | None = None  # the last set checked, kept while it fails
         self._news = True  # something worth reporting happened since the last report
@@ -631,6 +633,7 @@ class Agent:
             # staleness by it (an idle device only reports on change or heartbeat).
             "heartbeatSeconds": self.config.status_seconds,
             "pollSeconds": self.poll_interval(),
+            "wakeup": self.wakeup_status() if self.wakeup_status else None,
         }
 
 

@@ -80,6 +80,18 @@ class MqttWake(Waiter):
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
 
+    def status(self) -> dict[str, Any]:
+        """For the device status: is the wake-up working (broker without password)."""
+        at = self.stats.last_message_at
+        return {
+            "broker": self.target.redacted(),
+            "connected": self.connected.is_set(),
+            "messages": self.stats.messages,
+            "wakes": self.stats.wakes,
+            "dropped": self.stats.invalid,
+            "lastMessageAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)) if at else None,
+        }
+
     def start(self) -> MqttWake:
         """Connect in the background; never blocks, never fails on an unreachable broker."""
         mqtt.connect_async(self._client, self.target)

@@ -410,6 +410,8 @@ def test_the_agent_process_applies_a_set_at_once_on_a_wakeup(bucket, broker, tmp
         assert wait_for(lambda: web.read_text() == v2, 15), log.read_text()[-2000:]
         status = json.loads((tmp_path / "state" / "status.json").read_text())["status"]
         assert status["pollSeconds"] == 600
+        assert status["wakeup"]["connected"] is True and status["wakeup"]["wakes"] >= 1
+        assert status["wakeup"]["broker"] == broker.url
     finally:
         proc.terminate()
         assert proc.wait(20) == 0  # SIGTERM ends the wait and the subscription cleanly
