@@ -454,16 +454,23 @@ class HandoverRuntime:
             live = self.slots.get(name)
             if live is not None and live.sha256 == _sha(text):
                 continue
-            self._hand_over(name, text, live, play)
+            started += self._hand_over(name, text, live, play)
             started.append(name)
+        self._release([n for n in self.slots if n not in handed])
         self._write_play(play)
         started += self.inner.reconcile(self.play_dir)
-        for name in [n for n in self.slots if n not in handed]:
-            for port in self._served_of(name):
-                self.proxies[port].switch(None)
-            del self.slots[name]  # removed from the set: its pod went with the play folder
         self._save_slots()
         return sorted(set(_base_name(n, self.slots) for n in started))
+
+    def _release(self, names: list[str]) -> None:
+        """Pods no longer handed over (removed, or now binding the port themselves):
+        their ports are given up before the inner runtime plays what replaces them."""
+        for name in names:
+            for port in self._served_of(name):
+                self.proxies[port].switch(None)
+                if not any(port in self._served_of(n) for n in self.slots if n not in names):
+                    self.proxies[port].stop()
+            del self.slots[name]
 
     def pods(self) -> dict[str, PodStatus] | None:
         pods = self.inner.pods()
@@ -480,7 +487,12 @@ class HandoverRuntime:
 
     # -- one hand-over -----------------------------------------------------------------
 
-    def _hand_over(self, name: str, text: str, live: Slot | None, play: dict[str, str]) -> None:
+    def _hand_over(
+        self, name: str, text: str, live: Slot | None, play: dict[str, str]
+    ) -> list[str]:
+        """Start ``text`` in the free slot, wait until ready, switch, drain the old one;
+        returns what the inner runtime started on the way. Raises, keeping the old one
+        serving, when the new one never gets ready."""
         slot = SLOTS[1] if live is not None and live.slot == SLOTS[0] else SLOTS[0]
         pod = in_slot(_yaml(text), name, slot, self.proxies)
         new_name = slot_pod_name(name, slot)
@@ -490,7 +502,7 @@ class HandoverRuntime:
             "hand-over: starting the new version beside the old", extra=fields(pod=name, slot=slot)
         )
         try:
-            self.inner.reconcile(self.play_dir)
+            started = self.inner.reconcile(self.play_dir)
             ready = self._wait_ready(new_name, pod)
         except Exception:
             self._undo(play, new_name)
@@ -513,6 +525,7 @@ class HandoverRuntime:
                             extra=fields(pod=name, port=old))  # fmt: skip
         if live is not None:
             play.pop(slot_pod_name(name, live.slot), None)
+        return [n for n in started if n != new_name]
 
     def _undo(self, play: dict[str, str], new_name: str) -> None:
         play.pop(new_name, None)

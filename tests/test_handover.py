@@ -176,18 +176,26 @@ def test_the_port_stays_free_until_a_pod_is_handed_over(tmp_path) -> None:
     proxy = HandoverProxy(served)
     inner = ProcessRuntime(tmp_path / "logs")
     runtime = HandoverRuntime(inner, {served: proxy}, tmp_path / "state", ready_timeout=90)
-    try:
-        runtime.reconcile(folder(tmp_path, pod(1, served, host_network=True)))
-        assert not proxy.listening
+
+    def serves_itself(version: int) -> None:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
-                assert version_of(served) == DIGESTS[1]  # the server's own socket
-                break
+                assert version_of(served) == DIGESTS[version]  # the server's own socket
+                return
             except OSError:
                 time.sleep(0.2)
-        else:
-            pytest.fail("the hostNetwork server never answered on its port")
+        pytest.fail("the hostNetwork server never answered on its port")
+
+    try:
+        runtime.reconcile(folder(tmp_path, pod(1, served, host_network=True)))
+        assert not proxy.listening
+        serves_itself(1)
+        runtime.reconcile(folder(tmp_path, pod(2, served)))  # a hostPort pod: handed over
+        assert proxy.listening and version_of(served) == DIGESTS[2]
+        runtime.reconcile(folder(tmp_path, pod(1, served, host_network=True)))  # and back
+        assert not proxy.listening and runtime.slots == {}
+        serves_itself(1)
     finally:
         inner.stop_all()
         proxy.stop()
