@@ -76,6 +76,7 @@ def make_wait(config: Config, known_generation: Callable[[], int]) -> Waiter:
         mqtt.topic(config.arch, config.channel),
         f"edgefleet-{config.device_id}",
         known_generation=known_generation,
+        spread=config.wake_spread_seconds,
     ).start()
 
 

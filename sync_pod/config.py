@@ -60,6 +60,7 @@ class Config:
     poll_min_seconds: float = pace.DEFAULT_MIN_SECONDS
     poll_max_seconds: float = pace.DEFAULT_MAX_SECONDS
     handover_ports: tuple[int, ...] = ()  # HANDOVER_PORTS: switch these by hand-over
+    wake_spread_seconds: float = 0.0  # WAKE_SPREAD_SECONDS: spread the fleet's wake-ups
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -143,6 +144,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         poll_min_seconds=poll_min,
         poll_max_seconds=poll_max,
         handover_ports=_handover_ports(env, runtime),
+        wake_spread_seconds=_seconds(env, "WAKE_SPREAD_SECONDS", 0.0, minimum=0.0),
     )
 
 

@@ -20,6 +20,7 @@ the retained message brings the newest generation on every reconnect.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -66,8 +67,16 @@ class MqttWake(Waiter):
         known_generation: Callable[[], int] = lambda: 0,
         client_factory: Callable[[mqtt.BrokerTarget, str], Any] = mqtt.make_client,
         clock: Callable[[], float] = time.time,
+        spread: float = 0.0,
+        rng: Callable[[float, float], float] = random.uniform,
     ) -> None:
+        """``spread``: wake at a random moment within this many seconds of the message
+        (WAKE_SPREAD_SECONDS), so that a very large fleet does not hit the bucket in the
+        same second; 0 wakes at once."""
         super().__init__()
+        self.spread = spread
+        self._rng = rng
+        self._timer: threading.Timer | None = None
         self.target = target
         self.topic = topic
         self.client_id = client_id
@@ -104,6 +113,8 @@ class MqttWake(Waiter):
 
     def stop(self) -> None:
         super().stop()
+        if self._timer is not None:
+            self._timer.cancel()
         self.close()
 
     def close(self) -> None:
@@ -159,4 +170,10 @@ class MqttWake(Waiter):
             self.stats.ignored += 1
             return
         self.stats.wakes += 1
-        self.wake(WAIT_MQTT)
+        delay = self._rng(0.0, self.spread) if self.spread > 0 else 0.0
+        if delay <= 0:
+            self.wake(WAIT_MQTT)
+        elif self._timer is None or not self._timer.is_alive():
+            self._timer = threading.Timer(delay, self.wake, args=(WAIT_MQTT,))
+            self._timer.daemon = True
+            self._timer.start()

@@ -443,3 +443,26 @@ def test_tag_monitor_function_publishes_the_wakeup_after_writing_the_set(
         assert wake.stats.last_hint.generation == deploy.generation(name) != before
     finally:
         wake.stop()
+
+
+def test_wake_spread_delays_the_poll_by_a_random_moment_within_it(broker) -> None:
+    target = mqtt.parse_url(broker.url)
+    clear_retained(target)
+    drawn: list[tuple[float, float]] = []
+
+    def rng(low: float, high: float) -> float:
+        drawn.append((low, high))
+        return 0.6
+
+    wake = MqttWake(target, TOPIC, f"spread-{time.monotonic_ns()}", spread=5.0, rng=rng).start()
+    try:
+        assert wake.connected.wait(10)
+        published = time.monotonic()
+        assert WakeupPublisher(target).publish("x86_64", "beta", 77, 78)
+        assert wake(0.3) == TIMEOUT  # not at once...
+        assert wake(5) == WOKEN  # ...but at the drawn moment
+        assert 0.5 <= time.monotonic() - published < 3
+        assert drawn == [(0.0, 5.0)]
+    finally:
+        wake.stop()
+        clear_retained(target)
