@@ -15,11 +15,12 @@ publishes the wake-up through :class:`~edgefleet.cloud.wakeup.WakeupPublisher` a
 tag_monitor does after a tag move (the tag move -> set write part is measured by
 bench_tag_to_manifest.py; here the clock starts when the set write starts).
 
-The V1Pod model check runs in a real child process (:mod:`device.podcheck`); the agents
-of one worker share one :class:`device.podcheck.CachedModelCheck` (the same cache every
-device keeps for itself, keyed by manifest SHA-256): one child per worker per new set,
-instead of 1,000 children costing ~0.75 s of CPU each, which on 2 cores would measure
-the simulation host, not the fleet.
+The V1Pod model check runs in a real child process (:mod:`device.podcheck`); all agents
+share one :class:`device.podcheck.CachedModelCheck` verdict cache (the cache every
+device keeps for itself, keyed by manifest SHA-256; across the worker processes through
+its ``shared`` directory): one child per new set, as one device pays, instead of 1,000
+children costing ~0.75 s of CPU each, which on 2 cores would measure the simulation
+host, not the fleet.
 
 Printed, for push (MQTT wake-up + 600 s fallback poll) and poll (``--poll`` s):
   * set write -> every agent has handed the new set to its runtime: p50/p95/max (s);
@@ -142,7 +143,7 @@ def worker_main(conn: Any, indices: list[int], root: str, env: dict[str, str], p
     logs.configure("fleet-sim", "ERROR")
     from device.podcheck import CachedModelCheck, ChildModelCheck
 
-    check = CachedModelCheck(ChildModelCheck(timeout=120.0))
+    check = CachedModelCheck(ChildModelCheck(timeout=120.0), shared=Path(root) / "verdicts")
     devices = [make_device(i, Path(root), env, check, push) for i in indices]
     for d in devices:
         if push:

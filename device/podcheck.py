@@ -10,6 +10,7 @@ the caller: the set is not accepted unchecked, it is retried on the next poll.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -18,8 +19,10 @@ import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from edgefleet.core.errors import TransientError
+from edgefleet.core.fsutil import atomic_write
 
 DEFAULT_TIMEOUT = 60.0  # a cold import of the kubernetes client on a small ARM board
 
@@ -72,12 +75,19 @@ class CachedModelCheck:
     time, so callers sharing one cache (the fleet simulator's agents, bench/bench_fleet.py)
     wait for the first and then find its verdicts. A failed check caches nothing.
     Bounded: the ``capacity`` most recently used verdicts.
+
+    ``shared``: a directory through which several PROCESSES share verdicts (one file per
+    manifest SHA-256, written atomically; the first process to miss runs the child under
+    a file lock, the others wait and read). Only the fleet simulator uses it, so that its
+    worker processes pay one child per new set, as one device does; a device keeps its
+    verdicts in memory.
     """
 
     def __init__(self, inner: Callable[[Mapping[str, str]], dict[str, str | None]], *,
-                 capacity: int = 256) -> None:  # fmt: skip
+                 capacity: int = 256, shared: Path | None = None) -> None:  # fmt: skip
         self.inner = inner
         self.capacity = capacity
+        self.shared = shared
         self.hits = 0
         self.misses = 0
         self._verdicts: OrderedDict[str, str | None] = OrderedDict()
@@ -90,7 +100,7 @@ class CachedModelCheck:
             self.hits += len(manifests) - len(missing)
             self.misses += len(missing)
             if missing:
-                for name, verdict in self.inner(missing).items():
+                for name, verdict in self._judge(missing, keys).items():
                     self._verdicts[keys[name]] = verdict
             answer = {}
             for name in manifests:
@@ -99,6 +109,32 @@ class CachedModelCheck:
             while len(self._verdicts) > self.capacity:
                 self._verdicts.popitem(last=False)
         return answer
+
+    def _judge(
+        self, manifests: Mapping[str, str], keys: Mapping[str, str]
+    ) -> dict[str, str | None]:
+        if self.shared is None:
+            return self.inner(manifests)
+        self.shared.mkdir(parents=True, exist_ok=True)
+        with open(self.shared / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            known = {n: _read_verdict(self.shared / keys[n]) for n in manifests}
+            missing = {n: t for n, t in manifests.items() if known[n] is _NONE}
+            fresh = self.inner(missing) if missing else {}
+            for name, verdict in fresh.items():
+                atomic_write(self.shared / keys[name], json.dumps({"v": verdict}).encode())
+        return {n: fresh[n] if n in fresh else known[n] for n in manifests}  # type: ignore[misc]
+
+
+_NONE = object()  # no shared verdict (None is a verdict: the manifest is valid)
+
+
+def _read_verdict(path: Path) -> object:
+    try:
+        value = json.loads(path.read_bytes()).get("v", _NONE)
+    except (OSError, ValueError, AttributeError):
+        return _NONE
+    return value if value is None or isinstance(value, str) else _NONE
 
 
 def skip_kubernetes_package_init() -> None:

@@ -44,3 +44,18 @@ def test_verdicts_are_cached_by_text_and_concurrent_callers_share_one_child() ->
     # Bounded: the least recently used verdict is gone.
     check({"bad": BAD})
     assert child.calls[-1] == ["bad"]
+
+
+def test_a_shared_directory_lets_other_processes_reuse_a_verdict(tmp_path) -> None:
+    """The fleet simulator's worker processes: the second cache never runs its child."""
+    first, second = Counting(), Counting()
+    a = CachedModelCheck(first, shared=tmp_path / "verdicts")
+    b = CachedModelCheck(second, shared=tmp_path / "verdicts")
+    assert a({"web": GOOD, "bad": BAD}) == b({"web": GOOD, "bad": BAD})
+    assert len(first.calls) == 1 and second.calls == []
+    # A damaged file is no verdict: that manifest is judged again.
+    key = next(p for p in (tmp_path / "verdicts").iterdir() if not p.name.startswith("."))
+    key.write_text('{"v": 7}')
+    c_child = Counting()
+    CachedModelCheck(c_child, shared=tmp_path / "verdicts")({"web": GOOD, "bad": BAD})
+    assert len(c_child.calls) == 1 and len(c_child.calls[0]) == 1
