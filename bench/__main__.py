@@ -35,6 +35,8 @@ QUICK: dict[str, tuple[str, ...]] = {
     "tag_to_manifest": ("--retags", "20", "--cost-retags", "5", "--baseline", "5"),
     "rollout": ("--promotions", "4", "--cold", "3", "--first", "1"),
     "dashboard": ("--devices", "2000", "--runs", "3", "--baseline-objects", "300"),
+    "fleet": ("--agents", "200", "--rollouts", "3", "--poll-rollouts", "1", "--idle", "20"),
+    "handover": ("--promotions", "4", "--old-switches", "2", "--rounds", "4"),
 }
 
 

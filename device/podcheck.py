@@ -10,13 +10,19 @@ the caller: the set is not accepted unchecked, it is retried on the next poll.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import importlib.util
 import json
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from edgefleet.core.errors import TransientError
+from edgefleet.core.fsutil import atomic_write
 
 DEFAULT_TIMEOUT = 60.0  # a cold import of the kubernetes client on a small ARM board
 
@@ -57,6 +63,78 @@ class ChildModelCheck:
         if not all(v is None or isinstance(v, str) for v in answer.values()):
             raise TransientError("pod model check answered with something other than text")
         return answer
+
+
+class CachedModelCheck:
+    """Remembers verdicts of a model check by manifest SHA-256 (pure in the text, so a
+    verdict never goes stale); only manifests never judged reach ``inner``.
+
+    Why: the child costs ~0.75 s of CPU per new set on this class of machine, and a device
+    sees the same manifests again and again: a channel flipping between two versions, a
+    rollback, a set re-signed or re-issued with one manifest changed. Checks run one at a
+    time, so callers sharing one cache (the fleet simulator's agents, bench/bench_fleet.py)
+    wait for the first and then find its verdicts. A failed check caches nothing.
+    Bounded: the ``capacity`` most recently used verdicts.
+
+    ``shared``: a directory through which several PROCESSES share verdicts (one file per
+    manifest SHA-256, written atomically; the first process to miss runs the child under
+    a file lock, the others wait and read). Only the fleet simulator uses it, so that its
+    worker processes pay one child per new set, as one device does; a device keeps its
+    verdicts in memory.
+    """
+
+    def __init__(self, inner: Callable[[Mapping[str, str]], dict[str, str | None]], *,
+                 capacity: int = 256, shared: Path | None = None) -> None:  # fmt: skip
+        self.inner = inner
+        self.capacity = capacity
+        self.shared = shared
+        self.hits = 0
+        self.misses = 0
+        self._verdicts: OrderedDict[str, str | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, manifests: Mapping[str, str]) -> dict[str, str | None]:
+        keys = {name: hashlib.sha256(text.encode()).hexdigest() for name, text in manifests.items()}
+        with self._lock:
+            missing = {n: t for n, t in manifests.items() if keys[n] not in self._verdicts}
+            self.hits += len(manifests) - len(missing)
+            self.misses += len(missing)
+            if missing:
+                for name, verdict in self._judge(missing, keys).items():
+                    self._verdicts[keys[name]] = verdict
+            answer = {}
+            for name in manifests:
+                self._verdicts.move_to_end(keys[name])
+                answer[name] = self._verdicts[keys[name]]
+            while len(self._verdicts) > self.capacity:
+                self._verdicts.popitem(last=False)
+        return answer
+
+    def _judge(
+        self, manifests: Mapping[str, str], keys: Mapping[str, str]
+    ) -> dict[str, str | None]:
+        if self.shared is None:
+            return self.inner(manifests)
+        self.shared.mkdir(parents=True, exist_ok=True)
+        with open(self.shared / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            known = {n: _read_verdict(self.shared / keys[n]) for n in manifests}
+            missing = {n: t for n, t in manifests.items() if known[n] is _NONE}
+            fresh = self.inner(missing) if missing else {}
+            for name, verdict in fresh.items():
+                atomic_write(self.shared / keys[name], json.dumps({"v": verdict}).encode())
+        return {n: fresh[n] if n in fresh else known[n] for n in manifests}  # type: ignore[misc]
+
+
+_NONE = object()  # no shared verdict (None is a verdict: the manifest is valid)
+
+
+def _read_verdict(path: Path) -> object:
+    try:
+        value = json.loads(path.read_bytes()).get("v", _NONE)
+    except (OSError, ValueError, AttributeError):
+        return _NONE
+    return value if value is None or isinstance(value, str) else _NONE
 
 
 def skip_kubernetes_package_init() -> None:

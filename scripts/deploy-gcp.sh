@@ -9,6 +9,8 @@
 #   scripts/deploy-gcp.sh --project P [--region R] --device-ca ca.pem --devices-file fleet.txt
 #   scripts/deploy-gcp.sh --project P [--region R] [--dry-run] [...]
 #   PROJECT=P REGION=R scripts/deploy-gcp.sh --dry-run
+#   scripts/deploy-gcp.sh --project P --mqtt-url mqtts://USER:PASSWORD@BROKER:8883
+#     (the MQTT wake-up broker tag_monitor publishes to; see docs/operations.md)
 #
 # --dry-run prints the gcloud commands (a bash script) and runs nothing. All flags:
 #   scripts/deploy-gcp.sh --help

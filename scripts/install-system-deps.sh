@@ -32,6 +32,7 @@ NEEDS=(
   "/etc/ssl/certs/ca-certificates.crt ca-certificates"          # pip inside image builds
   "-                             busybox-static"                # tiny test images (a file copy)
   "chromium                      chromium"                      # dashboard browser tests (Playwright drives it)
+  "mosquitto                     mosquitto"                     # MQTT wake-up broker (local stack)
 )
 
 # found CHECK PACKAGE: is the dependency present?

@@ -7,7 +7,8 @@ import os
 import random
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from edgefleet.core import logs
 from edgefleet.core.errors import EdgefleetError
@@ -28,7 +29,7 @@ def make_agent(config: Config):  # type: ignore[no-untyped-def]
     lean JSON-API bucket instead of google-cloud-storage, and the kubernetes model check
     in a child process per new set."""
     from device import gcs_json
-    from device.podcheck import ChildModelCheck
+    from device.podcheck import CachedModelCheck, ChildModelCheck
     from device.podman import PodmanRuntime
     from sync_pod.agent import Agent
 
@@ -44,7 +45,39 @@ def make_agent(config: Config):  # type: ignore[no-untyped-def]
         if config.runtime == "podman"
         else kubelet_runtime(config)
     )
-    return Agent(config, bucket, runtime, model_check=ChildModelCheck(timeout=PODCHECK_SECONDS))
+    if config.handover_ports:
+        runtime = handover_runtime(config, runtime)
+    return Agent(
+        config,
+        bucket,
+        runtime,
+        model_check=CachedModelCheck(ChildModelCheck(timeout=PODCHECK_SECONDS)),
+    )
+
+
+def handover_runtime(config: Config, runtime: Any) -> Any:
+    """The runtime wrapped for hand-over: this process listens on HANDOVER_PORTS and
+    forwards to the live version of each pod serving one (docs/device.md)."""
+    from device.handover import HandoverProxy, HandoverRuntime
+
+    proxies = {port: HandoverProxy(port) for port in config.handover_ports}  # listen lazily
+    return HandoverRuntime(runtime, proxies, config.state_dir, ready_timeout=config.health_timeout)
+
+
+def make_wait(config: Config, known_generation: Callable[[], int]) -> Waiter:
+    """The sleep between polls: ended early by an MQTT wake-up when ``MQTT_URL`` is set."""
+    from edgefleet.core import mqtt
+    from sync_pod.wake import MqttWake
+
+    if config.mqtt is None:
+        return Waiter()
+    return MqttWake(
+        config.mqtt,
+        mqtt.topic(config.arch, config.channel),
+        f"edgefleet-{config.device_id}",
+        known_generation=known_generation,
+        spread=config.wake_spread_seconds,
+    ).start()
 
 
 def kubelet_runtime(config: Config):  # type: ignore[no-untyped-def]
@@ -74,10 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcome = agent.poll_once()
             agent.report(force=True)
             return 1 if outcome in (Outcome.FAILED, Outcome.ROLLBACK_FAILED) else 0
-        wait = Waiter()
+        wait = make_wait(config, lambda: agent.state.seen_generation)
+        agent.wakeup_status = getattr(wait, "status", None)
         signal.signal(signal.SIGTERM, lambda _signum, _frame: wait.stop())
         signal.signal(signal.SIGINT, lambda _signum, _frame: wait.stop())
-        agent.run(wait, jitter=lambda: random.uniform(1 - JITTER, 1 + JITTER))
+        try:
+            agent.run(wait, jitter=lambda: random.uniform(1 - JITTER, 1 + JITTER))
+        finally:
+            wait.stop()
         return 0
     except EdgefleetError as exc:
         print(f"edgefleet: {exc}", file=sys.stderr)

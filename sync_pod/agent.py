@@ -43,6 +43,7 @@ from sync_pod import pipeline
 from sync_pod.config import Config
 from sync_pod.folder import FolderError, ManifestFolder
 from sync_pod.memory import BackoffPolicy, backing_off, iso, remember
+from sync_pod.pace import HintStore
 from sync_pod.pipeline import (
     WAIT_STOP,
     Checked,
@@ -111,6 +112,8 @@ class Agent:
         self.probe = probe
         self.model_check = model_check
         self.policy = config.policy()
+        self.pace = config.pace()
+        self.hints = HintStore(config.state_dir)  # the poll hint of the last verified set
         self.backoff = BackoffPolicy(
             base=config.poll_seconds, cap=max(config.poll_seconds, BACKOFF_CAP_SECONDS)
         )
@@ -129,6 +132,8 @@ class Agent:
         self.last_poll: float | None = None
         self.last_error: dict[str, str] | None = None
         self.last_result: PollResult | None = None
+        # The MQTT wake-up's state for the status (sync_pod.wake.MqttWake.status), if any.
+        self.wakeup_status: Callable[[], dict[str, Any]] | None = None
         self.health = "unknown"
         self._checked: Checked | None = None  # the last set checked, kept while it fails
         self._news = True  # something worth reporting happened since the last report
@@ -163,8 +168,12 @@ class Agent:
                 self.report()
             except Exception:
                 log.exception("status report failed unexpectedly")
-            if wait(self.config.poll_seconds * jitter()) == WAIT_STOP:
+            if wait(self.poll_interval() * jitter()) == WAIT_STOP:
                 return
+
+    def poll_interval(self) -> float:
+        """The device's poll interval, or the last verified set's hint within its bounds."""
+        return self.pace.interval(self.hints.hint)
 
     # -- one poll: the pipeline ---------------------------------------------------------
 
@@ -235,6 +244,7 @@ class Agent:
             verdict = pipeline.verify(decoded, self.trust(), running=True)
             if isinstance(verdict, PollResult):
                 return verdict
+            self.hints.update(decoded.manifest_set.poll_seconds)
             return PollResult(Outcome.UNCHANGED, "", "", decoded.digest, decoded.generation)
         if decoded.digest in self.state.bad_digests:
             log.info("set was rolled back before; not retrying", extra=_f(digest=decoded.digest))
@@ -256,7 +266,10 @@ class Agent:
         )
 
     def verify(self, decoded: Decoded) -> Verified | PollResult:
-        return pipeline.verify(decoded, self.trust())
+        verified = pipeline.verify(decoded, self.trust())
+        if not isinstance(verified, PollResult):
+            self.hints.update(decoded.manifest_set.poll_seconds)
+        return verified
 
     def select(self, verified: Verified) -> Selected | PollResult:
         """Which version of the set this device runs (a rollout's cohort): pass-through."""
@@ -619,7 +632,8 @@ class Agent:
             # The next report comes at the latest after this, plus a poll: readers judge
             # staleness by it (an idle device only reports on change or heartbeat).
             "heartbeatSeconds": self.config.status_seconds,
-            "pollSeconds": self.config.poll_seconds,
+            "pollSeconds": self.poll_interval(),
+            "wakeup": self.wakeup_status() if self.wakeup_status else None,
         }
 
 

@@ -15,13 +15,16 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgefleet.core import layout, policy, signing
+from edgefleet.core import layout, mqtt, policy, signing
 from edgefleet.core.errors import ConfigError, InvalidInput
+from sync_pod import pace
 
 RUNTIMES = ("kubelet", "podman")
 DEFAULT_MANIFEST_DIR = "/opt/device/pods"
 DEFAULT_STATE_DIR = "/var/lib/edgefleet"
 DEFAULT_POLL_SECONDS = 60.0
+# With an MQTT wake-up a poll is only the fallback for a lost message (docs/operations.md).
+DEFAULT_POLL_SECONDS_WITH_MQTT = 600.0
 DEFAULT_HEALTH_TIMEOUT = 120.0
 DEFAULT_STATUS_SECONDS = 900.0
 # Public keys and the agent's env file live here on a device (see provisioning).
@@ -53,6 +56,11 @@ class Config:
     podman: str = "podman"
     kubelet_api: str | None = DEFAULT_KUBELET_API
     kubelet_credentials: Path = Path(KUBELET_CREDENTIALS_DIR)
+    mqtt: mqtt.BrokerTarget | None = None
+    poll_min_seconds: float = pace.DEFAULT_MIN_SECONDS
+    poll_max_seconds: float = pace.DEFAULT_MAX_SECONDS
+    handover_ports: tuple[int, ...] = ()  # HANDOVER_PORTS: switch these by hand-over
+    wake_spread_seconds: float = 0.0  # WAKE_SPREAD_SECONDS: spread the fleet's wake-ups
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -65,6 +73,9 @@ class Config:
 
     def sync_pod_paths(self) -> tuple[str, ...]:
         return policy.sync_pod_host_paths(str(self.manifest_dir), str(self.state_dir))
+
+    def pace(self) -> pace.Pace:
+        return pace.Pace(self.poll_seconds, self.poll_min_seconds, self.poll_max_seconds)
 
     def policy(self) -> policy.Policy:
         return policy.Policy.for_device(self.allowed_registries, self.sync_pod_paths())
@@ -104,6 +115,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         for h in (env.get("INSECURE_REGISTRIES") or env.get("REGISTRIES_INSECURE") or "").split(",")
         if h.strip()
     )
+    target = _mqtt_target(env)
+    poll_default = DEFAULT_POLL_SECONDS_WITH_MQTT if target else DEFAULT_POLL_SECONDS
+    poll_min = _seconds(env, "POLL_MIN_SECONDS", pace.DEFAULT_MIN_SECONDS, minimum=0.05)
+    poll_max = _seconds(env, "POLL_MAX_SECONDS", pace.DEFAULT_MAX_SECONDS, minimum=poll_min)
     return Config(
         bucket=bucket,
         arch=arch,
@@ -111,7 +126,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         device_id=device_id,
         manifest_dir=manifest_dir,
         state_dir=state_dir,
-        poll_seconds=_seconds(env, "POLL_SECONDS", DEFAULT_POLL_SECONDS, minimum=0.05),
+        poll_seconds=_seconds(env, "POLL_SECONDS", poll_default, minimum=0.05),
         runtime=runtime,
         allowed_registries=registries,
         trusted_keys=trusted,
@@ -125,6 +140,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         kubelet_credentials=_abs_path(
             "KUBELET_CREDENTIALS", env.get("KUBELET_CREDENTIALS") or KUBELET_CREDENTIALS_DIR
         ),
+        mqtt=target,
+        poll_min_seconds=poll_min,
+        poll_max_seconds=poll_max,
+        handover_ports=_handover_ports(env, runtime),
+        wake_spread_seconds=_seconds(env, "WAKE_SPREAD_SECONDS", 0.0, minimum=0.0),
     )
 
 
@@ -136,6 +156,28 @@ def _kubelet_api(value: str | None) -> str | None:
     if not raw.startswith("https://") or any(ch.isspace() for ch in raw):
         raise ConfigError(f"KUBELET_API={raw!r} must be an https:// URL (or off)")
     return raw.rstrip("/")
+
+
+def _handover_ports(env: Mapping[str, str], runtime: str) -> tuple[int, ...]:
+    """HANDOVER_PORTS: loopback ports (e.g. 5000) whose pods are switched by hand-over
+    (device.handover); the agent then listens on them itself. Podman runtime only."""
+    raw = [p.strip() for p in (env.get("HANDOVER_PORTS") or "").split(",") if p.strip()]
+    if raw and runtime != "podman":
+        raise ConfigError("HANDOVER_PORTS needs RUNTIME=podman (docs/device.md, Hand-over)")
+    ports = []
+    for item in raw:
+        if not item.isdigit() or not 1 <= int(item) <= 65535:
+            raise ConfigError(f"HANDOVER_PORTS: {item!r} is not a TCP port, e.g. 5000")
+        ports.append(int(item))
+    return tuple(dict.fromkeys(ports))
+
+
+def _mqtt_target(env: Mapping[str, str]) -> mqtt.BrokerTarget | None:
+    """MQTT_URL (+ MQTT_CA_FILE): the wake-up broker, or None (poll only)."""
+    target = mqtt.target_from_env(env)
+    if target is not None and target.ca_file and not Path(target.ca_file).is_file():
+        raise ConfigError(f"MQTT_CA_FILE={target.ca_file} does not exist: fix the path")
+    return target
 
 
 def _device_id(env: Mapping[str, str]) -> str:

@@ -24,7 +24,8 @@ from edgefleet.cloud.render import BucketTemplates, PackagedTemplates, Templates
 from edgefleet.cloud.set_store import SetStore, UntrustedSet, load_signer
 from edgefleet.cloud.storage import Bucket, make_client
 from edgefleet.cloud.tag_events import Outcome, Reconciler, parse_event
-from edgefleet.core import layout, policy, signing
+from edgefleet.cloud.wakeup import WakeupPublisher
+from edgefleet.core import layout, mqtt, policy, signing
 from edgefleet.core.bucket import Conflict
 from edgefleet.core.errors import ConfigError, EdgefleetError, InvalidInput, TransientError
 from edgefleet.core.logs import fields
@@ -99,6 +100,7 @@ class TagMonitorConfig:
     trusted_keys: str
     allowed_registries: tuple[str, ...] | None
     telemetry_project: str = ""
+    mqtt: mqtt.BrokerTarget | None = None  # MQTT_URL: wake devices after each set write
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TagMonitorConfig:
@@ -119,6 +121,7 @@ class TagMonitorConfig:
             trusted_keys=(env.get("TRUSTED_KEYS") or "").strip(),
             allowed_registries=policy.parse_registries(env.get("ALLOWED_REGISTRIES")),
             telemetry_project=(env.get("TELEMETRY_PROJECT") or "").strip(),
+            mqtt=mqtt.target_from_env(env),
         )
 
 
@@ -133,6 +136,7 @@ class TagMonitor:
             bucket,
             signer=load_signer(config.signing_key),
             trusted_keys=signing.load_public_keys(config.trusted_keys),
+            on_written=WakeupPublisher(config.mqtt) if config.mqtt else None,
         )
         templates = Templates([BucketTemplates(bucket), PackagedTemplates()])
         registry = RegistryClient(insecure=config.insecure_registries)

@@ -10,6 +10,10 @@ With a signing key, the previous set must verify with the control plane's own pu
 (or another trusted key, during a rotation) before anything is built on it: a set a
 bucket writer tampered with is reported and never re-signed.
 
+Right after a set is written, ``on_written`` (the MQTT wake-up publisher, see
+:mod:`edgefleet.cloud.wakeup`) is told, so devices poll at once; its failure is logged,
+never the write's.
+
 After a write, the human-readable mirror (``ARCH/CHANNEL/NAME-pod.yaml``,
 ``ARCH/all/NAME-pod.yaml``) is made to match the set that was written. Mirror objects
 are compared by MD5 from one listing and only differences are written or deleted. If the
@@ -124,8 +128,10 @@ class SetStore:
         trusted_keys: Sequence[Ed25519PublicKey] = (),
         clock: Callable[[], datetime] | None = None,
         ttl: timedelta = manifest_set.DEFAULT_TTL,
+        on_written: Callable[[WriteResult], None] | None = None,
     ) -> None:
         self.bucket = bucket
+        self._on_written = on_written
         self._signer = signer
         keys = list(trusted_keys)
         if signer is not None:
@@ -177,15 +183,28 @@ class SetStore:
 
     # -- write ---------------------------------------------------------------------
 
-    def write(self, snap: Snapshot, entries: Iterable[ManifestEntry]) -> WriteResult:
-        """Store ``entries`` as the successor of ``snap`` (raise Conflict if it moved)."""
+    def write(
+        self,
+        snap: Snapshot,
+        entries: Iterable[ManifestEntry],
+        *,
+        poll_seconds: int | None = manifest_set.KEEP_POLL_HINT,
+    ) -> WriteResult:
+        """Store ``entries`` as the successor of ``snap`` (raise Conflict if it moved);
+        ``poll_seconds``: the devices' poll hint (default: keep the stored one)."""
         if not snap.trusted:
             raise UntrustedSet(
                 f"{layout.set_object(snap.arch, snap.channel)} is not trusted "
                 f"({snap.problem}); run `edgefleet bootstrap --replace-untrusted` to rebuild it"
             )
         new = manifest_set.next_set(
-            snap.manifest_set, snap.arch, snap.channel, entries, now=self._clock(), ttl=self._ttl
+            snap.manifest_set,
+            snap.arch,
+            snap.channel,
+            entries,
+            now=self._clock(),
+            ttl=self._ttl,
+            poll_seconds=poll_seconds,
         )
         if new.same_content(snap.manifest_set):
             assert snap.manifest_set is not None
@@ -228,9 +247,19 @@ class SetStore:
                 signed=self._signer is not None,
             ),
         )
+        result = WriteResult(snap.arch, snap.channel, True, generation, new)
+        self._notify(result)
         scopes = _changed_scopes(snap.manifest_set, new)
         self.sync_mirrors(snap.arch, snap.channel, new, generation, scopes)
-        return WriteResult(snap.arch, snap.channel, True, generation, new)
+        return result
+
+    def _notify(self, result: WriteResult) -> None:
+        if self._on_written is None:
+            return
+        try:
+            self._on_written(result)
+        except Exception:  # a wake-up is an optimisation: the set is written regardless
+            log.exception("set-written hook failed", extra=fields(event="set-notify-failed"))
 
     def update(
         self,
@@ -239,14 +268,16 @@ class SetStore:
         change: Callable[[Snapshot], Iterable[ManifestEntry]],
         *,
         replace_untrusted: bool = False,
+        poll_seconds: int | None = manifest_set.KEEP_POLL_HINT,
     ) -> WriteResult:
-        """Read-modify-write with retries on conflict; ``change`` maps a snapshot to entries."""
+        """Read-modify-write with retries on conflict; ``change`` maps a snapshot to entries
+        (``poll_seconds``: see :meth:`write`)."""
         for _ in range(UPDATE_ATTEMPTS):
             snap = self.read(arch, channel)
             try:
                 if not snap.trusted and replace_untrusted:
                     return self.replace(snap, change(snap))
-                return self.write(snap, change(snap))
+                return self.write(snap, change(snap), poll_seconds=poll_seconds)
             except Conflict:
                 continue
         raise Conflict(f"{layout.set_object(arch, channel)} kept changing: gave up")

@@ -14,6 +14,11 @@ Wire format (JSON)::
                     "sha256": "…", "yaml": "apiVersion: v1\\n…"}],
      "signatures": [{"keyId": "…", "algorithm": "ed25519", "value": "BASE64"}]}
 
+Optional ``"pollSeconds": N`` (integer, 1..86400; absent when not set): the control
+plane's hint for how often devices poll (shorter while a rollout is in progress). Part of
+the signed payload; devices bound it (``POLL_MIN_SECONDS``/``POLL_MAX_SECONDS``) and use
+it only from a verified set. A successor set keeps its predecessor's hint unless told.
+
 The signed payload is the document without ``signatures``, encoded as JSON with sorted
 keys, no white space, UTF-8.
 """
@@ -46,6 +51,8 @@ SCOPE_ALL = "all"
 MAX_SET_BYTES = 1024 * 1024
 MAX_MANIFEST_BYTES = 256 * 1024
 DEFAULT_TTL = timedelta(days=30)
+MAX_POLL_HINT_SECONDS = 86400
+KEEP_POLL_HINT: Any = object()  # next_set(poll_seconds=...): keep the predecessor's hint
 
 # Reasons a set is rejected; devices report them verbatim.
 REJECT_UNSIGNED = "unsigned"
@@ -85,8 +92,10 @@ class ManifestSet:
     issued_at: datetime
     expires_at: datetime
     entries: tuple[ManifestEntry, ...] = field(default_factory=tuple)
+    poll_seconds: int | None = None  # the control plane's poll-interval hint (see module doc)
 
     def __post_init__(self) -> None:
+        check_poll_hint(self.poll_seconds)
         ordered = tuple(sorted(self.entries, key=lambda e: (e.scope, e.name)))
         keys = [(e.scope, e.name) for e in ordered]
         if len(set(keys)) != len(keys):
@@ -119,16 +128,19 @@ class ManifestSet:
 
     def same_content(self, other: ManifestSet | None) -> bool:
         """True when both sets would make a device run the same manifests."""
-        return other is not None and [(e.scope, e.name, e.yaml) for e in self.entries] == [
-            (e.scope, e.name, e.yaml) for e in other.entries
-        ]
+        return (
+            other is not None
+            and self.poll_seconds == other.poll_seconds
+            and [(e.scope, e.name, e.yaml) for e in self.entries]
+            == [(e.scope, e.name, e.yaml) for e in other.entries]
+        )
 
     def digest(self) -> str:
         """SHA-256 of the canonical payload: identifies this exact set."""
         return hashlib.sha256(self.payload()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "apiVersion": API_VERSION,
             "kind": KIND,
             "arch": self.arch,
@@ -141,6 +153,9 @@ class ManifestSet:
                 for e in self.entries
             ],
         }
+        if self.poll_seconds is not None:
+            doc["pollSeconds"] = self.poll_seconds
+        return doc
 
     def payload(self) -> bytes:
         return canonical_json(self.to_dict())
@@ -172,8 +187,10 @@ def next_set(
     *,
     now: datetime,
     ttl: timedelta = DEFAULT_TTL,
+    poll_seconds: int | None = KEEP_POLL_HINT,
 ) -> ManifestSet:
-    """The successor of ``previous`` holding ``entries``.
+    """The successor of ``previous`` holding ``entries`` (and ``previous``'s poll hint,
+    unless ``poll_seconds`` is given: an int, or None to drop it).
 
     The sequence is the larger of previous+1 and the issue time in milliseconds, so it
     grows even across a wiped bucket and a fresh bootstrap.
@@ -181,7 +198,9 @@ def next_set(
     now = now.astimezone(UTC).replace(microsecond=0)
     floor = int(now.timestamp() * 1000)
     sequence = max(floor, previous.sequence + 1 if previous else 1)
-    return ManifestSet(arch, channel, sequence, now, now + ttl, tuple(entries))
+    if poll_seconds is KEEP_POLL_HINT:
+        poll_seconds = previous.poll_seconds if previous else None
+    return ManifestSet(arch, channel, sequence, now, now + ttl, tuple(entries), poll_seconds)
 
 
 def encode(manifest_set: ManifestSet, signers: Sequence[Ed25519PrivateKey] = ()) -> bytes:
@@ -221,11 +240,13 @@ def decode(data: bytes) -> SignedSet:
         expires = _parse_time(_str(doc, "expiresAt"), "expiresAt")
         entries = tuple(_decode_entry(raw) for raw in _list(doc, "manifests"))
         signatures = tuple(_decode_signature(raw) for raw in doc.get("signatures") or [])
+        poll_seconds = check_poll_hint(doc.get("pollSeconds"))
     except InvalidManifestSet:
         raise
     except InvalidInput as exc:
         raise InvalidManifestSet(str(exc)) from exc
-    return SignedSet(ManifestSet(arch, channel, sequence, issued, expires, entries), signatures)
+    decoded = ManifestSet(arch, channel, sequence, issued, expires, entries, poll_seconds)
+    return SignedSet(decoded, signatures)
 
 
 def verify(
@@ -267,6 +288,17 @@ def verify(
             f"sequence {s.sequence} is not newer than the applied {applied_sequence}",
         )
     return s
+
+
+def check_poll_hint(value: Any) -> int | None:
+    """``pollSeconds``: None, or an integer 1..MAX_POLL_HINT_SECONDS."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidManifestSet("manifest set pollSeconds must be an integer")
+    if not 1 <= value <= MAX_POLL_HINT_SECONDS:
+        raise InvalidManifestSet(f"manifest set pollSeconds must be 1..{MAX_POLL_HINT_SECONDS}")
+    return value
 
 
 def _is_replay(s: ManifestSet, applied_sequence: int, applied_digest: str | None) -> bool:

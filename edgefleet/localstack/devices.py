@@ -243,6 +243,7 @@ def launch(
     function_env: Mapping[str, str] | None = None,
     progress: Any = None,
     prefix: str = "dev",
+    mqtt: bool = True,
 ) -> Any:
     """Start a LocalStack with the functions, the podman build service, a signing key
     (functions get SIGNING_KEY, devices TRUSTED_KEYS) and ``devices`` devices.
@@ -262,6 +263,7 @@ def launch(
         functions=FUNCTIONS if functions else (),
         function_env=env,
         podman_service=functions,
+        mqtt=mqtt,
     )
     stack = LocalStack(config)
     say(f"starting the local stack in {stack.workdir} (logs in {stack.workdir}/logs)")

@@ -101,6 +101,7 @@ def start(
     poll_seconds: float = dev.DEFAULT_POLL_SECONDS,
     say: Say = print,
     prefix: str = "dev",
+    mqtt: bool = True,
 ) -> Fleet:
     """A fresh stack with functions, build service, signing and ``devices`` devices
     (anything a previous run left in ``workdir`` is stopped first)."""
@@ -115,6 +116,7 @@ def start(
         poll_seconds=poll_seconds,
         progress=say,
         prefix=prefix,
+        mqtt=mqtt,
     )
     # This process becomes a client of the stack (storage, registry, `edgefleet status`);
     # stop() restores the environment.

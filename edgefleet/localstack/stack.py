@@ -1,6 +1,7 @@
 """LocalStack: the whole control plane on one machine, started and stopped as a unit.
 
-Start order: Pub/Sub emulator (topics ``gcr``, ``gcs-model-events``) -> fake-gcs-server
+Start order: Pub/Sub emulator (topics ``gcr``, ``gcs-model-events``) -> mosquitto (the
+MQTT wake-up broker; ``MQTT_URL`` in every client's env) -> fake-gcs-server
 (finalize events of the model bucket published to ``gcs-model-events``) -> buckets ->
 registry bridge -> registry -> functions (push subscriptions) -> optional podman service.
 
@@ -24,6 +25,8 @@ from typing import Any, TypeVar
 from edgefleet.localstack import process as proc
 from edgefleet.localstack.functions import DEFAULT_SOURCE, FunctionProcess
 from edgefleet.localstack.gcs import GcsEmulator, PubsubEvents
+from edgefleet.localstack.mosquitto import Mosquitto
+from edgefleet.localstack.mosquitto import remove_files as mosquitto_files
 from edgefleet.localstack.podman import PodmanEnv, PodmanService
 from edgefleet.localstack.process import StackError
 from edgefleet.localstack.pubsub import PubsubEmulator
@@ -50,6 +53,7 @@ class StackConfig:
     function_source: Path = DEFAULT_SOURCE
     function_env: Mapping[str, str] = field(default_factory=dict)
     podman_service: bool = False
+    mqtt: bool = True  # run mosquitto: sets written wake devices at once
 
 
 def read_state(workdir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -105,6 +109,7 @@ class LocalStack:
         self.bridge: RegistryBridge | None = None
         self.podman: PodmanEnv | None = None
         self.podman_service: PodmanService | None = None
+        self.mosquitto: Mosquitto | None = None
         self.functions: dict[str, FunctionProcess] = {}
         self._owned: list[Any] = []  # components we started, in start order
         self.devices: list[dict[str, Any]] = []
@@ -147,6 +152,8 @@ class LocalStack:
         pubsub = self.pubsub
         for topic in (GCR_TOPIC, MODEL_EVENTS_TOPIC):
             pubsub.create_topic(topic)
+        if cfg.mqtt:
+            self.mosquitto = self._own(Mosquitto(self.workdir))
         events = PubsubEvents(
             project=pubsub.project,
             topic=MODEL_EVENTS_TOPIC,
@@ -246,6 +253,8 @@ class LocalStack:
             env.update(self.podman.env())
         if self.podman_service is not None:
             env["DOCKER_HOST"] = self.podman_service.docker_url
+        if self.mosquitto is not None:
+            env["MQTT_URL"] = self.mosquitto.url
         return env
 
     def function_env(self) -> dict[str, str]:
@@ -272,6 +281,8 @@ class LocalStack:
             ports["registry"] = self.registry.port
         if self.bridge:
             ports["registry_bridge"] = self.bridge.port
+        if self.mosquitto:
+            ports["mqtt"] = self.mosquitto.port
         ports.update({f"function_{n}": f.port for n, f in self.functions.items()})
         env: dict[str, str] = {}
         with contextlib.suppress(StackError):
@@ -301,6 +312,8 @@ class LocalStack:
 
         pubsub, gcs, registry = self._require()
         ports = [gcs.port, registry.port, pubsub.port]
+        if self.mosquitto is not None:
+            ports.append(self.mosquitto.port)
         created = []
         for i in range(1, count + 1):
             record = netns.create_device(f"{prefix}{i}", workdir=self.workdir, forward_ports=ports)
@@ -388,4 +401,5 @@ def down(workdir: str | os.PathLike[str]) -> list[str]:
         if failures:
             raise StackError(_stop_failed(workdir, failures))
         (workdir / STATE_FILE).unlink(missing_ok=True)
+        mosquitto_files(workdir)
     return stopped

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from edgefleet.localstack import devices as dev
 from edgefleet.localstack import harness as h
+from edgefleet.localstack import mosquitto
 from edgefleet.localstack.harness import Fleet, Say
 from edgefleet.operator.dashboard import serve
 
@@ -56,6 +57,7 @@ def run(
         fleet = h.start(workdir, devices=3, poll_seconds=poll_seconds, say=say, prefix="demo")
         for d in fleet.devices:
             say(f"  device {d['id']} in netns {d['name']} on channel {d['channel']}")
+        say(f"  wake-up: {mosquitto.describe(fleet.stack)}")
         dashboard = serve.for_demo(fleet.stack.env(), say=say)
         step("base image (built once, then cached)")
         say(f"  {h.ensure_base(fleet, say)}")

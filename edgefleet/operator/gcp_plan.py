@@ -45,7 +45,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgefleet.core import layout
+from edgefleet.core import layout, mqtt
 from edgefleet.core.errors import ConfigError, EdgefleetError
 
 TAG_MONITOR_SA = "edgefleet-tag-monitor"
@@ -118,6 +118,7 @@ class GcpConfig:
     # devices allowed to write their own status.
     device_ca: str = "edgefleet-device-ca.pem"
     devices: tuple[str, ...] = ()
+    mqtt_url: str = ""  # the wake-up broker tag_monitor publishes to (docs/operations.md)
 
     def __post_init__(self) -> None:
         for name, suffix in (
@@ -139,6 +140,8 @@ class GcpConfig:
         for name in (self.repository, self.signing_secret):
             if not _ID.match(name):
                 raise ConfigError(f"invalid resource id {name!r}")
+        if self.mqtt_url:
+            mqtt.parse_url(self.mqtt_url, var="--mqtt-url")
         for channel in self.channels:
             layout.check_channel(channel)
         for arch in (*self.arches, *self.build_arches):
@@ -532,6 +535,8 @@ def plan(config: GcpConfig) -> list[Step]:
         "SIGNING_KEY": c.secret_version,
         "ALLOWED_REGISTRIES": "${IMAGE_REPOSITORY}",
     }
+    if c.mqtt_url:
+        tag_env["MQTT_URL"] = c.mqtt_url
     p.gcloud(
         "functions",
         "deploy",
@@ -755,6 +760,7 @@ def config_from(args: argparse.Namespace) -> GcpConfig:
         stage_dir=args.stage_dir,
         device_ca=args.device_ca,
         devices=read_devices(args.devices, args.devices_file),
+        mqtt_url=args.mqtt_url,
     )
 
 
@@ -785,6 +791,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     parser.add_argument("--devices-file", default=env.get("DEVICES_FILE"), help="one id a line")
     parser.add_argument("--ca", help="trust-store: the device CA (PEM)")
     parser.add_argument("--out", help="stage: output directory; trust-store: output file")
+    parser.add_argument(
+        "--mqtt-url",
+        default=env.get("MQTT_URL", ""),
+        help="wake-up broker (mqtts://USER:PASSWORD@HOST:8883) tag_monitor publishes to",
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "stage":

@@ -54,6 +54,7 @@ SYNC_REQUIREMENTS: tuple[str, ...] = (
     "cryptography",
     "google-auth",
     "kubernetes",
+    "paho-mqtt",  # the MQTT wake-up (sync_pod/wake.py), imported only with MQTT_URL
     "pyyaml",
     "urllib3",
 )
