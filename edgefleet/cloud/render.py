@@ -235,6 +235,8 @@ def pod_context(
         "channel": channel,
         "arch": arch,
         "port": 5000,
+        "container_port": 5000,
+        **({"port": int(values["port"])} if values and "port" in values else {}),
     }
 
 
