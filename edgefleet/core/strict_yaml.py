@@ -40,6 +40,13 @@ _NULL = re.compile(r"(?:null|~|)")
 _INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _FLOAT = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+(?:[eE][-+]?[0-9]+)?")
 _RESOLVER = yaml.resolver.Resolver()
+# What a YAML 1.2 core-schema reader (go-yaml v3) takes for a non-string, beyond 1.1's view.
+_YAML12_NOT_STR = re.compile(
+    r"[-+]?(?:[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)"
+    r"|[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)"
+    r"|(?:null|Null|NULL|~|true|True|TRUE|false|False|FALSE)"
+)
 
 
 class StrictYAMLError(InvalidInput):
@@ -154,7 +161,9 @@ def _scalar(event: Any, what: str) -> Any:
     if event.style is not None or event.tag == "!":  # quoted or block: always a string
         return value
     tag = _RESOLVER.resolve(yaml.ScalarNode, value, (True, False))
-    if tag == "tag:yaml.org,2002:str":
+    if tag == "tag:yaml.org,2002:merge":
+        raise StrictYAMLError(f"{what}: merge keys (<<) are not allowed")
+    if tag == "tag:yaml.org,2002:str" and not _YAML12_NOT_STR.fullmatch(value):
         return value
     if _NULL.fullmatch(value):
         return None
