@@ -73,9 +73,10 @@ def load(data: bytes | str, *, what: str = "document", max_bytes: int = MAX_BYTE
 def canonical_json(obj: Any) -> bytes:
     """The canonical encoding of a strict document: sorted keys, no white space, UTF-8,
     one trailing newline. Kubelet and podman both read it (JSON is YAML)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8"
-    ) + b"\n"
+    return (
+        json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        + b"\n"
+    )
 
 
 def _build(events: Any, what: str) -> Any:
