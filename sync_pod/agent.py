@@ -27,7 +27,7 @@ import yaml
 from device.health import HealthResult, Probe, check_probe, wait_healthy
 from device.runtime import Runtime
 from edgefleet import __version__
-from edgefleet.core import layout, manifest_set, signing
+from edgefleet.core import layout, manifest_set, signing, trust
 from edgefleet.core.bucket import Conflict, DeviceBucket, TooLarge
 from edgefleet.core.errors import (
     EdgefleetError,
@@ -37,7 +37,7 @@ from edgefleet.core.errors import (
     SetRejected,
     TransientError,
 )
-from edgefleet.core.policy import ModelCheck, check_manifests
+from edgefleet.core.policy import ModelCheck, canonical, check_manifests
 from sync_pod.config import Config
 from sync_pod.folder import FolderError, ManifestFolder
 from sync_pod.state import AppliedSet, Pending, Rejection, State, StateStore
@@ -105,11 +105,22 @@ class Agent:
             clock=clock,
         )
         self.offline_since: float | None = None
+        self._pending_expiry: datetime | None = None
         self.last_sync: float | None = None
         self.last_poll: float | None = None
         self.last_error: dict[str, str] | None = None
         self.health = "unknown"
         self._news = True  # something worth reporting happened since the last report
+        self.trust = config.trust()
+        self.trust_path = config.state_dir / "trust.json"
+        self.trust.load(self.trust_path)
+        self.root_generation = -1
+        self.running_expires_at: datetime | None = None
+        if self.trust.insecure:
+            log.warning(
+                "INSECURE: %s=1: unsigned and expired manifest sets are accepted; development only",
+                trust.INSECURE_ENV,
+            )
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -172,6 +183,7 @@ class Agent:
         except TransientError as exc:
             return self._offline(exc)
         self._online()
+        self._refresh_trust()
         if generation == 0:
             self._error(ERROR_NO_SET, f"gs://{self.bucket.name}/{name} does not exist yet")
             return UNCHANGED
@@ -203,11 +215,13 @@ class Agent:
             # stripped or forged signature on the running set is reported, not ignored.
             try:
                 manifest_set.verify(
-                    signed, self.config.trusted_keys, arch=self.config.arch,
+                    signed, self.trust.signing_keys(), arch=self.config.arch,
                     channel=self.config.channel, now=now,
+                    threshold=self.trust.signing_threshold(), insecure=self.trust.insecure,
                 )  # fmt: skip
             except SetRejected as exc:
                 return self._reject(exc.reason, str(exc), digest, generation)
+            self.running_expires_at = candidate.expires_at
             self.state.seen_generation = generation
             self._save()
             return UNCHANGED
@@ -216,19 +230,28 @@ class Agent:
             self._save()
             log.info("set was rolled back before; not retrying", extra=_f(digest=digest))
             return UNCHANGED
+        # A root-signed sequence reset (recovery from a fast-forward) lifts the replay
+        # floor once; the set must still verify with the root's signing keys.
+        reset = self.trust.take_reset(self.config.arch, self.config.channel)
+        if reset:
+            self.trust.save(self.trust_path)
+            log.warning("root-signed sequence reset: replay floor lifted once")
         try:
             manifest_set.verify(
                 signed,
-                self.config.trusted_keys,
+                self.trust.signing_keys(),
                 arch=self.config.arch,
                 channel=self.config.channel,
                 now=now,
-                applied_sequence=applied.sequence if applied else None,
-                applied_digest=applied.digest if applied else None,
+                applied_sequence=applied.sequence if applied and not reset else None,
+                applied_digest=applied.digest if applied and not reset else None,
+                threshold=self.trust.signing_threshold(),
+                insecure=self.trust.insecure,
             )
         except SetRejected as exc:
             return self._reject(exc.reason, str(exc), digest, generation)
         entries = candidate.effective()
+        self._pending_expiry = candidate.expires_at
         try:
             checked = check_manifests(
                 {f: e.yaml for f, e in entries.items()},
@@ -251,8 +274,34 @@ class Agent:
                 )
             entry = entries[file_name]
             pods[entry.name] = outcome
-            files[file_name] = entry.yaml.encode("utf-8")
+            # What was checked is what runs: the canonical JSON of the strict reading.
+            files[file_name] = canonical(outcome)
         return self._apply(candidate, digest, generation, files, pods)
+
+    def _refresh_trust(self) -> None:
+        """Adopt a new ``trust/root.json`` when its generation changed and it verifies with
+        the trusted root keys; anything else is one recorded rejection, the old trust stays."""
+        if not self.trust.root_keys:
+            return
+        try:
+            generation = self.bucket.generation(trust.ROOT_OBJECT)
+            if generation in (0, self.root_generation):
+                return
+            blob = self.bucket.read(trust.ROOT_OBJECT, max_bytes=trust.MAX_ROOT_BYTES)
+        except (TransientError, TooLarge, Conflict) as exc:
+            log.warning("cannot read the root document", extra=_f(error=str(exc)))
+            return
+        if blob is None:
+            return
+        self.root_generation = blob.generation
+        try:
+            root = self.trust.accept(blob.data)
+        except (InvalidInput, SetRejected) as exc:
+            reason = getattr(exc, "reason", trust.REJECT_ROOT_INVALID)
+            self._reject(reason, str(exc))
+            return
+        self.trust.save(self.trust_path, blob.data)
+        log.info("root of trust updated", extra=_f(version=root.version))
 
     # -- apply, health gate, commit or roll back ----------------------------------------
 
@@ -336,6 +385,7 @@ class Agent:
         self.state.pending = None
         self.state.seen_generation = pending.generation
         self._save()
+        self.running_expires_at = self._pending_expiry
         self.health = "healthy"
         self.last_error = None
         self._news = True
@@ -514,13 +564,31 @@ class Agent:
             "lastRejection": None if last is None else _rejection_dict(last),
             "rejections": [_rejection_dict(r) for r in self.state.rejections[-10:]],
             "badDigests": list(self.state.bad_digests),
-            "trustedKeys": [signing.key_id(k) for k in self.config.trusted_keys],
+            "trustedKeys": [signing.key_id(k) for k in self.trust.signing_keys()],
+            "trust": {
+                "rootVersion": self.trust.root.version if self.trust.root else None,
+                "insecure": self.trust.insecure,
+            },
+            # A running set past (or near) its expiry means the control plane stopped
+            # re-signing, or this device stopped hearing from it: operators see it here.
+            "setExpiresAt": _now_iso(self.running_expires_at.timestamp())
+            if self.running_expires_at
+            else None,
+            "setFreshness": _freshness(self.running_expires_at, now),
             "reportedAt": _now_iso(now),
             # The next report comes at the latest after this, plus a poll: readers judge
             # staleness by it (an idle device only reports on change or heartbeat).
             "heartbeatSeconds": self.config.status_seconds,
             "pollSeconds": self.config.poll_seconds,
         }
+
+
+def _freshness(expires_at: datetime | None, now: float) -> str:
+    """``fresh``, ``stale`` (under a day left) or ``expired`` for the running set."""
+    if expires_at is None:
+        return "unknown"
+    left = expires_at.timestamp() - now
+    return "expired" if left <= 0 else "stale" if left < 24 * 3600 else "fresh"
 
 
 def _rejection_dict(r: Rejection) -> dict[str, Any]:

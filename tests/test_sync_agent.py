@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.sync import (
     FAKE_DIGEST,
@@ -22,7 +23,7 @@ from support.sync import (
 
 from device.runtime import KubeletRuntime
 from edgefleet.cloud import storage
-from edgefleet.core import layout, manifest_set, signing
+from edgefleet.core import layout, manifest_set, policy, signing
 from edgefleet.operator import fleet
 from sync_pod.agent import APPLIED, OFFLINE, REJECTED, ROLLED_BACK, UNCHANGED, Agent
 from sync_pod.config import from_env
@@ -35,6 +36,11 @@ SYNC = layout.manifest_file_name(layout.SYNC_POD_NAME)
 def make_agent(bucket, tmp_path: Path, **extra: str) -> Agent:
     config = from_env(agent_env(bucket.name, tmp_path, **extra))
     return Agent(config, bucket, KubeletRuntime())
+
+
+def ran(yaml_text: str) -> str:
+    """What the device writes for a manifest: the canonical JSON of what it checked."""
+    return policy.canonical(yaml.safe_load(yaml_text)).decode()
 
 
 def folder_files(agent: Agent) -> dict[str, str]:
@@ -63,14 +69,14 @@ def test_applies_channel_and_fleet_wide_with_channel_winning(bucket, tmp_path, p
     assert agent.poll_once() == APPLIED
     files = folder_files(agent)
     assert sorted(files) == ["shared-pod.yaml", "web-pod.yaml"]
-    assert files["shared-pod.yaml"] == channel_shared
+    assert files["shared-pod.yaml"] == ran(channel_shared)
     assert agent.config.manifest_dir.is_symlink()
     assert agent.state.applied is not None and agent.state.applied.sequence == s.sequence
     agent.report(force=True)
     status = uploaded_status(bucket)
     assert status["applied"]["digest"] == s.digest()
     assert status["applied"]["manifests"]["web-pod.yaml"] == manifest_set.sha256_hex(
-        pod_yaml("web", IMAGE)
+        ran(pod_yaml("web", IMAGE))
     )
     assert status["offline"] is False and status["channel"] == "beta"
 
@@ -102,7 +108,7 @@ def test_removed_manifest_disappears_but_own_sync_pod_stays(bucket, tmp_path, pu
     assert agent.poll_once() == APPLIED
     files = folder_files(agent)
     assert sorted(files) == sorted(["other-pod.yaml", SYNC])
-    assert files[SYNC] == sync
+    assert files[SYNC] == ran(sync)
 
 
 def _bad_sets(pub: SetPublisher) -> dict[str, tuple[str, bytes]]:
@@ -242,10 +248,10 @@ def test_key_rotation_keeps_the_workload(bucket, tmp_path, pub) -> None:
     agent.recover()
     pub.publish(entries({"web": web}), signers=[new])
     assert agent.poll_once() == APPLIED
-    assert folder_files(agent) == {"web-pod.yaml": web}
+    assert folder_files(agent) == {"web-pod.yaml": ran(web)}
     pub.publish(entries({"web": pod_yaml("web", IMAGE, command=["x"])}), signers=[old])
     assert agent.poll_once() == REJECTED
-    assert folder_files(agent) == {"web-pod.yaml": web}
+    assert folder_files(agent) == {"web-pod.yaml": ran(web)}
 
 
 def test_wrong_target_is_rejected(bucket, tmp_path) -> None:
@@ -269,7 +275,7 @@ def test_unready_set_is_rolled_back_and_not_retried(bucket, tmp_path, pub) -> No
     bad = pod_yaml("web", IMAGE, port=free_port(), readiness_path="/readyz")  # nothing listens
     bad_set = pub.publish(entries({"web": bad}))
     assert agent.poll_once() == ROLLED_BACK
-    assert folder_files(agent) == {"web-pod.yaml": good}
+    assert folder_files(agent) == {"web-pod.yaml": ran(good)}
     assert bad_set.digest() in agent.state.bad_digests
     agent.report(force=True)
     status = uploaded_status(bucket)
@@ -278,7 +284,7 @@ def test_unready_set_is_rolled_back_and_not_retried(bucket, tmp_path, pub) -> No
     # The same set, written again (new generation), is not retried…
     pub.write_raw(pub.history[-1][1])
     assert agent.poll_once() == UNCHANGED
-    assert folder_files(agent) == {"web-pod.yaml": good}
+    assert folder_files(agent) == {"web-pod.yaml": ran(good)}
     # …but the channel moving on is.
     pub.publish(entries({"web": good, "b": pod_yaml("b", IMAGE)}))
     assert agent.poll_once() == APPLIED
@@ -297,7 +303,7 @@ def test_interrupted_apply_is_finished_or_discarded_on_restart(bucket, tmp_path,
     crashing.folder.switch = _crash  # type: ignore[method-assign]
     with pytest.raises(_Crash):
         crashing.poll_once()
-    assert folder_files(crashing) == {"web-pod.yaml": old}
+    assert folder_files(crashing) == {"web-pod.yaml": ran(old)}
     restarted = make_agent(bucket, tmp_path)
     assert restarted.state.pending is not None
     pending_dir = Path(restarted.state.pending.dir)
@@ -315,7 +321,7 @@ def test_interrupted_apply_is_finished_or_discarded_on_restart(bucket, tmp_path,
     restarted.recover()
     assert restarted.state.pending is None
     assert restarted.state.applied.digest == newer.digest() != new.digest()
-    assert folder_files(restarted) == {"web-pod.yaml": old}
+    assert folder_files(restarted) == {"web-pod.yaml": ran(old)}
 
 
 class _Crash(Exception):
