@@ -56,6 +56,8 @@ WORKLOAD_HOST_PATHS: tuple[str, ...] = (*DEVICE_HOST_PATHS, SPOOL_ROOT + "/POD")
 ALLOWED_CAPABILITIES = frozenset({"NET_BIND_SERVICE"})
 LOOPBACK = "127.0.0.1"
 MAX_CONTAINERS = 16
+# Device trust settings a set may never carry (see edgefleet.core.trust).
+TRUST_ENV = frozenset({"EDGEFLEET_INSECURE_ALLOW_UNSIGNED", "ROOT_KEYS"})
 
 ModelCheck = Callable[[Mapping[str, str]], Mapping[str, str | None]]
 """The V1Pod model check of a batch: key -> manifest text in, key -> error message (None
@@ -420,6 +422,12 @@ def _container(
     for env in c.get("env") or []:
         if not _ENV_NAME.fullmatch(env.get("name") or "") or "value" not in env:
             out.append(f"{where}: env {str(env.get('name'))[:40]!r} needs a valid name and a value")
+        elif env["name"] in TRUST_ENV:
+            out.append(
+                f"{where}: env {env['name']} is device trust configuration: it is provisioned "
+                "on the device, never shipped in a set (a stolen signing key could turn "
+                "verification off)"
+            )
     out.extend(_ports(c.get("ports") or [], where))
     out.extend(_security_context(c.get("securityContext") or {}, where, pod_seccomp))
     resources = c.get("resources") or {}

@@ -1,0 +1,195 @@
+"""Issue 12, freshness, recovery and crash loops: the device agent against the real GCS
+emulator (kubelet runtime: files only), with a provisioned ROOT key and ``trust/root.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from support.sync import FAKE_DIGEST, TEST_REGISTRY, SetPublisher, agent_env, entries, pod_yaml
+
+from device.runtime import KubeletRuntime
+from edgefleet.core import layout, manifest_set, signing, trust
+from sync_pod.agent import APPLIED, REJECTED, UNCHANGED, Agent
+from sync_pod.config import from_env
+
+IMAGE = f"{TEST_REGISTRY}/edgefleet/web@{FAKE_DIGEST}"
+
+
+class Keys:
+    def __init__(self, tmp_path: Path) -> None:
+        self.root = signing.generate(tmp_path / "root.pem")
+        self.root_pub = str(tmp_path / "root.pem.pub")
+        self.online = Ed25519PrivateKey.generate()
+        self.next = Ed25519PrivateKey.generate()
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return Keys(tmp_path)
+
+
+def publish_root(bucket, root_signers, version: int, signing_keys, **extra) -> None:
+    root = trust.Root(
+        version=version,
+        root_keys=tuple(k.public_key() for k in root_signers),
+        signing_keys=tuple(k.public_key() for k in signing_keys),
+        **extra,
+    )
+    bucket.write(trust.ROOT_OBJECT, trust.encode(root, root_signers))
+
+
+def secure_agent(bucket, tmp_path: Path, keys: Keys) -> Agent:
+    env = agent_env(bucket.name, tmp_path, ROOT_KEYS=keys.root_pub)
+    del env["EDGEFLEET_INSECURE_ALLOW_UNSIGNED"]
+    agent = Agent(from_env(env), bucket, KubeletRuntime())
+    agent.recover()
+    return agent
+
+
+def web(*command: str) -> list:
+    return entries({"web": pod_yaml("web", IMAGE, command=list(command) or None)})
+
+
+def last_reason(agent: Agent) -> str:
+    assert agent.state.last_rejection is not None
+    return agent.state.last_rejection.reason
+
+
+def test_no_trusted_key_fails_closed_unless_the_insecure_switch_is_set(bucket, tmp_path) -> None:
+    env = agent_env(bucket.name, tmp_path)
+    del env["EDGEFLEET_INSECURE_ALLOW_UNSIGNED"]
+    agent = Agent(from_env(env), bucket, KubeletRuntime())
+    agent.recover()
+    SetPublisher(bucket, "x86_64", "beta").publish(web())
+    assert agent.poll_once() == REJECTED
+    assert last_reason(agent) == manifest_set.REJECT_NO_TRUST
+    insecure = Agent(from_env(agent_env(bucket.name, tmp_path / "b")), bucket, KubeletRuntime())
+    insecure.recover()
+    assert insecure.poll_once() == APPLIED
+    assert insecure.status()["trust"]["insecure"] is True
+
+
+def test_signing_key_rotation_and_revocation_without_touching_devices(
+    bucket, tmp_path, keys
+) -> None:
+    publish_root(bucket, [keys.root], 1, [keys.online])
+    agent = secure_agent(bucket, tmp_path, keys)
+    pub = SetPublisher(bucket, "x86_64", "beta")
+    pub.publish(web(), signers=[keys.online])
+    assert agent.poll_once() == APPLIED
+    # Rotate: root v2 authorises the next key and revokes the old one. Same device config.
+    publish_root(
+        bucket, [keys.root], 2, [keys.online, keys.next],
+        revoked=frozenset({signing.key_id(keys.online.public_key())}),
+    )  # fmt: skip
+    pub.publish(web("old"), signers=[keys.online])
+    assert agent.poll_once() == REJECTED
+    assert last_reason(agent) == manifest_set.REJECT_UNTRUSTED_KEY
+    pub.publish(web("new"), signers=[keys.next])
+    assert agent.poll_once() == APPLIED
+    assert agent.status()["trust"]["rootVersion"] == 2
+
+
+def test_forged_or_rolled_back_root_is_refused_and_old_trust_stays(bucket, tmp_path, keys) -> None:
+    publish_root(bucket, [keys.root], 2, [keys.online])
+    agent = secure_agent(bucket, tmp_path, keys)
+    pub = SetPublisher(bucket, "x86_64", "beta")
+    pub.publish(web(), signers=[keys.online])
+    assert agent.poll_once() == APPLIED
+    # A bucket writer's root, signed with a key of its own, authorising its own key.
+    attacker = Ed25519PrivateKey.generate()
+    publish_root(bucket, [attacker], 3, [attacker])
+    pub.publish(web("evil"), signers=[attacker])
+    assert agent.poll_once() == REJECTED
+    assert trust.REJECT_ROOT_SIGNATURE in [r.reason for r in agent.state.rejections]
+    assert agent.trust.root is not None and agent.trust.root.version == 2
+    # An old, validly signed root cannot roll trust back either.
+    publish_root(bucket, [keys.root], 1, [attacker])
+    pub.publish(web("evil2"), signers=[attacker])
+    assert agent.poll_once() == REJECTED
+    assert trust.REJECT_ROOT_ROLLBACK in [r.reason for r in agent.state.rejections]
+
+
+def test_root_signed_reset_recovers_from_a_fast_forward(bucket, tmp_path, keys) -> None:
+    publish_root(bucket, [keys.root], 1, [keys.online])
+    agent = secure_agent(bucket, tmp_path, keys)
+    pub = SetPublisher(bucket, "x86_64", "beta")
+    huge = manifest_set.ManifestSet(
+        "x86_64", "beta", 2**62, pub.build(web()).issued_at, pub.build(web()).expires_at,
+        tuple(web("huge")),
+    )  # fmt: skip
+    bucket.write(pub.object_name, manifest_set.encode(huge, [keys.online]))
+    assert agent.poll_once() == APPLIED
+    pub.last = None
+    pub.publish(web("after"), signers=[keys.online])
+    assert agent.poll_once() == REJECTED
+    assert last_reason(agent) == manifest_set.REJECT_REPLAYED
+    # Recovery: the root key signs a reset for this channel; devices apply the next set.
+    publish_root(bucket, [keys.root], 2, [keys.online], sequence_resets={"x86_64/beta": 2})
+    pub.publish(web("recovered"), signers=[keys.online])
+    assert agent.poll_once() == APPLIED
+    # Only once: the reset does not make older sets acceptable again.
+    old = pub.history[0][1]
+    bucket.write(pub.object_name, old)
+    assert agent.poll_once() == REJECTED
+
+
+@pytest.mark.parametrize(
+    ("attack", "data"),
+    [
+        ("lone-surrogate", None),
+        ("nested-brackets", b"[" * 200_000),
+        ("huge-document", b" " * (manifest_set.MAX_SET_BYTES + 10)),
+        ("duplicate-keys", b'{"kind": "ManifestSet", "kind": "ManifestSet"}'),
+    ],
+)
+def test_decode_failure_is_one_recorded_rejection_not_a_crash_loop(
+    bucket, tmp_path, attack: str, data: bytes | None
+) -> None:
+    agent = Agent(from_env(agent_env(bucket.name, tmp_path)), bucket, KubeletRuntime())
+    agent.recover()
+    pub = SetPublisher(bucket, "x86_64", "beta")
+    if data is None:
+        doc = json.loads(manifest_set.encode(pub.build(web())))
+        doc["manifests"][0]["yaml"] += "# \ud800"  # json.dumps writes the \\ud800 escape
+        data = json.dumps(doc).encode()
+    pub.write_raw(data)
+    assert agent.poll_once() == REJECTED, attack
+    assert last_reason(agent) in ("invalid-set", "too-large")
+    # Recorded once; the next poll sees the same generation and does not download it again.
+    assert agent.poll_once() == UNCHANGED
+    assert len(agent.state.rejections) == 1
+
+
+def test_a_set_cannot_switch_device_trust_off(bucket, tmp_path, keys) -> None:
+    """A stolen signing key ships a sync pod that turns verification off: refused."""
+    publish_root(bucket, [keys.root], 1, [keys.online])
+    agent = secure_agent(bucket, tmp_path, keys)
+    evil = pod_yaml(
+        layout.SYNC_POD_NAME,
+        IMAGE,
+        container_extra={"env": [{"name": "EDGEFLEET_INSECURE_ALLOW_UNSIGNED", "value": "1"}]},
+    )
+    SetPublisher(bucket, "x86_64", "beta").publish(
+        entries({layout.SYNC_POD_NAME: evil}, "all"), signers=[keys.online]
+    )
+    assert agent.poll_once() == REJECTED
+    assert last_reason(agent) == "policy"
+
+
+def test_status_reports_the_running_sets_expiry(bucket, tmp_path, keys) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    publish_root(bucket, [keys.root], 1, [keys.online])
+    agent = secure_agent(bucket, tmp_path, keys)
+    pub = SetPublisher(bucket, "x86_64", "beta")
+    pub.publish(web(), signers=[keys.online], ttl=timedelta(hours=2))
+    assert agent.poll_once() == APPLIED
+    status = agent.status()
+    assert status["setFreshness"] == "stale" and status["setExpiresAt"]
+    agent.clock = lambda: (datetime.now(UTC) + timedelta(hours=3)).timestamp()
+    assert agent.status()["setFreshness"] == "expired"
