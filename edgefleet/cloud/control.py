@@ -97,7 +97,7 @@ class TagMonitorConfig:
     insecure_registries: frozenset[str]
     signing_key: str
     trusted_keys: str
-    allowed_registries: tuple[str, ...] | None
+    allowed_registries: tuple[str, ...]
     telemetry_project: str = ""
 
     @classmethod
@@ -135,7 +135,15 @@ class TagMonitor:
             trusted_keys=signing.load_public_keys(config.trusted_keys),
         )
         templates = Templates([BucketTemplates(bucket), PackagedTemplates()])
-        registry = RegistryClient(insecure=config.insecure_registries)
+        if not config.allowed_registries:
+            log.error(
+                "ALLOWED_REGISTRIES is empty: every tag event will be refused",
+                extra=fields(event="config-no-registries"),
+            )
+        registry = RegistryClient(
+            insecure=config.insecure_registries,
+            credential_hosts={p.split("/")[0] for p in config.allowed_registries},
+        )
         reconciler = Reconciler(
             registry,
             store,

@@ -43,6 +43,10 @@ MAX_EVENT_BYTES = 16 * 1024
 RECONCILE_ATTEMPTS = 25
 
 
+class RepositoryNotAllowed(InvalidInput):
+    """A tag event names a repository outside ``ALLOWED_REGISTRIES``."""
+
+
 @dataclass(frozen=True, slots=True)
 class TagEvent:
     action: str
@@ -205,6 +209,14 @@ class Reconciler:
         self.attempts = attempts
 
     def handle(self, event: TagEvent) -> Outcome:
+        # Before any network call: only allowed repositories are ever resolved, so a forged
+        # event cannot make the function talk to (and authenticate at) another registry.
+        allowed = self.policy.allowed_registries
+        if allowed is not None and not refs.registry_allows(event.repository, allowed):
+            raise RepositoryNotAllowed(
+                f"repository {event.repository.name} is not under ALLOWED_REGISTRIES "
+                f"({', '.join(allowed) or 'none'}): event ignored, nothing resolved"
+            )
         targets = channel_targets(event, self.channels)
         if not targets:
             what = event.tag or event.digest

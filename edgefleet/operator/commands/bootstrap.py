@@ -133,7 +133,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _handle(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     bucket = Bucket(make_client(), options.bucket)
-    registry = RegistryClient(insecure=options.insecure_registries)
+    registry = RegistryClient(
+        insecure=options.insecure_registries,
+        credential_hosts={refs.parse(options.sync_image).registry},  # named by the operator
+    )
     return run(options, bucket, registry, sys.stderr)
 
 
