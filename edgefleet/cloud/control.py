@@ -99,6 +99,7 @@ class TagMonitorConfig:
     trusted_keys: str
     allowed_registries: tuple[str, ...]
     telemetry_project: str = ""
+    template_keys: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TagMonitorConfig:
@@ -119,6 +120,7 @@ class TagMonitorConfig:
             trusted_keys=(env.get("TRUSTED_KEYS") or "").strip(),
             allowed_registries=policy.parse_registries(env.get("ALLOWED_REGISTRIES")),
             telemetry_project=(env.get("TELEMETRY_PROJECT") or "").strip(),
+            template_keys=(env.get("TEMPLATE_KEYS") or "").strip(),
         )
 
 
@@ -129,12 +131,18 @@ class TagMonitor:
     @classmethod
     def from_config(cls, config: TagMonitorConfig, bucket: Bucket | None = None) -> TagMonitor:
         bucket = bucket or Bucket(make_client(), config.deploy_bucket)
+        signer = load_signer(config.signing_key)
         store = SetStore(
             bucket,
-            signer=load_signer(config.signing_key),
+            signer=signer,
             trusted_keys=signing.load_public_keys(config.trusted_keys),
         )
-        templates = Templates([BucketTemplates(bucket), PackagedTemplates()])
+        template_keys = signing.load_public_keys(config.template_keys) or (
+            (signer.public_key(),) if signer is not None else ()
+        )
+        templates = Templates(
+            [BucketTemplates(bucket, trusted_keys=template_keys), PackagedTemplates()]
+        )
         if not config.allowed_registries:
             log.error(
                 "ALLOWED_REGISTRIES is empty: every tag event will be refused",

@@ -19,11 +19,13 @@ from typing import TextIO
 from edgefleet.cloud import platforms
 from edgefleet.cloud.registry import RegistryClient, parse_insecure
 from edgefleet.cloud.render import (
+    SIGNATURE_SUFFIX,
     PackagedTemplates,
     SyncPodSpec,
     Templates,
     check,
     render_sync_pod,
+    sign_template,
 )
 from edgefleet.cloud.set_store import SetStore, Snapshot, load_signer
 from edgefleet.cloud.storage import Bucket, make_client
@@ -226,10 +228,17 @@ def run(
     for name in packaged.names():
         data = (packaged.load(name) or "").encode()
         existing = bucket.fetch(layout.template_object(name))
-        if existing is not None and existing.data == data:
+        signature = bucket.fetch(layout.template_object(name) + SIGNATURE_SUFFIX)
+        if existing is not None and existing.data == data and (signer is None or signature):
             say(f"template {name}: unchanged")
             continue
         bucket.write(layout.template_object(name), data, content_type="text/plain")
+        if signer is not None:  # templates are code: tag_monitor uses only signed ones
+            bucket.write(
+                layout.template_object(name) + SIGNATURE_SUFFIX,
+                sign_template(data, signer),
+                content_type="text/plain",
+            )
         report.templates_written.append(name)
         say(f"template {name}: uploaded")
 
