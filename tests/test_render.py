@@ -11,6 +11,7 @@ from edgefleet.cloud import platforms, render
 from edgefleet.core import layout, policy, refs
 from edgefleet.core.errors import InvalidInput, PolicyViolation
 
+ALLOW = policy.Policy(allowed_registries=("localhost:5000",))
 DIGEST = "sha256:" + "ef" * 32
 
 
@@ -344,7 +345,7 @@ def test_model_server_pod_matches_the_server_and_carries_the_telemetry_project()
     assert c["resources"]["limits"]["cpu"] == "2"
 
     on = render.render_workload(
-        packaged(), repo, "beta", "x86_64", DIGEST, policy.Policy(allowed_registries=("localhost:5000",)),
+        packaged(), repo, "beta", "x86_64", DIGEST, ALLOW,
         {"telemetry_project": "fleet-prod"},
     )  # fmt: skip
     env = {
