@@ -106,7 +106,7 @@ def test_forged_or_rolled_back_root_is_refused_and_old_trust_stays(bucket, tmp_p
     pub.publish(web("evil"), signers=[attacker])
     assert agent.poll_once() == REJECTED
     assert trust.REJECT_ROOT_SIGNATURE in [r.reason for r in agent.state.rejections]
-    assert agent.trust.root is not None and agent.trust.root.version == 2
+    assert agent.roots.trust.root is not None and agent.roots.trust.root.version == 2
     # An old, validly signed root cannot roll trust back either.
     publish_root(bucket, [keys.root], 1, [attacker])
     pub.publish(web("evil2"), signers=[attacker])

@@ -70,7 +70,8 @@ def test_applies_channel_and_fleet_wide_with_channel_winning(bucket, tmp_path, p
     files = folder_files(agent)
     assert sorted(files) == ["shared-pod.yaml", "web-pod.yaml"]
     assert files["shared-pod.yaml"] == ran(channel_shared)
-    assert agent.config.manifest_dir.is_symlink()
+    # One stable real folder: kubelet's inotify watch on it stays valid across sets.
+    assert agent.config.manifest_dir.is_dir() and not agent.config.manifest_dir.is_symlink()
     assert agent.state.applied is not None and agent.state.applied.sequence == s.sequence
     agent.report(force=True)
     status = uploaded_status(bucket)
@@ -290,28 +291,34 @@ def test_unready_set_is_rolled_back_and_not_retried(bucket, tmp_path, pub) -> No
     assert agent.poll_once() == APPLIED
 
 
-def test_interrupted_apply_is_finished_or_discarded_on_restart(bucket, tmp_path, pub) -> None:
+def test_interrupted_apply_is_finished_on_restart(bucket, tmp_path, pub) -> None:
     old = pod_yaml("web", IMAGE)
     pub.publish(entries({"web": old}))
     agent = make_agent(bucket, tmp_path)
     agent.recover()
     assert agent.poll_once() == APPLIED
-    new = pub.publish(entries({"web": pod_yaml("web", IMAGE, command=["true"])}))
+    new_text = pod_yaml("web", IMAGE, command=["true"])
+    new = pub.publish(entries({"web": new_text, "extra": pod_yaml("extra", IMAGE)}))
 
-    # Crash after preparing but before the switch: a restart discards the new dir.
+    # Crash after the set's copy is journaled, before a file of the live folder changed:
+    # a restart rolls the apply forward from the copy and gates it.
     crashing = make_agent(bucket, tmp_path)
-    crashing.folder.switch = _crash  # type: ignore[method-assign]
+    crashing.folder.sync = _crash  # type: ignore[method-assign]
     with pytest.raises(_Crash):
         crashing.poll_once()
     assert folder_files(crashing) == {"web-pod.yaml": ran(old)}
     restarted = make_agent(bucket, tmp_path)
     assert restarted.state.pending is not None
-    pending_dir = Path(restarted.state.pending.dir)
     restarted.recover()
-    assert restarted.state.pending is None and not pending_dir.exists()
-    assert restarted.poll_once() == APPLIED
+    assert restarted.state.pending is None
+    assert restarted.state.applied.digest == new.digest()
+    assert folder_files(restarted) == {
+        "web-pod.yaml": ran(new_text),
+        "extra-pod.yaml": ran(pod_yaml("extra", IMAGE)),
+    }
+    assert restarted.poll_once() == UNCHANGED
 
-    # Crash after the switch, before commit: a restart finishes the apply.
+    # Crash after the files are written, before the gate and commit: same.
     newer = pub.publish(entries({"web": old}))
     crashing = make_agent(bucket, tmp_path)
     crashing._finish = _crash  # type: ignore[method-assign]

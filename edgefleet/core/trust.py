@@ -242,14 +242,20 @@ class DeviceTrust:
         self.root = root
         return root
 
-    def take_reset(self, arch: str, channel: str) -> bool:
-        """True once per root-signed sequence reset of ``arch/channel``."""
+    def reset_pending(self, arch: str, channel: str) -> bool:
+        """True when the root orders a sequence reset of ``arch/channel`` not yet spent."""
         target = f"{arch}/{channel}"
         wanted = (self.root.sequence_resets.get(target) if self.root else None) or 0
-        if wanted > self.honoured_resets.get(target, 0):
-            self.honoured_resets[target] = wanted
-            return True
-        return False
+        return wanted > self.honoured_resets.get(target, 0)
+
+    def take_reset(self, arch: str, channel: str) -> bool:
+        """Spend the pending reset of ``arch/channel`` (True), once per root order."""
+        if not self.reset_pending(arch, channel):
+            return False
+        target = f"{arch}/{channel}"
+        assert self.root is not None
+        self.honoured_resets[target] = self.root.sequence_resets[target]
+        return True
 
     # persistence: the newest root survives restarts, so a rollback is caught after reboot
     def save(self, path: Path, root_bytes: bytes | None = None) -> None:
