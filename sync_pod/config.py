@@ -137,10 +137,16 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
 
 
 def _root_key_paths(env: Mapping[str, str]) -> tuple[str, ...]:
-    """``ROOT_KEYS`` (comma-separated PEM paths), else the provisioned default if present."""
+    """``ROOT_KEYS`` (comma-separated PEM paths), else every ``*.pub`` provisioning put in
+    ``/etc/edgefleet/root-keys`` (a kubelet-run sync pod cannot be told: a set never
+    carries trust settings, see edgefleet.core.policy.TRUST_ENV)."""
     value = env.get("ROOT_KEYS")
     if value is None:
-        return (trust.DEFAULT_ROOT_KEYS,) if Path(trust.DEFAULT_ROOT_KEYS).is_file() else ()
+        folder = Path(env.get("ROOT_KEYS_DIR") or trust.DEFAULT_ROOT_KEYS_DIR)
+        try:
+            return tuple(str(p) for p in sorted(folder.glob("*.pub")))
+        except OSError:
+            return ()
     return tuple(p.strip() for p in value.split(",") if p.strip())
 
 

@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from support.sync import FAKE_DIGEST, SetPublisher, entries, pod_yaml
 
 from device.runtime import KubeletRuntime
-from edgefleet.core import layout, signing
+from edgefleet.core import layout, policy, signing
 from edgefleet.operator.cli import main
 from sync_pod.agent import APPLIED, Agent
 from sync_pod.config import from_env
@@ -144,6 +145,7 @@ def test_agent_takes_over_a_provisioned_device(bucket, tmp_path: Path) -> None:
         "MANIFEST_DIR": str(root / "opt/device/pods"),
         "STATE_DIR": str(root / "var/lib/edgefleet"),
         "ALLOWED_REGISTRIES": REG,
+        "EDGEFLEET_INSECURE_ALLOW_UNSIGNED": "1",  # unsigned sets in this test
     }
     agent = Agent(from_env(env), bucket, KubeletRuntime())
     assert agent.config.device_id == "dev-9"
@@ -152,4 +154,6 @@ def test_agent_takes_over_a_provisioned_device(bucket, tmp_path: Path) -> None:
     SetPublisher(bucket, "x86_64", "beta").publish(entries({"web": web}))
     assert agent.poll_once() == APPLIED
     folder = {p.name: p.read_text() for p in (root / "opt/device/pods").iterdir()}
-    assert folder == {"web-pod.yaml": web, SYNC_FILE: provisioned_sync}
+    # The device writes the canonical JSON of what it checked (edgefleet.core.policy).
+    assert folder == {"web-pod.yaml": policy.canonical(yaml.safe_load(web)).decode(),
+                      SYNC_FILE: provisioned_sync}  # fmt: skip

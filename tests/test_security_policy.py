@@ -229,14 +229,16 @@ spec:
         ("yaml-explicit-tag", "a: !!binary aGk=\n", "explicit tags"),
         ("yaml-python-tag", "a: !!python/object:os.system [id]\n", "explicit tags"),
         ("yaml-two-documents", "a: 1\n---\nb: 2\n", "more than one"),
-        ("yaml-deep-nesting", "[" * 200_000, "nested deeper"),
-        ("yaml-lone-surrogate", 'a: "\\ud800"\n', "lone surrogate"),
+        ("yaml-deep-nesting", "[" * 200_000, "nested deeper|nesting depth"),
+        ("yaml-lone-surrogate", 'a: "\\ud800"\n', "lone surrogate|invalid Unicode"),
         ("yaml-huge", "a: " + "x" * (policy.MAX_MANIFEST_BYTES + 1), "over"),
         ("not-utf8", b"a: \xff\n", "not UTF-8"),
     ],
 )
 def test_yaml_trick_is_refused(attack: str, text: str | bytes, needle: str) -> None:
-    assert needle in refused(text), attack
+    """``a|b``: either wording (libyaml refuses some tricks itself, in its own words)."""
+    message = refused(text)
+    assert any(n in message for n in needle.split("|")), (attack, message)
 
 
 def test_merge_key_is_what_go_yaml_would_apply() -> None:

@@ -57,7 +57,7 @@ ALLOWED_CAPABILITIES = frozenset({"NET_BIND_SERVICE"})
 LOOPBACK = "127.0.0.1"
 MAX_CONTAINERS = 16
 # Device trust settings a set may never carry (see edgefleet.core.trust).
-TRUST_ENV = frozenset({"EDGEFLEET_INSECURE_ALLOW_UNSIGNED", "ROOT_KEYS"})
+TRUST_ENV = frozenset({"EDGEFLEET_INSECURE_ALLOW_UNSIGNED", "ROOT_KEYS", "ROOT_KEYS_DIR"})
 
 ModelCheck = Callable[[Mapping[str, str]], Mapping[str, str | None]]
 """The V1Pod model check of a batch: key -> manifest text in, key -> error message (None
@@ -187,6 +187,9 @@ def load_pod(text: str | bytes, *, model_check: bool = True) -> dict[str, Any]:
             f"manifest is apiVersion={str(pod.get('apiVersion'))[:40]!r} "
             f"kind={str(pod.get('kind'))[:40]!r}; only v1 Pods run on devices"
         )
+    _, types = shape_problems(pod)
+    if types:
+        raise InvalidInput(f"manifest is not a valid v1 Pod: {'; '.join(types[:5])}")
     if model_check:
         _check_model(pod)
     return pod
@@ -278,51 +281,61 @@ POD_FIELDS: dict[str, Any] = {
 }
 """Every field a manifest may hold; anything else is refused (see the module doc)."""
 
+# Fields a v1 Pod requires (missing: not a valid v1 Pod, as the V1Pod model says).
+_REQUIRED: dict[int, tuple[str, ...]] = {
+    id(_CONTAINER): ("name", "image"),
+    id(_VOLUME): ("name",),
+    id(_CONTAINER["env"][1]): ("name",),
+    id(_CONTAINER["ports"][1]): ("containerPort",),
+    id(_CONTAINER["volumeMounts"][1]): ("name", "mountPath"),
+    id(POD_FIELDS["spec"]): ("containers",),
+}
 
-def shape_violations(doc: Any, schema: Any = None, where: str = "") -> list[str]:
-    """Unknown fields, case variants of known ones, and wrong types, as sentences."""
-    schema = POD_FIELDS if schema is None else schema
-    out: list[str] = []
-    _walk(doc, schema, where, out)
-    return out
+
+def shape_problems(doc: Any) -> tuple[list[str], list[str]]:
+    """(fields, types): unknown fields and case variants of known ones (policy), and values
+    of the wrong type (not a valid v1 Pod), as sentences."""
+    fields: list[str] = []
+    types: list[str] = []
+    _walk(doc, POD_FIELDS, "", fields, types)
+    return fields, types
 
 
-def _walk(value: Any, schema: Any, where: str, out: list[str]) -> None:
+def _walk(value: Any, schema: Any, where: str, fields: list[str], types: list[str]) -> None:
     here = where or "manifest"
     if isinstance(schema, dict):
         if not isinstance(value, dict):
-            out.append(f"{here} must be an object")
+            types.append(f"{here} must be an object")
             return
         lowered = {k.lower(): k for k in schema}
+        for key in _REQUIRED.get(id(schema), ()):
+            if key not in value:
+                types.append(f"{here}.{key} is required")
         for key, item in value.items():
             path = f"{where}.{key}" if where else key
             if key in schema:
-                _walk(item, schema[key], path, out)
+                _walk(item, schema[key], path, fields, types)
             elif key.lower() in lowered:
-                out.append(
+                fields.append(
                     f"{_show(path)} differs from the field {lowered[key.lower()]!r} only in "
                     "case (podman matches keys case-insensitively): not allowed"
                 )
             else:
-                out.append(f"{_show(path)} is not an allowed field")
+                fields.append(f"{_show(path)} is not an allowed field")
         return
-    if isinstance(schema, tuple) and schema and schema[0] == "list":
-        if not isinstance(value, list):
-            out.append(f"{here} must be a list")
+    if isinstance(schema, tuple) and schema and schema[0] in ("list", "map"):
+        container = list if schema[0] == "list" else dict
+        if not isinstance(value, container):
+            types.append(f"{here} must be a {'list' if container is list else 'object'}")
             return
-        for i, item in enumerate(value):
-            _walk(item, schema[1], f"{where}[{i}]", out)
-        return
-    if isinstance(schema, tuple) and schema and schema[0] == "map":
-        if not isinstance(value, dict):
-            out.append(f"{here} must be an object")
-            return
-        for key, item in value.items():
-            _walk(item, schema[1], f"{where}[{key!r:.60}]", out)
+        items = enumerate(value) if container is list else value.items()
+        for key, item in items:
+            label = f"[{key}]" if container is list else f"[{key!r:.60}]"
+            _walk(item, schema[1], f"{where}{label}", fields, types)
         return
     kinds = schema if isinstance(schema, tuple) else (schema,)
     if not any(_is(value, kind) for kind in kinds):
-        out.append(f"{here} must be a {' or '.join(kinds)}")
+        types.append(f"{here} must be a {' or '.join(kinds)}")
 
 
 def _is(value: Any, kind: str) -> bool:
@@ -340,10 +353,11 @@ def _show(path: str) -> str:
 
 
 def violations(pod: Mapping[str, Any], policy: Policy) -> list[str]:
-    """Every way ``pod`` breaks ``policy``, as readable sentences (empty when it passes)."""
-    out = shape_violations(pod)
-    if out:
-        return out  # values are judged only on a document of the right shape
+    """Every way ``pod`` breaks ``policy``, as readable sentences (empty when it passes).
+    Call it on a pod of the right types (:func:`load_pod` checks them)."""
+    out, types = shape_problems(pod)
+    if out or types:
+        return out + types  # values are judged only on a document of the right shape
     meta = pod.get("metadata") or {}
     name = meta.get("name") or ""
     try:

@@ -40,6 +40,7 @@ _NULL = re.compile(r"(?:null|~|)")
 _INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _FLOAT = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+(?:[eE][-+]?[0-9]+)?")
 _RESOLVER = yaml.resolver.Resolver()
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml events when available
 # What a YAML 1.2 core-schema reader (go-yaml v3) takes for a non-string, beyond 1.1's view.
 _YAML12_NOT_STR = re.compile(
     r"[-+]?(?:[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)"
@@ -63,7 +64,7 @@ def load(data: bytes | str, *, what: str = "document", max_bytes: int = MAX_BYTE
     except UnicodeDecodeError as exc:
         raise StrictYAMLError(f"{what} is not UTF-8: {exc.reason} at byte {exc.start}") from exc
     try:
-        return _build(yaml.parse(text, Loader=yaml.SafeLoader), what)
+        return _build(yaml.parse(text, Loader=_LOADER), what)
     except yaml.YAMLError as exc:
         raise StrictYAMLError(f"{what} is not valid YAML: {_one_line(exc)}") from exc
     except RecursionError as exc:  # defensive: the walk below is iterative
@@ -159,7 +160,7 @@ def _attach(stack: list[Any], value: Any, result: Any, what: str, key_event: Any
 def _scalar(event: Any, what: str) -> Any:
     value: str = event.value
     _check_unicode(value, what)
-    if event.style is not None or event.tag == "!":  # quoted or block: always a string
+    if event.style or event.tag == "!":  # quoted or block: always a string (libyaml: "" = plain)
         return value
     tag = _RESOLVER.resolve(yaml.ScalarNode, value, (True, False))
     if tag == "tag:yaml.org,2002:merge":

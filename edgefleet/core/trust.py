@@ -1,7 +1,8 @@
 """The root of trust (TUF-style): an offline root key on devices authorises the online keys.
 
-Devices are provisioned with the ROOT public key(s) (``ROOT_KEYS``, default
-``/etc/edgefleet/root.pub``), never with the key that signs sets every day. The deploy
+Devices are provisioned with the ROOT public key(s) (``ROOT_KEYS``, default every
+``*.pub`` in ``/etc/edgefleet/root-keys/``, written by ``edgefleet provision --root-keys``),
+never with the key that signs sets every day. The deploy
 bucket holds ``trust/root.json``, signed by the root key(s), naming:
 
 - the online signing keys sets must be signed with, and how many must sign (threshold);
@@ -58,7 +59,7 @@ KIND = "Root"
 MAX_ROOT_BYTES = 64 * 1024
 MAX_KEYS = 32
 INSECURE_ENV = "EDGEFLEET_INSECURE_ALLOW_UNSIGNED"
-DEFAULT_ROOT_KEYS = "/etc/edgefleet/root.pub"
+DEFAULT_ROOT_KEYS_DIR = "/etc/edgefleet/root-keys"
 
 REJECT_ROOT_INVALID = "root-invalid"
 REJECT_ROOT_SIGNATURE = "root-signature"
