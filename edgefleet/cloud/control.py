@@ -198,13 +198,74 @@ class TagMonitor:
             digest=str(event.digest) if event.digest else None,
             **outcome.as_fields(),
         )
-        if outcome.untrusted:
-            log.error("tag event left untrusted manifest sets alone", extra=entry)
+        if outcome.replaced:
+            log.error("tag event replaced untrusted manifest sets", extra=entry)
         elif outcome.ignored:
             log.info("tag event ignored: not a channel tag", extra=entry)
         else:
             log.info("tag event reconciled", extra=entry)
         return outcome
+
+
+# --- resign_sets: a scheduler tick re-signs sets before they expire ----------------------
+
+
+@dataclass(frozen=True)
+class ResignConfig:
+    deploy_bucket: str
+    channels: tuple[str, ...]
+    arches: tuple[str, ...]
+    signing_key: str
+    trusted_keys: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ResignConfig:
+        base = TagMonitorConfig.from_env(env)
+        if not base.signing_key:
+            raise ConfigError("SIGNING_KEY is not set: re-signing needs the online signing key")
+        return cls(base.deploy_bucket, base.channels, base.arches, base.signing_key,
+                   base.trusted_keys)  # fmt: skip
+
+
+class SetResigner:
+    """Re-sign every set that expires within the store's refresh window (default: half the
+    7-day TTL), so devices never run an expired set while the control plane is alive; a
+    device whose running set goes stale reports it (``setFreshness``)."""
+
+    def __init__(self, store: SetStore, arches: tuple[str, ...], channels: tuple[str, ...]):
+        self.store = store
+        self.arches = arches
+        self.channels = channels
+
+    @classmethod
+    def from_config(cls, config: ResignConfig, bucket: Bucket | None = None) -> SetResigner:
+        bucket = bucket or Bucket(make_client(), config.deploy_bucket)
+        store = SetStore(
+            bucket,
+            signer=load_signer(config.signing_key),
+            trusted_keys=signing.load_public_keys(config.trusted_keys),
+        )
+        return cls(store, config.arches, config.channels)
+
+    def run(self, *, force: bool = False) -> dict[str, str]:
+        """``sets/ARCH/CHANNEL.json`` -> resigned | fresh | untrusted (missing: left out)."""
+        out: dict[str, str] = {}
+        for arch in self.arches:
+            for channel in self.channels:
+                name = layout.set_object(arch, channel)
+                try:
+                    result = self.store.resign(arch, channel, force=force)
+                except UntrustedSet as exc:
+                    out[name] = "untrusted"
+                    log.error("set not re-signed", extra=fields(object=name, error=str(exc)))
+                    continue
+                if result is not None:
+                    out[name] = "resigned" if result.written else "fresh"
+        log.info("re-sign tick", extra=fields(event="sets-resigned", sets=out))
+        return out
+
+    def handle_cloud_event(self, cloud_event: Any) -> dict[str, str]:
+        return self.run()
 
 
 # --- model_done_watcher -----------------------------------------------------------------

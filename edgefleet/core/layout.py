@@ -7,6 +7,9 @@
                                     every manifest's YAML inline, content hashes, sequence,
                                     expiry and signatures (see edgefleet.core.manifest_set)
     status/DEVICE_ID.json           a device's last status report
+    trust/root.json                 the root document: which keys sign sets (edgefleet.core.trust)
+    trusted/ARCH/CHANNEL.json       the control plane's copy of the last set it wrote: what
+                                    it rebuilds from when the live set was tampered with
 
 Devices read only ``sets/ARCH/CHANNEL.json``: one object per poll, written atomically by
 the control plane, so a device never sees half of a rollout and a bucket writer without
@@ -108,6 +111,10 @@ def manifest_object(arch: str, scope: str, name: str) -> str:
 
 def set_object(arch: str, channel: str) -> str:
     return f"sets/{check_arch(arch)}/{check_channel(channel)}.json"
+
+
+def trusted_copy_object(arch: str, channel: str) -> str:
+    return f"trusted/{check_arch(arch)}/{check_channel(channel)}.json"
 
 
 def template_object(name: str) -> str:

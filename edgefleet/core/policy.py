@@ -168,8 +168,14 @@ def check_registry_entry(entry: str) -> str:
     return entry
 
 
-def repository_allowed(ref: refs.ImageRef, allowed: tuple[str, ...]) -> bool:
-    return refs.registry_allows(ref, allowed)
+def default_allowed(ref: refs.ImageRef) -> str:
+    """The narrowest sensible ``ALLOWED_REGISTRIES`` for images beside ``ref`` (the sync
+    image): a loopback registry as a whole, else ``ref``'s repository path without its
+    last component (Artifact Registry: ``HOST/PROJECT/REPOSITORY``)."""
+    if _LOCAL_HOST.fullmatch(ref.registry):
+        return ref.registry
+    parent = ref.repository.rsplit("/", 1)[0] if "/" in ref.repository else ""
+    return check_registry_entry(f"{ref.registry}/{parent}" if parent else ref.name)
 
 
 # -- reading ------------------------------------------------------------------------------

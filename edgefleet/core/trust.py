@@ -111,6 +111,39 @@ class Root:
         return canonical_json(self.to_dict())
 
 
+def next_root(
+    current: Root | None,
+    *,
+    root_keys: Sequence[Ed25519PublicKey],
+    signing_keys: Sequence[Ed25519PublicKey],
+    revoke: Sequence[str] = (),
+    resets: Sequence[str] = (),
+    root_threshold: int = 1,
+    signing_threshold: int = 1,
+) -> Root:
+    """The successor of ``current`` (version + 1; revocations and resets carried over;
+    each of ``resets`` — ``ARCH/CHANNEL`` — ordered at the new version)."""
+    version = (current.version if current else 0) + 1
+    orders = dict(current.sequence_resets) if current else {}
+    for target in resets:
+        if not _target_ok(target):
+            raise InvalidInput(f"reset {target!r} is not ARCH/CHANNEL")
+        orders[target] = version
+    revoked = frozenset(revoke) | (current.revoked if current else frozenset())
+    root = Root(
+        version=version,
+        root_keys=tuple(root_keys),
+        signing_keys=tuple(signing_keys),
+        root_threshold=root_threshold,
+        signing_threshold=signing_threshold,
+        revoked=revoked,
+        sequence_resets=orders,
+    )
+    if root_threshold > len(root.root_keys) or signing_threshold > len(root.trusted_signing_keys()):
+        raise InvalidInput("a threshold is larger than its number of (unrevoked) keys")
+    return root
+
+
 @dataclass(frozen=True)
 class SignedRoot:
     root: Root
