@@ -193,3 +193,40 @@ def test_status_reports_the_running_sets_expiry(bucket, tmp_path, keys) -> None:
     assert status["setFreshness"] == "stale" and status["setExpiresAt"]
     agent.clock = lambda: (datetime.now(UTC) + timedelta(hours=3)).timestamp()
     assert agent.status()["setFreshness"] == "expired"
+
+
+def test_provisioned_root_key_and_keys_authorize_cli(bucket, tmp_path, capsys) -> None:
+    """The operator flow: root key offline, its public half provisioned; the CLI authorises
+    and later revokes signing keys; the device is never touched again."""
+    from edgefleet.operator.cli import main
+
+    for name in ("root.pem", "online.pem", "next.pem"):
+        assert main(["keys", "generate", str(tmp_path / name)]) == 0
+    device = tmp_path / "device"
+    device.mkdir()
+    args = ["provision", "--arch", "x86_64", "--channel", "beta", "--bucket", bucket.name,
+            "--runtime", "podman", "--device-id", "dev-1", "--allowed-registries", TEST_REGISTRY,
+            "--root-keys", f"{tmp_path}/root.pem.pub", "--root", str(device)]  # fmt: skip
+    assert main(args) == 0
+    installed = list((device / "etc/edgefleet/root-keys").glob("*.pub"))
+    assert len(installed) == 1
+    assert "ROOT_KEYS=/etc/edgefleet/root-keys/" in (device / "etc/edgefleet/sync.env").read_text()
+
+    authorize = ["keys", "authorize", "--bucket", bucket.name, "--root", f"{tmp_path}/root.pem"]
+    assert main([*authorize, "--signing", f"{tmp_path}/online.pem.pub"]) == 0
+    env = agent_env(bucket.name, tmp_path, ROOT_KEYS_DIR=str(installed[0].parent))
+    del env["EDGEFLEET_INSECURE_ALLOW_UNSIGNED"]
+    agent = Agent(from_env(env), bucket, KubeletRuntime())
+    agent.recover()
+    online = signing.load_private_key(tmp_path / "online.pem")
+    pub = SetPublisher(bucket, "x86_64", "beta")
+    pub.publish(web(), signers=[online])
+    assert agent.poll_once() == APPLIED
+    # Rotate with the CLI: authorise the next key, revoke the online one.
+    old_id = signing.key_id(online.public_key())
+    assert main([*authorize, "--signing", f"{tmp_path}/next.pem.pub", "--revoke", old_id]) == 0
+    pub.publish(web("stolen"), signers=[online])
+    assert agent.poll_once() == REJECTED
+    pub.publish(web("next"), signers=[signing.load_private_key(tmp_path / "next.pem")])
+    assert agent.poll_once() == APPLIED
+    assert "version 2" in capsys.readouterr().out
