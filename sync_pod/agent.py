@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from device import spool
 from device.health import HealthResult, Probe, check_probe, wait_healthy
 from device.runtime import Runtime
 from edgefleet import __version__
@@ -309,6 +310,7 @@ class Agent:
         )
         pods = {n: checked.pods[n] for n in planned.changed if n in checked.pods}
         try:
+            spool.ensure(spool.spool_dirs(pods))  # hostPath type Directory: must exist
             self.runtime.prefetch(pods)
         except EdgefleetError as exc:
             return PollResult(
