@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,13 +37,22 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str,
     root = tmp_path_factory.mktemp("bb")
     (root / "bin").mkdir()
     shutil.copy2(BUSYBOX, root / "bin" / "busybox")
-    (root / "bin" / "sleep").symlink_to("busybox")
+    for applet in ("sleep", "httpd", "sh", "mkdir"):
+        (root / "bin" / applet).symlink_to("busybox")
+    (root / "www").mkdir()
+    for path in ("readyz", "healthz"):
+        (root / "www" / path).write_text("ok")
     tar = root.parent / f"{root.name}.tar"
     with tarfile.open(tar, "w") as tf:
         tf.add(root / "bin", arcname="bin")
+        tf.add(root / "www", arcname="www")
     image = f"localhost/edgefleet-sec-{uuid.uuid4().hex[:8]}:test"
-    subprocess.run(["podman", "import", "-q", str(tar), image], env=env, check=True,
-                   capture_output=True, timeout=120)  # fmt: skip
+    # Stands in for the model server: serves /readyz on the pod's port 5000 and writes to
+    # its spool mount (fails without a writable spool).
+    serve = "mkdir -p /var/spool/edgefleet/outbox && exec httpd -f -p 5000 -h /www"
+    cmd = f'CMD ["/bin/sh", "-c", "{serve}"]'
+    subprocess.run(["podman", "import", "-q", "--change", cmd, str(tar), image], env=env,
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
     yield env, image
     subprocess.run(["podman", "rmi", "-f", image], env=env, capture_output=True, timeout=60)
 
@@ -103,3 +113,45 @@ def test_the_canonical_json_a_device_writes_runs_unprivileged(podman) -> None:
     checked = policy.check_manifest(yaml.safe_dump(doc), POLICY, model_check=False)
     data = policy.canonical(checked).decode().replace(IMAGE, image)  # ... run with the local one
     assert play_privileged(env, data, name) is False
+
+
+def test_model_server_template_runs_on_podman_on_its_own_network(podman, tmp_path) -> None:
+    """The packaged model-server template, as a device checks and writes it (canonical
+    JSON), runs under the device's podman runtime: no host network, all capabilities
+    dropped, RuntimeDefault seccomp, its own spool directory, reachable on the device's
+    loopback through its hostPort only."""
+    from device import spool
+    from device.health import check_probe, probes_for
+    from device.podman import PodmanRuntime
+    from edgefleet.cloud import render
+    from edgefleet.core import refs
+    from edgefleet.localstack.process import free_port
+
+    env, image = podman
+    repo = refs.parse(f"{IMAGE.split('@')[0].rsplit('/', 1)[0]}/sec-{uuid.uuid4().hex[:6]}")
+    digest = IMAGE.split("@")[1]
+    port = free_port()
+    templates = render.Templates([render.PackagedTemplates()])
+    out = render.render_workload(templates, repo, "beta", "x86_64", digest, POLICY,
+                                 {"port": str(port)})  # fmt: skip
+    pod = policy.check_manifest(out.entry.yaml, POLICY, expected_name=out.entry.name)
+    assert "hostNetwork" not in pod["spec"]
+    data = policy.canonical(pod).decode().replace(str(repo.with_digest(digest)), image)
+    folder = tmp_path / "pods"
+    folder.mkdir()
+    (folder / f"{out.entry.name}-pod.yaml").write_text(data)
+    runtime = PodmanRuntime(tmp_path / "state", env=env)
+    spool.ensure(spool.spool_dirs({out.entry.name: pod}))
+    try:
+        assert runtime.reconcile(folder) == [out.entry.name]
+        [probe] = probes_for(json.loads(data))
+        assert (probe.host, probe.port, probe.path) == ("127.0.0.1", port, "/readyz")
+        deadline = time.monotonic() + 60
+        while not check_probe(probe) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert check_probe(probe)
+        assert (Path(policy.spool_dir(out.entry.name)) / "outbox").is_dir()
+    finally:
+        subprocess.run(["podman", "pod", "rm", "-f", "-t", "0", "--ignore", out.entry.name],
+                       env=env, capture_output=True, timeout=60)  # fmt: skip
+        shutil.rmtree(policy.spool_dir(out.entry.name), ignore_errors=True)
