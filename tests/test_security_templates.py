@@ -69,3 +69,35 @@ def test_operator_signed_bucket_template_is_used(bucket) -> None:
     bucket.write(name, data)
     bucket.write(name + SIGNATURE_SUFFIX, sign_template(data, operator))
     assert "ops-team" in render(bucket, [operator.public_key()])
+
+
+def test_bucket_writer_template_on_the_real_stack_never_reaches_a_set(
+    stack_functions, monkeypatch
+) -> None:
+    """The issue's attack end to end: registry push -> bridge -> Pub/Sub -> functions-
+    framework tag_monitor, with a bucket writer's unsigned template for the repository."""
+    import time
+    import uuid
+
+    from edgefleet.cloud.storage import Bucket, make_client
+    from edgefleet.core import manifest_set
+
+    for key, value in stack_functions.env().items():
+        monkeypatch.setenv(key, value)
+    deploy = Bucket(make_client(), stack_functions.config.deploy_bucket)
+    name = f"sec-{uuid.uuid4().hex[:8]}"
+    deploy.write(layout.template_object(name), evil_template())  # no signature
+    stack_functions.registry.push_minimal_image(f"ctl/{name}", "beta", arch="amd64", salt=name)
+    deadline = time.monotonic() + 60
+    entry = None
+    while entry is None and time.monotonic() < deadline:
+        blob = deploy.read(layout.set_object("x86_64", "beta"))
+        s = manifest_set.decode(blob.data).manifest_set if blob else None
+        entry = s.entry("channel", name) if s else None
+        time.sleep(0.1)
+    assert entry is not None, "tag_monitor wrote no manifest for the pushed tag"
+    assert EVIL_MARK not in entry.yaml  # the packaged template was rendered instead
+    log = stack_functions.functions["tag_monitor"].log_entries()
+    assert any(
+        e.get("event") == "template-rejected" and name in str(e.get("template")) for e in log
+    )
