@@ -45,156 +45,152 @@ def test_the_good_pod_passes_and_its_canonical_json_is_what_was_checked() -> Non
 C = "spec.containers[0]"
 
 
+BYPASSES = [
+    ("hostNetwork", changed("spec.hostNetwork", True), "hostNetwork is not allowed"),
+    (
+        "cap-net-admin",
+        changed(f"{C}.securityContext.capabilities", {"drop": ["ALL"], "add": ["NET_ADMIN"]}),
+        "not allowed",
+    ),
+    (
+        "cap-sys-time",
+        changed(f"{C}.securityContext.capabilities", {"drop": ["ALL"], "add": ["SYS_TIME"]}),
+        "not allowed",
+    ),
+    (
+        "cap-bpf",
+        changed(f"{C}.securityContext.capabilities", {"drop": ["ALL"], "add": ["BPF"]}),
+        "not allowed",
+    ),
+    (
+        "cap-prefixed",
+        changed(f"{C}.securityContext.capabilities", {"drop": ["ALL"], "add": ["CAP_SYS_ADMIN"]}),
+        "must be written like",
+    ),
+    ("no-drop-all", changed(f"{C}.securityContext.capabilities", {}), "drop must include ALL"),
+    ("pod-run-as-root", changed("spec.securityContext.runAsUser", 0), "runAsUser 0"),
+    (
+        "seccomp-unconfined",
+        changed("spec.securityContext.seccompProfile", {"type": "Unconfined"}),
+        "only RuntimeDefault",
+    ),
+    (
+        "sysctls",
+        changed("spec.securityContext.sysctls", [{"name": "kernel.shm_rmid_forced", "value": "1"}]),
+        "not an allowed field",
+    ),
+    (
+        "procmount-unmasked",
+        changed(f"{C}.securityContext.procMount", "Unmasked"),
+        "procMount",
+    ),
+    (
+        "ephemeral-containers",
+        changed("spec.ephemeralContainers", [{"name": "x", "image": IMAGE}]),
+        "not an allowed field",
+    ),
+    (
+        "volume-nfs",
+        changed("spec.volumes", [{"name": "n", "nfs": {"server": "a", "path": "/"}}]),
+        "not an allowed field",
+    ),
+    (
+        "volume-iscsi",
+        changed("spec.volumes", [{"name": "i", "iscsi": {"targetPortal": "a"}}]),
+        "not an allowed field",
+    ),
+    (
+        "volume-secret",
+        changed("spec.volumes", [{"name": "s", "secret": {"secretName": "a"}}]),
+        "not an allowed field",
+    ),
+    (
+        "volume-pvc",
+        changed("spec.volumes", [{"name": "p", "persistentVolumeClaim": {"claimName": "a"}}]),
+        "not an allowed field",
+    ),
+    (
+        "spool-root-symlink-plant",
+        changed(
+            "spec.volumes",
+            [
+                {
+                    "name": "spool",
+                    "hostPath": {"path": "/var/spool/edgefleet", "type": "Directory"},
+                }
+            ],
+        ),
+        "is not allowed",
+    ),
+    (
+        "other-pods-spool-dir",
+        changed(
+            "spec.volumes",
+            [
+                {
+                    "name": "spool",
+                    "hostPath": {"path": "/var/spool/edgefleet/other", "type": "Directory"},
+                }
+            ],
+        ),
+        "is not allowed",
+    ),
+    (
+        "spool-dir-or-create",
+        changed(
+            "spec.volumes",
+            [
+                {
+                    "name": "spool",
+                    "hostPath": {
+                        "path": "/var/spool/edgefleet/model",
+                        "type": "DirectoryOrCreate",
+                    },
+                }
+            ],
+        ),
+        "must have type Directory",
+    ),
+    ("case-Privileged", changed(f"{C}.securityContext.Privileged", True), "only in case"),
+    ("case-HostPID", changed("spec.HostPID", True), "only in case"),
+    (
+        "case-HostPath",
+        changed(
+            "spec.volumes", [{"name": "spool", "HostPath": {"path": "/", "type": "Directory"}}]
+        ),
+        "only in case",
+    ),
+    (
+        "privileged",
+        changed(f"{C}.securityContext.privileged", True),
+        "privileged is not allowed",
+    ),
+    (
+        "hostPort-on-all-interfaces",
+        changed(f"{C}.ports[0].hostIP", "0.0.0.0"),
+        "hostIP 127.0.0.1",
+    ),
+    (
+        "probe-host-ssrf",
+        changed(f"{C}.readinessProbe", {"httpGet": {"host": "10.0.0.1", "port": 80}}),
+        "not an allowed field",
+    ),
+    ("name-trailing-newline", changed("metadata.name", "model\n"), "invalid name"),
+    (
+        "env-from-secret",
+        changed(f"{C}.env", [{"name": "A", "valueFrom": {"secretKeyRef": {}}}]),
+        "not an allowed field",
+    ),
+    (
+        "subpath",
+        changed(f"{C}.volumeMounts", [{"name": "spool", "mountPath": "/x", "subPath": "../.."}]),
+        "not an allowed field",
+    ),
+]
+
+
 @pytest.mark.parametrize(
-    ("attack", "text", "needle"),
-    [
-        ("hostNetwork", changed("spec.hostNetwork", True), "hostNetwork is not allowed"),
-        (
-            "cap-net-admin",
-            changed(f"{C}.securityContext.capabilities", {"drop": ["ALL"], "add": ["NET_ADMIN"]}),
-            "not allowed",
-        ),
-        (
-            "cap-sys-time",
-            changed(f"{C}.securityContext.capabilities", {"drop": ["ALL"], "add": ["SYS_TIME"]}),
-            "not allowed",
-        ),
-        (
-            "cap-bpf",
-            changed(f"{C}.securityContext.capabilities", {"drop": ["ALL"], "add": ["BPF"]}),
-            "not allowed",
-        ),
-        (
-            "cap-prefixed",
-            changed(
-                f"{C}.securityContext.capabilities", {"drop": ["ALL"], "add": ["CAP_SYS_ADMIN"]}
-            ),
-            "must be written like",
-        ),
-        ("no-drop-all", changed(f"{C}.securityContext.capabilities", {}), "drop must include ALL"),
-        ("pod-run-as-root", changed("spec.securityContext.runAsUser", 0), "runAsUser 0"),
-        (
-            "seccomp-unconfined",
-            changed("spec.securityContext.seccompProfile", {"type": "Unconfined"}),
-            "only RuntimeDefault",
-        ),
-        (
-            "sysctls",
-            changed(
-                "spec.securityContext.sysctls", [{"name": "kernel.shm_rmid_forced", "value": "1"}]
-            ),
-            "not an allowed field",
-        ),
-        (
-            "procmount-unmasked",
-            changed(f"{C}.securityContext.procMount", "Unmasked"),
-            "procMount",
-        ),
-        (
-            "ephemeral-containers",
-            changed("spec.ephemeralContainers", [{"name": "x", "image": IMAGE}]),
-            "not an allowed field",
-        ),
-        (
-            "volume-nfs",
-            changed("spec.volumes", [{"name": "n", "nfs": {"server": "a", "path": "/"}}]),
-            "not an allowed field",
-        ),
-        (
-            "volume-iscsi",
-            changed("spec.volumes", [{"name": "i", "iscsi": {"targetPortal": "a"}}]),
-            "not an allowed field",
-        ),
-        (
-            "volume-secret",
-            changed("spec.volumes", [{"name": "s", "secret": {"secretName": "a"}}]),
-            "not an allowed field",
-        ),
-        (
-            "volume-pvc",
-            changed("spec.volumes", [{"name": "p", "persistentVolumeClaim": {"claimName": "a"}}]),
-            "not an allowed field",
-        ),
-        (
-            "spool-root-symlink-plant",
-            changed(
-                "spec.volumes",
-                [
-                    {
-                        "name": "spool",
-                        "hostPath": {"path": "/var/spool/edgefleet", "type": "Directory"},
-                    }
-                ],
-            ),
-            "is not allowed",
-        ),
-        (
-            "other-pods-spool-dir",
-            changed(
-                "spec.volumes",
-                [
-                    {
-                        "name": "spool",
-                        "hostPath": {"path": "/var/spool/edgefleet/other", "type": "Directory"},
-                    }
-                ],
-            ),
-            "is not allowed",
-        ),
-        (
-            "spool-dir-or-create",
-            changed(
-                "spec.volumes",
-                [
-                    {
-                        "name": "spool",
-                        "hostPath": {
-                            "path": "/var/spool/edgefleet/model",
-                            "type": "DirectoryOrCreate",
-                        },
-                    }
-                ],
-            ),
-            "must have type Directory",
-        ),
-        ("case-Privileged", changed(f"{C}.securityContext.Privileged", True), "only in case"),
-        ("case-HostPID", changed("spec.HostPID", True), "only in case"),
-        (
-            "case-HostPath",
-            changed(
-                "spec.volumes", [{"name": "spool", "HostPath": {"path": "/", "type": "Directory"}}]
-            ),
-            "only in case",
-        ),
-        (
-            "privileged",
-            changed(f"{C}.securityContext.privileged", True),
-            "privileged is not allowed",
-        ),
-        (
-            "hostPort-on-all-interfaces",
-            changed(f"{C}.ports[0].hostIP", "0.0.0.0"),
-            "hostIP 127.0.0.1",
-        ),
-        (
-            "probe-host-ssrf",
-            changed(f"{C}.readinessProbe", {"httpGet": {"host": "10.0.0.1", "port": 80}}),
-            "not an allowed field",
-        ),
-        ("name-trailing-newline", changed("metadata.name", "model\n"), "invalid name"),
-        (
-            "env-from-secret",
-            changed(f"{C}.env", [{"name": "A", "valueFrom": {"secretKeyRef": {}}}]),
-            "not an allowed field",
-        ),
-        (
-            "subpath",
-            changed(
-                f"{C}.volumeMounts", [{"name": "spool", "mountPath": "/x", "subPath": "../.."}]
-            ),
-            "not an allowed field",
-        ),
-    ],
+    ("attack", "text", "needle"), [pytest.param(*case, id=case[0]) for case in BYPASSES]
 )
 def test_policy_bypass_is_refused(attack: str, text: str, needle: str) -> None:
     assert needle in refused(text), attack
@@ -216,24 +212,26 @@ spec:
 """
 
 
+YAML_TRICKS = [
+    ("yaml-merge-key", MERGE_KEY.replace("IMAGE", IMAGE), "anchors"),
+    ("yaml-merge-key-inline", "a: 1\n<<: {b: 2}\n", "merge keys"),
+    ("yaml-quoted-merge-key", 'a: 1\n"<<": {b: 2}\n', "merge keys"),
+    ("yaml-alias", "a: &x [1]\nb: *x\n", "anchors"),
+    ("yaml-duplicate-key", "kind: Pod\nkind: Deployment\n", "duplicate key"),
+    ("yaml-11-boolean", "apiVersion: v1\nkind: Pod\nx: yes\n", "reads differently"),
+    ("yaml-octal", "a: 0o17\n", "reads differently"),
+    ("yaml-explicit-tag", "a: !!binary aGk=\n", "explicit tags"),
+    ("yaml-python-tag", "a: !!python/object:os.system [id]\n", "explicit tags"),
+    ("yaml-two-documents", "a: 1\n---\nb: 2\n", "more than one"),
+    ("yaml-deep-nesting", "[" * 200_000, "nested deeper|nesting depth"),
+    ("yaml-lone-surrogate", 'a: "\\ud800"\n', "lone surrogate|invalid Unicode"),
+    ("yaml-huge", "a: " + "x" * (policy.MAX_MANIFEST_BYTES + 1), "over"),
+    ("not-utf8", b"a: \xff\n", "not UTF-8"),
+]
+
+
 @pytest.mark.parametrize(
-    ("attack", "text", "needle"),
-    [
-        ("yaml-merge-key", MERGE_KEY.replace("IMAGE", IMAGE), "anchors"),
-        ("yaml-merge-key-inline", "a: 1\n<<: {b: 2}\n", "merge keys"),
-        ("yaml-quoted-merge-key", 'a: 1\n"<<": {b: 2}\n', "merge keys"),
-        ("yaml-alias", "a: &x [1]\nb: *x\n", "anchors"),
-        ("yaml-duplicate-key", "kind: Pod\nkind: Deployment\n", "duplicate key"),
-        ("yaml-11-boolean", "apiVersion: v1\nkind: Pod\nx: yes\n", "reads differently"),
-        ("yaml-octal", "a: 0o17\n", "reads differently"),
-        ("yaml-explicit-tag", "a: !!binary aGk=\n", "explicit tags"),
-        ("yaml-python-tag", "a: !!python/object:os.system [id]\n", "explicit tags"),
-        ("yaml-two-documents", "a: 1\n---\nb: 2\n", "more than one"),
-        ("yaml-deep-nesting", "[" * 200_000, "nested deeper|nesting depth"),
-        ("yaml-lone-surrogate", 'a: "\\ud800"\n', "lone surrogate|invalid Unicode"),
-        ("yaml-huge", "a: " + "x" * (policy.MAX_MANIFEST_BYTES + 1), "over"),
-        ("not-utf8", b"a: \xff\n", "not UTF-8"),
-    ],
+    ("attack", "text", "needle"), [pytest.param(*case, id=case[0]) for case in YAML_TRICKS]
 )
 def test_yaml_trick_is_refused(attack: str, text: str | bytes, needle: str) -> None:
     """``a|b``: either wording (libyaml refuses some tricks itself, in its own words)."""

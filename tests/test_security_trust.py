@@ -141,10 +141,10 @@ def test_root_signed_reset_recovers_from_a_fast_forward(bucket, tmp_path, keys) 
 @pytest.mark.parametrize(
     ("attack", "data"),
     [
-        ("lone-surrogate", None),
-        ("nested-brackets", b"[" * 200_000),
-        ("huge-document", b" " * (manifest_set.MAX_SET_BYTES + 10)),
-        ("duplicate-keys", b'{"kind": "ManifestSet", "kind": "ManifestSet"}'),
+        pytest.param("lone-surrogate", None, id="lone-surrogate"),
+        pytest.param("nested-brackets", b"[" * 200_000, id="nested-brackets"),
+        pytest.param("huge", b" " * (manifest_set.MAX_SET_BYTES + 10), id="huge-document"),
+        pytest.param("duplicates", b'{"kind": "ManifestSet", "kind": "x"}', id="duplicate-keys"),
     ],
 )
 def test_decode_failure_is_one_recorded_rejection_not_a_crash_loop(
