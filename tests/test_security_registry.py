@@ -7,13 +7,12 @@ endpoint for allowed registries. tag_monitor runs in-process on the real GCS emu
 
 from __future__ import annotations
 
-import base64
-import json
 import socket
 import threading
 from collections.abc import Iterator
 
 import pytest
+from support.security import pubsub_event
 
 from edgefleet.cloud.control import TagMonitor, TagMonitorConfig
 from edgefleet.cloud.registry import google_credentials_allowed
@@ -51,13 +50,6 @@ def attacker() -> Iterator[Listener]:
     listener.close()
 
 
-def cloud_event(payload: dict) -> object:
-    class Event(dict):
-        data = {"message": {"data": base64.b64encode(json.dumps(payload).encode()).decode()}}
-
-    return Event(id="1", type="google.cloud.pubsub.topic.v1.messagePublished")
-
-
 def test_forged_event_naming_another_registry_makes_no_connection(bucket, attacker, caplog) -> None:
     config = TagMonitorConfig.from_env(
         {
@@ -68,7 +60,7 @@ def test_forged_event_naming_another_registry_makes_no_connection(bucket, attack
     )
     monitor = TagMonitor.from_config(config, bucket)
     forged = {"action": "INSERT", "tag": f"127.0.0.1:{attacker.port}/x/y:stable"}
-    assert monitor.handle_cloud_event(cloud_event(forged)) is None
+    assert monitor.handle_cloud_event(pubsub_event(forged)) is None
     assert attacker.connections == 0
     rejected = [
         r for r in caplog.records if getattr(r, "fields", {}).get("event") == "tag-event-rejected"
@@ -83,7 +75,7 @@ def test_empty_allowed_registries_admits_no_event(bucket, attacker) -> None:
     )
     monitor = TagMonitor.from_config(config, bucket)
     event = {"action": "INSERT", "tag": f"127.0.0.1:{attacker.port}/edgefleet/m:beta"}
-    assert monitor.handle_cloud_event(cloud_event(event)) is None
+    assert monitor.handle_cloud_event(pubsub_event(event)) is None
     assert attacker.connections == 0
 
 

@@ -10,12 +10,11 @@ registry (docker-registry) with tag_monitor in-process:
 
 from __future__ import annotations
 
-import base64
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from support.security import pubsub_event
 
 from edgefleet.cloud.control import SetResigner, TagMonitor, TagMonitorConfig
 from edgefleet.cloud.set_store import SetStore
@@ -24,13 +23,6 @@ from edgefleet.core.manifest_set import ManifestEntry
 from edgefleet.operator.cli import main as cli_main
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
-
-
-def tick(payload: dict) -> object:
-    class Event(dict):
-        data = {"message": {"data": base64.b64encode(json.dumps(payload).encode()).decode()}}
-
-    return Event(id="1", type="google.cloud.pubsub.topic.v1.messagePublished")
 
 
 def monitor(bucket, registry, key_path: Path) -> TagMonitor:
@@ -47,6 +39,13 @@ def monitor(bucket, registry, key_path: Path) -> TagMonitor:
     return TagMonitor.from_config(config, bucket)
 
 
+def push_event(tm: TagMonitor, registry, name: str):  # type: ignore[no-untyped-def]
+    """The registry's INSERT event for ``sec/NAME:beta``, handed to tag_monitor."""
+    return tm.handle_cloud_event(
+        pubsub_event({"action": "INSERT", "tag": f"{registry.host}/sec/{name}:beta"})
+    )
+
+
 def set_names(bucket) -> list[str]:
     data = bucket.read(layout.set_object("x86_64", "beta")).data
     return [e.name for e in manifest_set.decode(data).manifest_set.entries]
@@ -59,13 +58,15 @@ def test_untrusted_set_is_replaced_from_the_trusted_copy_and_registry_truth(
     signing.generate(key)
     tm = monitor(bucket, registry, key)
     registry.push_minimal_image("sec/first", "beta", arch="amd64", salt="1")
-    tm.handle_cloud_event(tick({"action": "INSERT", "tag": f"{registry.host}/sec/first:beta"}))
+    tm.handle_cloud_event(
+        pubsub_event({"action": "INSERT", "tag": f"{registry.host}/sec/first:beta"})
+    )
     assert set_names(bucket) == ["first"]
     # A bucket writer overwrites the live set with garbage.
     bucket.write(layout.set_object("x86_64", "beta"), b"{not json")
     registry.push_minimal_image("sec/second", "beta", arch="amd64", salt="2")
     outcome = tm.handle_cloud_event(
-        tick({"action": "INSERT", "tag": f"{registry.host}/sec/second:beta"})
+        pubsub_event({"action": "INSERT", "tag": f"{registry.host}/sec/second:beta"})
     )
     assert outcome is not None and outcome.replaced == ["sets/x86_64/beta.json"]
     # Rebuilt: the first repository's pod from the verified copy, the second from the
@@ -82,11 +83,15 @@ def test_a_tampered_trusted_copy_is_not_a_base(bucket, registry, tmp_path) -> No
     signing.generate(key)
     tm = monitor(bucket, registry, key)
     registry.push_minimal_image("sec/keep", "beta", arch="amd64", salt="k")
-    tm.handle_cloud_event(tick({"action": "INSERT", "tag": f"{registry.host}/sec/keep:beta"}))
+    tm.handle_cloud_event(
+        pubsub_event({"action": "INSERT", "tag": f"{registry.host}/sec/keep:beta"})
+    )
     bucket.write(layout.set_object("x86_64", "beta"), b"[]")
     bucket.write(layout.trusted_copy_object("x86_64", "beta"), b"[]")
     registry.push_minimal_image("sec/other", "beta", arch="amd64", salt="o")
-    tm.handle_cloud_event(tick({"action": "INSERT", "tag": f"{registry.host}/sec/other:beta"}))
+    tm.handle_cloud_event(
+        pubsub_event({"action": "INSERT", "tag": f"{registry.host}/sec/other:beta"})
+    )
     # Only registry truth of this event: nothing unverified is carried over.
     assert set_names(bucket) == ["other"]
 
@@ -122,7 +127,7 @@ def test_resign_tick_and_command_refresh_every_set(bucket, tmp_path, capsys) -> 
         "x86_64", "beta", lambda s: [entry("a")]
     )
     resigner = SetResigner(SetStore(bucket, signer=signer), ("x86_64",), ("beta", "stable"))
-    assert resigner.handle_cloud_event(tick({})) == {"sets/x86_64/beta.json": "resigned"}
+    assert resigner.handle_cloud_event(pubsub_event({})) == {"sets/x86_64/beta.json": "resigned"}
     s = manifest_set.decode(bucket.read("sets/x86_64/beta.json").data).manifest_set
     assert s.expires_at > datetime.now(UTC) + timedelta(days=6)
     assert resigner.run() == {"sets/x86_64/beta.json": "fresh"}

@@ -31,11 +31,10 @@ from typing import Any, Protocol
 
 import jinja2
 import jinja2.sandbox
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgefleet.cloud import platforms
-from edgefleet.core import layout, policy
+from edgefleet.core import layout, policy, signing
 from edgefleet.core.errors import InvalidInput
 from edgefleet.core.logs import fields
 from edgefleet.core.manifest_set import ManifestEntry
@@ -149,7 +148,7 @@ class BucketTemplates:
                 value = base64.b64decode(sig.data.strip(), validate=True)
             except (binascii.Error, ValueError):
                 value = b""
-            if not any(_verifies(k, value, data) for k in self._keys):
+            if not any(signing.verifies(k, value, data) for k in self._keys):
                 why = "signature is not by a trusted operator key (TEMPLATE_KEYS)"
         if why:
             log.error(
@@ -162,14 +161,6 @@ class BucketTemplates:
 def sign_template(data: bytes, key: Ed25519PrivateKey) -> bytes:
     """The ``.sig`` object for a template: base64 Ed25519 over its exact bytes."""
     return base64.b64encode(key.sign(data)) + b"\n"
-
-
-def _verifies(key: Ed25519PublicKey, signature: bytes, data: bytes) -> bool:
-    try:
-        key.verify(signature, data)
-    except InvalidSignature:
-        return False
-    return True
 
 
 class Templates:

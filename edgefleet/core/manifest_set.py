@@ -37,7 +37,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -45,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from edgefleet.core import layout
 from edgefleet.core.errors import InvalidInput, InvalidManifestSet, SetRejected
-from edgefleet.core.signing import key_id
+from edgefleet.core.signing import key_id, verifies
 
 API_VERSION = "edgefleet.dev/v1"
 KIND = "ManifestSet"
@@ -334,7 +333,7 @@ def verify(
             ids = ", ".join(sig.key_id[:16] for sig in signed.signatures[:8])
             raise SetRejected(REJECT_UNTRUSTED_KEY, f"signed by {ids}, none of them trusted")
         payload = s.payload()
-        good = {sig.key_id for sig in known if _verifies(by_id[sig.key_id], sig.value, payload)}
+        good = {sig.key_id for sig in known if verifies(by_id[sig.key_id], sig.value, payload)}
         if not good:
             raise SetRejected(REJECT_BAD_SIGNATURE, "signature does not match the set's content")
         if len(good) < threshold:
@@ -357,14 +356,6 @@ def _is_replay(s: ManifestSet, applied_sequence: int, applied_digest: str | None
     if s.sequence != applied_sequence:
         return s.sequence < applied_sequence
     return applied_digest is not None and s.digest() != applied_digest
-
-
-def _verifies(key: Ed25519PublicKey, signature: bytes, payload: bytes) -> bool:
-    try:
-        key.verify(signature, payload)
-    except InvalidSignature:
-        return False
-    return True
 
 
 def _decode_entry(raw: Any) -> ManifestEntry:

@@ -41,7 +41,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -52,7 +51,7 @@ from edgefleet.core import layout
 from edgefleet.core.errors import InvalidInput, SetRejected
 from edgefleet.core.fsutil import atomic_write
 from edgefleet.core.manifest_set import API_VERSION, canonical_json, load_json
-from edgefleet.core.signing import key_id
+from edgefleet.core.signing import key_id, verifies
 
 ROOT_OBJECT = "trust/root.json"
 KIND = "Root"
@@ -230,13 +229,8 @@ def _valid_signers(
     good = set()
     for kid, value in signatures:
         key = by_id.get(kid)
-        if key is None:
-            continue
-        try:
-            key.verify(value, payload)
-        except InvalidSignature:
-            continue
-        good.add(kid)
+        if key is not None and verifies(key, value, payload):
+            good.add(kid)
     return len(good)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 from edgefleet.core import policy
@@ -48,3 +50,12 @@ def good_pod() -> dict[str, Any]:
             ],
         },
     }
+
+
+def pubsub_event(payload: dict[str, Any]) -> object:
+    """A ``messagePublished`` CloudEvent as functions-framework hands it to a function."""
+
+    class Event(dict):  # type: ignore[type-arg]
+        data = {"message": {"data": base64.b64encode(json.dumps(payload).encode()).decode()}}
+
+    return Event(id="1", type="google.cloud.pubsub.topic.v1.messagePublished")
