@@ -40,7 +40,8 @@ def monitor(bucket, registry, key_path: Path) -> TagMonitor:
 
 
 def push_event(tm: TagMonitor, registry, name: str):  # type: ignore[no-untyped-def]
-    """The registry's INSERT event for ``sec/NAME:beta``, handed to tag_monitor."""
+    """Push an image as ``sec/NAME:beta`` and hand the registry's event to tag_monitor."""
+    registry.push_minimal_image(f"sec/{name}", "beta", arch="amd64", salt=name)
     return tm.handle_cloud_event(
         pubsub_event({"action": "INSERT", "tag": f"{registry.host}/sec/{name}:beta"})
     )
@@ -57,17 +58,11 @@ def test_untrusted_set_is_replaced_from_the_trusted_copy_and_registry_truth(
     key = tmp_path / "signing.pem"
     signing.generate(key)
     tm = monitor(bucket, registry, key)
-    registry.push_minimal_image("sec/first", "beta", arch="amd64", salt="1")
-    tm.handle_cloud_event(
-        pubsub_event({"action": "INSERT", "tag": f"{registry.host}/sec/first:beta"})
-    )
+    push_event(tm, registry, "first")
     assert set_names(bucket) == ["first"]
     # A bucket writer overwrites the live set with garbage.
     bucket.write(layout.set_object("x86_64", "beta"), b"{not json")
-    registry.push_minimal_image("sec/second", "beta", arch="amd64", salt="2")
-    outcome = tm.handle_cloud_event(
-        pubsub_event({"action": "INSERT", "tag": f"{registry.host}/sec/second:beta"})
-    )
+    outcome = push_event(tm, registry, "second")
     assert outcome is not None and outcome.replaced == ["sets/x86_64/beta.json"]
     # Rebuilt: the first repository's pod from the verified copy, the second from the
     # registry; signed again, so devices accept it.
@@ -82,16 +77,10 @@ def test_a_tampered_trusted_copy_is_not_a_base(bucket, registry, tmp_path) -> No
     key = tmp_path / "signing.pem"
     signing.generate(key)
     tm = monitor(bucket, registry, key)
-    registry.push_minimal_image("sec/keep", "beta", arch="amd64", salt="k")
-    tm.handle_cloud_event(
-        pubsub_event({"action": "INSERT", "tag": f"{registry.host}/sec/keep:beta"})
-    )
+    push_event(tm, registry, "keep")
     bucket.write(layout.set_object("x86_64", "beta"), b"[]")
     bucket.write(layout.trusted_copy_object("x86_64", "beta"), b"[]")
-    registry.push_minimal_image("sec/other", "beta", arch="amd64", salt="o")
-    tm.handle_cloud_event(
-        pubsub_event({"action": "INSERT", "tag": f"{registry.host}/sec/other:beta"})
-    )
+    push_event(tm, registry, "other")
     # Only registry truth of this event: nothing unverified is carried over.
     assert set_names(bucket) == ["other"]
 
