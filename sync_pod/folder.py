@@ -19,6 +19,7 @@ So the folder kubelet watches is never replaced. Applying a set:
 2. then the manifests the set drops are unlinked (``podDelete``);
 3. the agent's own sync pod comes last: kubelet restarts the agent when it changes, and
    by then everything else is in place (a restart finishes the apply from the journal).
+   (A set never removes the sync pod: :func:`sync_pod.pipeline.plan` keeps it.)
 
 Adds before removals: a relist in the middle of an apply never sees a pod of the new set
 missing (which would make kubelet stop it); it may briefly see a pod the set drops, which
@@ -49,17 +50,22 @@ class FolderError(EdgefleetError):
     """The manifest folder or the set store cannot be written (disk full, permissions…)."""
 
 
-def write_order(
-    live: Mapping[str, bytes], wanted: Mapping[str, bytes]
-) -> tuple[list[str], list[str]]:
-    """(files to write, files to remove), each in the order to do it (pure): adds and
-    changes sorted, the sync pod's own manifest last; then removals, sorted."""
-    writes = sorted(
-        (f for f, data in wanted.items() if live.get(f) != data),
-        key=lambda f: (f == SYNC_POD_FILE, f),
-    )
-    removals = sorted(f for f in live if f not in wanted)
-    return writes, removals
+WRITE = "write"
+REMOVE = "remove"
+
+
+def write_order(live: Mapping[str, bytes], wanted: Mapping[str, bytes]) -> list[tuple[str, str]]:
+    """The (operation, file name) steps that turn ``live`` into ``wanted``, in the order to
+    take them (pure): adds and changes (sorted), then removals (sorted), then the sync
+    pod's own manifest when it changes."""
+    writes = sorted(f for f, data in wanted.items() if live.get(f) != data and f != SYNC_POD_FILE)
+    removals = sorted(f for f in live if f not in wanted and f != SYNC_POD_FILE)
+    steps = [(WRITE, f) for f in writes] + [(REMOVE, f) for f in removals]
+    if SYNC_POD_FILE in wanted and live.get(SYNC_POD_FILE) != wanted[SYNC_POD_FILE]:
+        steps.append((WRITE, SYNC_POD_FILE))
+    elif SYNC_POD_FILE in live and SYNC_POD_FILE not in wanted:
+        steps.append((REMOVE, SYNC_POD_FILE))
+    return steps
 
 
 class ManifestFolder:
@@ -127,24 +133,22 @@ class ManifestFolder:
         return the files written or removed. Idempotent: a crash midway is finished by
         calling it again with the same files."""
         live = self.ensure()
-        writes, removals = write_order(self.read(live), wanted)
+        steps = write_order(self.read(live), wanted)
         try:
-            for name in writes:
+            for op, name in steps:
                 _check_name(name)
+                if op == REMOVE:
+                    (live / name).unlink(missing_ok=True)
+                    continue
                 tmp = live / f"{TMP_PREFIX}{name}{TMP_SUFFIX}"
                 tmp.unlink(missing_ok=True)
                 write_file_synced(tmp, wanted[name])
                 os.replace(tmp, live / name)
-            for name in removals:
-                (live / name).unlink(missing_ok=True)
-            if writes or removals:
+            if steps:
                 fsync_dir(live)
         except OSError as exc:
             raise FolderError(f"cannot update {live}: {exc.strerror or exc}") from exc
-        return [*writes, *removals]
-
-    def matches(self, wanted: Mapping[str, bytes]) -> bool:
-        return self.read() == dict(wanted)
+        return [name for _, name in steps]
 
     def clean_leftovers(self) -> None:
         """Remove temporary files a killed agent left in the live folder (kubelet never

@@ -72,6 +72,7 @@ def test_kill_9_during_apply_leaves_old_or_new_set(bucket, tmp_path: Path) -> No
         "ALLOWED_REGISTRIES": REG,
         "EDGEFLEET_INSECURE_ALLOW_UNSIGNED": "1",  # unsigned sets in this test
         "STATUS_SECONDS": "3600",
+        "KUBELET_API": "off",  # no kubelet: this test is about the folder on disk
     }
     proc_env = {**os.environ, **env, "PYTHONPATH": str(REPO)}
     manifest_dir = Path(env["MANIFEST_DIR"])
