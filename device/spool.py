@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +25,44 @@ class SpoolError(EdgefleetError):
     """A spool directory cannot be made, or something else sits where it should be."""
 
 
-def spool_dirs(pods: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The spool directories ``pods`` (name -> checked pod) mount (pure)."""
+@dataclass(frozen=True, slots=True)
+class SpoolDir:
+    path: str
+    uid: int | None = None  # the pod's runAsUser (its containers write there), if declared
+    gid: int | None = None
+
+
+def spool_dirs(pods: Mapping[str, Mapping[str, Any]]) -> list[SpoolDir]:
+    """The spool directories ``pods`` (name -> checked pod) mount, with the user the pod
+    declares (pod-level ``runAsUser``/``runAsGroup``) as their owner (pure)."""
     out = []
-    for name, pod in pods.items():
+    for name, pod in sorted(pods.items()):
+        spec = pod.get("spec") or {}
         own = f"{policy.SPOOL_ROOT}/{name}"
-        for volume in (pod.get("spec") or {}).get("volumes") or []:
+        sc = spec.get("securityContext") or {}
+        for volume in spec.get("volumes") or []:
             if (volume.get("hostPath") or {}).get("path") == own:
-                out.append(own)
-    return sorted(set(out))
+                out.append(SpoolDir(own, sc.get("runAsUser"), sc.get("runAsGroup")))
+                break
+    return out
 
 
-def ensure(paths: list[str], root: Path = Path("/")) -> None:
-    """Create each spool directory (mode 0755) below ``root``; raise :class:`SpoolError`."""
-    for path in paths:
-        spool_root = root / policy.SPOOL_ROOT.lstrip("/")
-        _real_dir(spool_root, parents=True)
-        _real_dir(root / path.lstrip("/"), parents=False)
+def ensure(dirs: Sequence[SpoolDir], root: Path = Path("/")) -> None:
+    """Create each spool directory below ``root`` (0755, or 0750 owned by the pod's user);
+    raise :class:`SpoolError`."""
+    for spool_dir in dirs:
+        _real_dir(root / policy.SPOOL_ROOT.lstrip("/"), parents=True)
+        path = root / spool_dir.path.lstrip("/")
+        _real_dir(path, parents=False)
+        if spool_dir.uid is not None:
+            gid = spool_dir.gid if spool_dir.gid is not None else spool_dir.uid
+            try:
+                os.chown(path, spool_dir.uid, gid, follow_symlinks=False)
+                os.chmod(path, 0o750)
+            except OSError as exc:
+                raise SpoolError(
+                    f"cannot hand {path} to uid {spool_dir.uid}: {exc.strerror}"
+                ) from exc
 
 
 def _real_dir(path: Path, *, parents: bool) -> None:

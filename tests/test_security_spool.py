@@ -16,11 +16,22 @@ from edgefleet.core import policy
 
 def test_spool_dirs_are_the_pods_own_and_created_as_real_directories(tmp_path: Path) -> None:
     pod = policy.check_manifest(yaml.safe_dump(good_pod()), POLICY, model_check=False)
-    assert spool.spool_dirs({"model": pod}) == ["/var/spool/edgefleet/model"]
+    assert spool.spool_dirs({"model": pod}) == [spool.SpoolDir("/var/spool/edgefleet/model")]
     spool.ensure(spool.spool_dirs({"model": pod}), root=tmp_path)
     made = tmp_path / "var/spool/edgefleet/model"
     assert made.is_dir() and not made.is_symlink()
-    spool.ensure(["/var/spool/edgefleet/model"], root=tmp_path)  # idempotent
+    spool.ensure(spool.spool_dirs({"model": pod}), root=tmp_path)  # idempotent
+
+
+def test_spool_dir_belongs_to_the_pods_declared_user(tmp_path: Path) -> None:
+    doc = good_pod()
+    doc["spec"]["securityContext"].update(runAsUser=10001, runAsGroup=10002)
+    pod = policy.check_manifest(yaml.safe_dump(doc), POLICY, model_check=False)
+    [wanted] = spool.spool_dirs({"model": pod})
+    assert (wanted.uid, wanted.gid) == (10001, 10002)
+    spool.ensure([wanted], root=tmp_path)
+    st = (tmp_path / "var/spool/edgefleet/model").stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (10001, 10002, 0o750)
 
 
 def test_a_planted_symlink_is_refused_not_followed(tmp_path: Path) -> None:
@@ -28,4 +39,4 @@ def test_a_planted_symlink_is_refused_not_followed(tmp_path: Path) -> None:
     root.mkdir(parents=True)
     (root / "model").symlink_to("/")
     with pytest.raises(spool.SpoolError, match="symlink"):
-        spool.ensure(["/var/spool/edgefleet/model"], root=tmp_path)
+        spool.ensure([spool.SpoolDir("/var/spool/edgefleet/model")], root=tmp_path)
