@@ -230,3 +230,26 @@ def test_provisioned_root_key_and_keys_authorize_cli(bucket, tmp_path, capsys) -
     pub.publish(web("next"), signers=[signing.load_private_key(tmp_path / "next.pem")])
     assert agent.poll_once() == APPLIED
     assert "version 2" in capsys.readouterr().out
+
+
+def test_root_rotation_survives_a_restart(bucket, tmp_path, keys) -> None:
+    """Root v2 moves trust to a new root key (signed by old and new); v3 is signed by the new
+    root alone. A restarted device still follows: it keeps the root it accepted."""
+    new_root = Ed25519PrivateKey.generate()
+    publish_root(bucket, [keys.root], 1, [keys.online])
+    agent = secure_agent(bucket, tmp_path, keys)
+    pub = SetPublisher(bucket, "x86_64", "beta")
+    pub.publish(web(), signers=[keys.online])
+    assert agent.poll_once() == APPLIED
+    v2 = trust.Root(2, (new_root.public_key(),), (keys.online.public_key(),))
+    bucket.write(trust.ROOT_OBJECT, trust.encode(v2, [keys.root, new_root]))
+    pub.publish(web("v2"), signers=[keys.online])
+    assert agent.poll_once() == APPLIED
+    publish_root(bucket, [new_root], 3, [keys.next])
+    pub.publish(web("v3"), signers=[keys.next])
+    assert agent.poll_once() == APPLIED
+    # Restart: v3 is signed by the new root only, which the provisioned files never named.
+    restarted = secure_agent(bucket, tmp_path, keys)
+    pub.publish(web("after-restart"), signers=[keys.next])
+    assert restarted.poll_once() == APPLIED
+    assert restarted.roots.trust.root is not None and restarted.roots.trust.root.version == 3

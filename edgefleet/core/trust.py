@@ -222,6 +222,15 @@ def verify(
     return new
 
 
+def restore(data: bytes) -> Root:
+    """A root this device accepted before, from its own state (``STATE_DIR``, as local and
+    as protected as the provisioned keys). It may lie several rotations past the
+    provisioned root keys, so it is checked against its OWN root keys (threshold), not
+    re-verified from the provisioned ones."""
+    signed = decode(data)
+    return verify(signed, signed.root.root_keys, signed.root.root_threshold)
+
+
 def _valid_signers(
     signatures: Sequence[tuple[str, bytes]], keys: Sequence[Ed25519PublicKey], payload: bytes
 ) -> int:
@@ -303,9 +312,9 @@ class DeviceTrust:
         }
         if "root" in state:
             try:
-                self.accept(base64.b64decode(state["root"]))
+                self.root = restore(base64.b64decode(state["root"]))
             except (InvalidInput, SetRejected, binascii.Error, TypeError):
-                self.root = None  # a tampered state file: start from the provisioned keys
+                self.root = None  # a damaged state file: start from the provisioned keys
 
 
 def _read_state(path: Path) -> dict[str, Any]:
