@@ -56,8 +56,13 @@ WORKLOAD_HOST_PATHS: tuple[str, ...] = (*DEVICE_HOST_PATHS, SPOOL_ROOT + "/POD")
 ALLOWED_CAPABILITIES = frozenset({"NET_BIND_SERVICE"})
 LOOPBACK = "127.0.0.1"
 MAX_CONTAINERS = 16
-# Device trust settings a set may never carry (see edgefleet.core.trust).
-TRUST_ENV = frozenset({"EDGEFLEET_INSECURE_ALLOW_UNSIGNED", "ROOT_KEYS", "ROOT_KEYS_DIR"})
+# Device-local settings a set may never carry: trust (see edgefleet.core.trust) and the
+# device's identity (a set is shared by a channel's devices; one carrying DEVICE_ID would
+# make them all report as one device, hiding or faking it).
+TRUST_ENV = frozenset(
+    {"EDGEFLEET_INSECURE_ALLOW_UNSIGNED", "ROOT_KEYS", "ROOT_KEYS_DIR", "DEVICE_ID",
+     "DEVICE_ID_FILE"}
+)  # fmt: skip
 
 ModelCheck = Callable[[Mapping[str, str]], Mapping[str, str | None]]
 """The V1Pod model check of a batch: key -> manifest text in, key -> error message (None
@@ -444,9 +449,9 @@ def _container(
             out.append(f"{where}: env {str(env.get('name'))[:40]!r} needs a valid name and a value")
         elif env["name"] in TRUST_ENV:
             out.append(
-                f"{where}: env {env['name']} is device trust configuration: it is provisioned "
-                "on the device, never shipped in a set (a stolen signing key could turn "
-                "verification off)"
+                f"{where}: env {env['name']} is device-local configuration (trust, identity): "
+                "it is provisioned on the device, never shipped in a set (a stolen signing "
+                "key could turn verification off or make devices report as another)"
             )
     out.extend(_ports(c.get("ports") or [], where))
     out.extend(_security_context(c.get("securityContext") or {}, where, pod_seccomp))
