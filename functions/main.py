@@ -3,6 +3,7 @@
 Deploy (or run locally):
     functions-framework --source functions/main.py --target tag_monitor
     functions-framework --source functions/main.py --target model_done_watcher
+    functions-framework --source functions/main.py --target resign_sets
 
 Configuration is read from the environment once, on the first event (not at import):
 see docs/control-plane.md for the variables.
@@ -31,6 +32,9 @@ def _service(name: str) -> Any:
             if name == "tag_monitor":
                 config = control.TagMonitorConfig.from_env(os.environ)
                 _services[name] = control.TagMonitor.from_config(config)
+            elif name == "resign_sets":
+                resign = control.ResignConfig.from_env(os.environ)
+                _services[name] = control.SetResigner.from_config(resign)
             else:
                 config = control.ModelDoneConfig.from_env(os.environ)
                 _services[name] = control.ModelDoneWatcher(config)
@@ -47,3 +51,9 @@ def tag_monitor(cloud_event: Any) -> None:
 def model_done_watcher(cloud_event: Any) -> None:
     """A ``MODEL/VERSION/…/TRAINER-DONE`` object finalized -> a build request."""
     _service("model_done_watcher").handle_cloud_event(cloud_event)
+
+
+@functions_framework.cloud_event
+def resign_sets(cloud_event: Any) -> None:
+    """A scheduler tick (Pub/Sub) -> sets near their expiry re-signed (short expiry)."""
+    _service("resign_sets").handle_cloud_event(cloud_event)

@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from device import spool
 from device.health import HealthResult, Probe, check_probe, wait_healthy
 from device.runtime import Runtime
 from edgefleet import __version__
@@ -67,6 +68,7 @@ from sync_pod.state import (
     StateStore,
 )
 from sync_pod.status import StatusReporter
+from sync_pod.trust import RootOfTrust
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,7 @@ class Agent:
         self.health = "unknown"
         self._checked: Checked | None = None  # the last set checked, kept while it fails
         self._news = True  # something worth reporting happened since the last report
+        self.roots = RootOfTrust(config, bucket, clock)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -187,6 +190,8 @@ class Agent:
     def _poll(self) -> PollResult:
         if self.state.pending is not None:
             return self.resume(self.state.pending)
+        if self.roots.refresh(self.state):
+            self._news = True  # a new root: re-judge the set under it (seen_generation reset)
         stages: tuple[Callable[[Any], Any], ...] = (
             pipeline.decode,
             self.known,
@@ -244,7 +249,7 @@ class Agent:
             verdict = pipeline.verify(decoded, self.trust(), running=True)
             if isinstance(verdict, PollResult):
                 return verdict
-            self.hints.update(decoded.manifest_set.poll_seconds)
+            self.roots.saw_expiry(decoded.digest, decoded.manifest_set.expires_at)
             return PollResult(Outcome.UNCHANGED, "", "", decoded.digest, decoded.generation)
         if decoded.digest in self.state.bad_digests:
             log.info("set was rolled back before; not retrying", extra=_f(digest=decoded.digest))
@@ -256,19 +261,35 @@ class Agent:
 
     def trust(self) -> Trust:
         applied = self.state.applied
+        device = self.roots.trust
         return Trust(
-            keys=self.config.trusted_keys,
+            keys=device.signing_keys(),
             arch=self.config.arch,
             channel=self.config.channel,
             now=datetime.fromtimestamp(self.clock(), UTC),
             applied_sequence=applied.sequence if applied else None,
             applied_digest=applied.digest if applied else None,
+            threshold=device.signing_threshold(),
+            insecure=device.insecure,
         )
 
     def verify(self, decoded: Decoded) -> Verified | PollResult:
-        verified = pipeline.verify(decoded, self.trust())
-        if not isinstance(verified, PollResult):
-            self.hints.update(decoded.manifest_set.poll_seconds)
+        trust = self.trust()
+        verified = pipeline.verify(decoded, trust)
+        if (
+            isinstance(verified, PollResult)
+            and verified.reason == manifest_set.REJECT_REPLAYED
+            and self.roots.reset_pending()
+        ):
+            # A root-signed reset (recovery from a fast-forward) lifts the replay floor
+            # once, spent only by a set that verifies with the root's signing keys.
+            lifted = dataclasses.replace(trust, applied_sequence=None, applied_digest=None)
+            verified = pipeline.verify(decoded, lifted)
+            if isinstance(verified, Verified):
+                self.roots.take_reset()
+        if isinstance(verified, Verified):
+            self.roots.saw_expiry(verified.digest, verified.manifest_set.expires_at)
+            self.hints.update(verified.manifest_set.poll_seconds)
         return verified
 
     def select(self, verified: Verified) -> Selected | PollResult:
@@ -299,6 +320,7 @@ class Agent:
         )
         pods = {n: checked.pods[n] for n in planned.changed if n in checked.pods}
         try:
+            spool.ensure(spool.spool_dirs(pods))  # hostPath type Directory: must exist
             self.runtime.prefetch(pods)
         except EdgefleetError as exc:
             return PollResult(
@@ -627,7 +649,8 @@ class Agent:
             "lastRejection": None if last is None else _rejection_dict(last),
             "rejections": [_rejection_dict(r) for r in self.state.rejections[-10:]],
             "badDigests": list(self.state.bad_digests),
-            "trustedKeys": [signing.key_id(k) for k in self.config.trusted_keys],
+            "trustedKeys": [signing.key_id(k) for k in self.roots.trust.signing_keys()],
+            **self.roots.status(applied.digest if applied else None, now),
             "reportedAt": _now_iso(now),
             # The next report comes at the latest after this, plus a poll: readers judge
             # staleness by it (an idle device only reports on change or heartbeat).

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgefleet.core import layout, mqtt, policy, signing
+from edgefleet.core import layout, mqtt, policy, signing, trust
 from edgefleet.core.errors import ConfigError, InvalidInput
 from sync_pod import pace
 
@@ -46,9 +46,12 @@ class Config:
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     poll_seconds: float = DEFAULT_POLL_SECONDS
     runtime: str = "kubelet"
-    allowed_registries: tuple[str, ...] | None = None
+    allowed_registries: tuple[str, ...] = ()
     trusted_keys: tuple[Ed25519PublicKey, ...] = ()
     trusted_key_paths: tuple[str, ...] = ()
+    root_keys: tuple[Ed25519PublicKey, ...] = ()
+    root_key_paths: tuple[str, ...] = ()
+    insecure_unsigned: bool = False
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
     status_seconds: float = DEFAULT_STATUS_SECONDS
     tls_verify: bool = True
@@ -80,6 +83,15 @@ class Config:
     def policy(self) -> policy.Policy:
         return policy.Policy.for_device(self.allowed_registries, self.sync_pod_paths())
 
+    def trust(self) -> trust.DeviceTrust:
+        """The device's trust anchors: the provisioned root keys (then ``TRUSTED_KEYS`` is
+        ignored, so a revoked online key cannot stay trusted), else ``TRUSTED_KEYS``."""
+        return trust.DeviceTrust(
+            root_keys=self.root_keys,
+            direct_keys=() if self.root_keys else self.trusted_keys,
+            insecure=self.insecure_unsigned,
+        )
+
 
 def from_env(env: Mapping[str, str] | None = None) -> Config:
     """Build the config from ``env`` (default: ``os.environ``); raise ConfigError."""
@@ -109,6 +121,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"RUNTIME={runtime!r} is unknown: use one of {', '.join(RUNTIMES)}")
     key_paths = tuple(p.strip() for p in (env.get("TRUSTED_KEYS") or "").split(",") if p.strip())
     trusted = signing.load_public_keys(",".join(key_paths))
+    root_paths = _root_key_paths(env)
+    root_keys = signing.load_public_keys(",".join(root_paths))
     registries = policy.parse_registries(env.get("ALLOWED_REGISTRIES"))
     insecure = tuple(
         h.strip()
@@ -131,6 +145,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         allowed_registries=registries,
         trusted_keys=trusted,
         trusted_key_paths=key_paths,
+        root_keys=root_keys,
+        root_key_paths=root_paths,
+        insecure_unsigned=_bool(env, trust.INSECURE_ENV, False),
         health_timeout=_seconds(env, "HEALTH_TIMEOUT", DEFAULT_HEALTH_TIMEOUT, minimum=0.1),
         status_seconds=_seconds(env, "STATUS_SECONDS", DEFAULT_STATUS_SECONDS, minimum=0.1),
         tls_verify=_bool(env, "TLS_VERIFY", True),
@@ -146,6 +163,20 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         handover_ports=_handover_ports(env, runtime),
         wake_spread_seconds=_seconds(env, "WAKE_SPREAD_SECONDS", 0.0, minimum=0.0),
     )
+
+
+def _root_key_paths(env: Mapping[str, str]) -> tuple[str, ...]:
+    """``ROOT_KEYS`` (comma-separated PEM paths), else every ``*.pub`` provisioning put in
+    ``/etc/edgefleet/root-keys`` (a kubelet-run sync pod cannot be told: a set never
+    carries trust settings, see edgefleet.core.policy.TRUST_ENV)."""
+    value = env.get("ROOT_KEYS")
+    if value is None:
+        folder = Path(env.get("ROOT_KEYS_DIR") or trust.DEFAULT_ROOT_KEYS_DIR)
+        try:
+            return tuple(str(p) for p in sorted(folder.glob("*.pub")))
+        except OSError:
+            return ()
+    return tuple(p.strip() for p in value.split(",") if p.strip())
 
 
 def _kubelet_api(value: str | None) -> str | None:

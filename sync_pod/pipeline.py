@@ -41,7 +41,7 @@ from edgefleet.core.errors import (
     TransientError,
 )
 from edgefleet.core.manifest_set import ManifestEntry, ManifestSet, SignedSet
-from edgefleet.core.policy import ModelCheck, Policy, check_manifests
+from edgefleet.core.policy import ModelCheck, Policy, canonical, check_manifests
 
 
 class Outcome(StrEnum):
@@ -199,6 +199,8 @@ class Trust:
     now: datetime
     applied_sequence: int | None = None
     applied_digest: str | None = None
+    threshold: int = 1  # distinct trusted signatures needed (the root document's)
+    insecure: bool = False  # EDGEFLEET_INSECURE_ALLOW_UNSIGNED: development only
 
 
 def verify(decoded: Decoded, trust: Trust, *, running: bool = False) -> Verified | PollResult:
@@ -213,6 +215,8 @@ def verify(decoded: Decoded, trust: Trust, *, running: bool = False) -> Verified
             now=trust.now,
             applied_sequence=None if running else trust.applied_sequence,
             applied_digest=None if running else trust.applied_digest,
+            threshold=trust.threshold,
+            insecure=trust.insecure,
         )
     except SetRejected as exc:
         return PollResult(
@@ -270,7 +274,9 @@ def check(
             )
         entry = entries[file_name]
         pods[entry.name] = verdict
-        files[file_name] = entry.yaml.encode("utf-8")
+        # What was checked is what runs: the canonical JSON of the strict reading (kubelet
+        # and podman both read JSON), never the YAML text a laxer parser might read else.
+        files[file_name] = canonical(verdict)
     return Checked(selected.manifest_set, selected.digest, selected.generation, files, pods)
 
 

@@ -119,7 +119,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 @pytest.fixture(scope="session")
 def stack_functions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A LocalStack with the real functions (functions/main.py): tag_monitor on ``gcr``,
-    model_done_watcher on the model bucket's finalize events."""
-    s = _stack(tmp_path_factory, "stack-functions")
+    model_done_watcher on the model bucket's finalize events. ``template_key``: the
+    operator key whose signatures make bucket templates usable (``TEMPLATE_KEYS``)."""
+    from edgefleet.core import signing
+
+    # The operator key tag_monitor trusts for bucket templates (templates are code).
+    key = tmp_path_factory.mktemp("template-key") / "template.pem"
+    signing.generate(key)
+    s = _stack(tmp_path_factory, "stack-functions", function_env={"TEMPLATE_KEYS": f"{key}.pub"})
+    s.template_key = key  # type: ignore[attr-defined]
     yield s
     s.stop()

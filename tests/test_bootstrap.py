@@ -34,7 +34,10 @@ def test_bootstrap_writes_templates_sync_pods_and_is_idempotent(
     agent = {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "node-agent"},
         "spec": {"containers": [{"name": "a", "image": f"{registry.host}/ctl/agent@{DIGEST}",
-                                 "resources": {"limits": {"cpu": "100m", "memory": "64Mi"}}}]},
+                                 "resources": {"limits": {"cpu": "100m", "memory": "64Mi"}},
+                                 "securityContext": {"allowPrivilegeEscalation": False,
+                                                     "capabilities": {"drop": ["ALL"]}}}],
+                 "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}},
     }  # fmt: skip
     (fleet / "node-agent-pod.yaml").write_text(yaml.safe_dump(agent))
     (fleet / "x86_64" / "only-x86-pod.yaml").write_text(

@@ -106,9 +106,9 @@ def test_decode_rejects(mutate, fragment) -> None:
 @pytest.mark.parametrize(
     ("data", "fragment"),
     [
-        (b"\xff", "not UTF-8 JSON"),
+        (b"\xff", "not UTF-8"),
         (b"[1]", "not a JSON object"),
-        (b"{", "not UTF-8 JSON"),
+        (b"{", "not JSON"),
         (b" " * (ms.MAX_SET_BYTES + 1), "bytes, over"),
     ],
 )
@@ -171,8 +171,9 @@ def test_rotation_any_trusted_signature_suffices() -> None:
     assert ms.verify(both, [new.public_key()], arch="x86_64", channel="beta", now=NOW) == s
 
 
-def test_unsigned_mode_checks_target_only() -> None:
+def test_insecure_mode_checks_target_only_and_no_key_fails_closed() -> None:
     s = make([entry("a")])
     unsigned = ms.decode(ms.encode(s))
-    assert ms.verify(unsigned, [], arch="x86_64", channel="beta", now=NOW) == s
-    assert _reason(unsigned, [], channel="alpha") == ms.REJECT_WRONG_TARGET
+    assert ms.verify(unsigned, [], arch="x86_64", channel="beta", now=NOW, insecure=True) == s
+    assert _reason(unsigned, [], channel="alpha", insecure=True) == ms.REJECT_WRONG_TARGET
+    assert _reason(unsigned, []) == ms.REJECT_NO_TRUST

@@ -35,7 +35,9 @@ pytestmark = [pytest.mark.podman, pytest.mark.stack]
 
 
 def test_host_network_ports_are_dropped_for_podman() -> None:
-    text = pod_yaml("w", "127.0.0.1:1/x@sha256:" + "a" * 64, port=80, readiness_path="/")
+    text = pod_yaml(
+        "w", "127.0.0.1:1/x@sha256:" + "a" * 64, port=80, readiness_path="/", host_network=True
+    )
     adapted = adapt_for_podman(text.encode()).decode()
     assert "containerPort" not in adapted and "readinessProbe" in adapted
     bridged = pod_yaml("w", "127.0.0.1:1/x@sha256:" + "a" * 64, port=80, host_network=False)
@@ -78,7 +80,9 @@ def busybox_image(device_registry, podman_env, tmp_path_factory) -> Iterator[str
 
 
 def _httpd(name: str, image: str, port: int, version: str) -> str:
-    cmd = ["/bin/busybox", "httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", f"/www/{version}"]
+    # The pod has its own network namespace: httpd listens on the pod's interfaces and is
+    # published on the device's loopback only (hostPort + hostIP 127.0.0.1).
+    cmd = ["/bin/busybox", "httpd", "-f", "-p", str(port), "-h", f"/www/{version}"]
     return pod_yaml(name, image, command=cmd, port=port, readiness_path="/", extra_spec=QUICK_STOP)
 
 
@@ -125,6 +129,7 @@ def _agent(bucket, tmp_path, registry_host, podman_env, *, clock=None, **extra) 
             "INSECURE_REGISTRIES": registry_host,
             "HEALTH_TIMEOUT": "20",
             "STATUS_SECONDS": "3600",
+            "EDGEFLEET_INSECURE_ALLOW_UNSIGNED": "1",  # unsigned sets in these tests
             **extra,
         }
     )

@@ -14,7 +14,7 @@ from support.kubelet import KubeletStandIn
 from support.sync import FAKE_DIGEST, SetPublisher, entries, pod_yaml
 
 from device import gcs_json
-from edgefleet.core import layout, signing
+from edgefleet.core import layout, policy, signing
 from edgefleet.localstack.process import free_port
 from edgefleet.operator.cli import main
 from sync_pod.__main__ import make_agent
@@ -195,6 +195,7 @@ def test_agent_takes_over_a_provisioned_device_under_kubelet(bucket, tmp_path: P
             "KUBELET_API": url,
             "KUBELET_CREDENTIALS": str(root / "etc/edgefleet/kubelet"),
             "HEALTH_TIMEOUT": "10",
+            "EDGEFLEET_INSECURE_ALLOW_UNSIGNED": "1",  # unsigned sets in this test
         }
         agent = make_agent(from_env(env))
         assert isinstance(agent.bucket, gcs_json.JsonBucket)
@@ -204,7 +205,9 @@ def test_agent_takes_over_a_provisioned_device_under_kubelet(bucket, tmp_path: P
         SetPublisher(bucket, "x86_64", "beta").publish(entries({"web": web}))
         assert agent.poll_once() == APPLIED
         folder = {p.name: p.read_text() for p in manifest_dir.iterdir()}
-        assert folder == {"web-pod.yaml": web, SYNC_FILE: provisioned_sync}
+        # The device writes the canonical JSON of what it checked (edgefleet.core.policy).
+        assert folder == {"web-pod.yaml": policy.canonical(yaml.safe_load(web)).decode(),
+                          SYNC_FILE: provisioned_sync}  # fmt: skip
         assert set(kubelet.running()) == {"web", layout.SYNC_POD_NAME}
     finally:
         kubelet.stop()

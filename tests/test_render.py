@@ -11,6 +11,7 @@ from edgefleet.cloud import platforms, render
 from edgefleet.core import layout, policy, refs
 from edgefleet.core.errors import InvalidInput, PolicyViolation
 
+ALLOW = policy.Policy(allowed_registries=("localhost:5000",))
 DIGEST = "sha256:" + "ef" * 32
 
 
@@ -72,20 +73,27 @@ def test_pod_name_needs_a_label() -> None:
 
 def test_packaged_model_server_renders_a_valid_pinned_pod() -> None:
     repo = refs.parse("localhost:5000/team/equipmentparts-aarch64")
-    out = render.render_workload(packaged(), repo, "beta", "aarch64", DIGEST, policy.Policy())
+    out = render.render_workload(
+        packaged(),
+        repo,
+        "beta",
+        "aarch64",
+        DIGEST,
+        policy.Policy(allowed_registries=("localhost:5000",)),
+    )
     assert out.template == "model-server"
     assert out.entry.name == "equipmentparts"
     assert out.entry.scope == "channel"
     pod = yaml.safe_load(out.entry.yaml)
     c = pod["spec"]["containers"][0]
     assert c["image"] == f"localhost:5000/team/equipmentparts-aarch64@{DIGEST}"
-    assert pod["spec"]["hostNetwork"] is True
+    assert "hostNetwork" not in pod["spec"]  # published on loopback via hostPort
     assert c["ports"][0]["containerPort"] == 5000
     assert {e["name"]: e["value"] for e in c["env"]}["CONTAINER_DIGEST"] == DIGEST
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert set(c["resources"]["limits"]) == {"cpu", "memory"}
-    assert pod["spec"]["volumes"][0]["hostPath"]["path"] == "/var/spool/edgefleet"
+    assert pod["spec"]["volumes"][0]["hostPath"]["path"] == "/var/spool/edgefleet/" + out.entry.name
     # The policy passes with an allowlist naming the registry, and fails without it.
     policy.check_manifest(out.entry.yaml, policy.Policy(allowed_registries=("localhost:5000",)))
 
@@ -100,13 +108,25 @@ def test_repository_template_wins_and_bucket_before_package() -> None:
     )
     templates = render.Templates([own, render.PackagedTemplates()])
     repo = refs.parse("localhost:5000/equipmentparts")
-    out = render.render_workload(templates, repo, "stable", "x86_64", DIGEST, policy.Policy())
+    out = render.render_workload(
+        templates,
+        repo,
+        "stable",
+        "x86_64",
+        DIGEST,
+        policy.Policy(allowed_registries=("localhost:5000",)),
+    )
     assert out.template == "equipmentparts"
     assert (
         yaml.safe_load(out.entry.yaml)["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "2"
     )
     other = render.render_workload(
-        templates, refs.parse("localhost:5000/other"), "stable", "x86_64", DIGEST, policy.Policy()
+        templates,
+        refs.parse("localhost:5000/other"),
+        "stable",
+        "x86_64",
+        DIGEST,
+        policy.Policy(allowed_registries=("localhost:5000",)),
     )
     assert other.template == "model-server"
 
@@ -114,7 +134,14 @@ def test_repository_template_wins_and_bucket_before_package() -> None:
 def _render_with(text: str) -> render.Rendered:
     templates = render.Templates([DictTemplates(model_server=text)])
     repo = refs.parse("localhost:5000/team/model")
-    return render.render_workload(templates, repo, "beta", "x86_64", DIGEST, policy.Policy())
+    return render.render_workload(
+        templates,
+        repo,
+        "beta",
+        "x86_64",
+        DIGEST,
+        policy.Policy(allowed_registries=("localhost:5000",)),
+    )
 
 
 def test_strict_undefined_is_an_error() -> None:
@@ -203,7 +230,9 @@ def test_sync_pod_template_renders_valid_pod() -> None:
     assert {"/srv/edgefleet-state", "/run/podman"} <= paths
     # A default-policy device refuses the custom folders; the device's own policy allows them.
     with pytest.raises(PolicyViolation, match="hostPath /srv/device"):
-        render.check(text, policy.Policy(), layout.SYNC_POD_NAME)
+        render.check(
+            text, policy.Policy(allowed_registries=("localhost:5000",)), layout.SYNC_POD_NAME
+        )
     kubelet = render.render_sync_pod(packaged(), replace(spec, runtime="kubelet"))
     assert "/run/podman" not in kubelet
 
@@ -297,7 +326,14 @@ def test_suffix_and_strip() -> None:
 
 def test_model_server_pod_matches_the_server_and_carries_the_telemetry_project() -> None:
     repo = refs.parse("localhost:5000/edgefleet/mobilenet:beta")
-    plain = render.render_workload(packaged(), repo, "beta", "x86_64", DIGEST, policy.Policy())
+    plain = render.render_workload(
+        packaged(),
+        repo,
+        "beta",
+        "x86_64",
+        DIGEST,
+        policy.Policy(allowed_registries=("localhost:5000",)),
+    )
     pod = yaml.safe_load(plain.entry.yaml)
     [c] = pod["spec"]["containers"]
     env = {e["name"]: e["value"] for e in c["env"]}
@@ -309,7 +345,7 @@ def test_model_server_pod_matches_the_server_and_carries_the_telemetry_project()
     assert c["resources"]["limits"]["cpu"] == "2"
 
     on = render.render_workload(
-        packaged(), repo, "beta", "x86_64", DIGEST, policy.Policy(),
+        packaged(), repo, "beta", "x86_64", DIGEST, ALLOW,
         {"telemetry_project": "fleet-prod"},
     )  # fmt: skip
     env = {

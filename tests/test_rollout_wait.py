@@ -216,7 +216,8 @@ def test_rollout_wait_stops_with_the_device_reason_when_it_rolls_back(
         "STATUS_SECONDS": "3600",
     }
     pub = SetPublisher(bucket, "x86_64", "beta", signers=[key])
-    serve = ["/bin/busybox", "httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/www/v1"]
+    # The pod has its own network: httpd listens on its interfaces, published on loopback.
+    serve = ["/bin/busybox", "httpd", "-f", "-p", str(port), "-h", "/www/v1"]
     quick = {"terminationGracePeriodSeconds": 1}
     pub.publish(
         entries({name: pod_yaml(name, good, command=serve, port=port, readiness_path="/",

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.sync import (
     FAKE_DIGEST,
@@ -30,7 +31,7 @@ from support.sync import (
 from device import gcs_json
 from device.runtime import KubeletRuntime
 from edgefleet.cloud import storage
-from edgefleet.core import layout, manifest_set, signing
+from edgefleet.core import layout, manifest_set, policy, signing
 from edgefleet.operator import fleet
 from sync_pod.agent import (
     APPLIED,
@@ -65,6 +66,11 @@ def either(request, bucket, device):  # type: ignore[no-untyped-def]
     return device if request.param == "device-adapter" else bucket
 
 
+def ran(yaml_text: str) -> str:
+    """What the device writes for a manifest: the canonical JSON of what it checked."""
+    return policy.canonical(yaml.safe_load(yaml_text)).decode()
+
+
 def folder_files(agent: Agent) -> dict[str, str]:
     d = agent.config.manifest_dir
     return {p.name: p.read_text() for p in sorted(d.iterdir())} if d.exists() else {}
@@ -91,7 +97,7 @@ def test_applies_channel_and_fleet_wide_with_channel_winning(bucket, device, tmp
     assert agent.poll_once() == APPLIED
     files = folder_files(agent)
     assert sorted(files) == ["shared-pod.yaml", "web-pod.yaml"]
-    assert files["shared-pod.yaml"] == channel_shared
+    assert files["shared-pod.yaml"] == ran(channel_shared)
     # One stable real folder: kubelet's inotify watch on it stays valid across sets.
     assert agent.config.manifest_dir.is_dir() and not agent.config.manifest_dir.is_symlink()
     assert agent.state.applied is not None and agent.state.applied.sequence == s.sequence
@@ -99,7 +105,7 @@ def test_applies_channel_and_fleet_wide_with_channel_winning(bucket, device, tmp
     status = uploaded_status(bucket)
     assert status["applied"]["digest"] == s.digest()
     assert status["applied"]["manifests"]["web-pod.yaml"] == manifest_set.sha256_hex(
-        pod_yaml("web", IMAGE)
+        ran(pod_yaml("web", IMAGE))
     )
     assert status["offline"] is False and status["channel"] == "beta"
 
@@ -133,7 +139,7 @@ def test_removed_manifest_disappears_but_own_sync_pod_stays(bucket, device, tmp_
     assert agent.poll_once() == APPLIED
     files = folder_files(agent)
     assert sorted(files) == sorted(["other-pod.yaml", SYNC])
-    assert files[SYNC] == sync
+    assert files[SYNC] == ran(sync)
 
 
 def _bad_sets(pub: SetPublisher) -> dict[str, tuple[str, bytes]]:
@@ -273,10 +279,10 @@ def test_key_rotation_keeps_the_workload(bucket, device, tmp_path, pub) -> None:
     agent.recover()
     pub.publish(entries({"web": web}), signers=[new])
     assert agent.poll_once() == APPLIED
-    assert folder_files(agent) == {"web-pod.yaml": web}
+    assert folder_files(agent) == {"web-pod.yaml": ran(web)}
     pub.publish(entries({"web": pod_yaml("web", IMAGE, command=["x"])}), signers=[old])
     assert agent.poll_once() == REJECTED
-    assert folder_files(agent) == {"web-pod.yaml": web}
+    assert folder_files(agent) == {"web-pod.yaml": ran(web)}
 
 
 def test_wrong_target_is_rejected(bucket, device, tmp_path) -> None:
@@ -300,7 +306,7 @@ def test_unready_set_is_rolled_back_and_not_retried(bucket, device, tmp_path, pu
     bad = pod_yaml("web", IMAGE, port=free_port(), readiness_path="/readyz")  # nothing listens
     bad_set = pub.publish(entries({"web": bad}))
     assert agent.poll_once() == ROLLED_BACK
-    assert folder_files(agent) == {"web-pod.yaml": good}
+    assert folder_files(agent) == {"web-pod.yaml": ran(good)}
     assert bad_set.digest() in agent.state.bad_digests
     agent.report(force=True)
     status = uploaded_status(bucket)
@@ -309,7 +315,7 @@ def test_unready_set_is_rolled_back_and_not_retried(bucket, device, tmp_path, pu
     # The same set, written again (new generation), is not retried…
     pub.write_raw(pub.history[-1][1])
     assert agent.poll_once() == UNCHANGED
-    assert folder_files(agent) == {"web-pod.yaml": good}
+    assert folder_files(agent) == {"web-pod.yaml": ran(good)}
     # …but the channel moving on is.
     pub.publish(entries({"web": good, "b": pod_yaml("b", IMAGE)}))
     assert agent.poll_once() == APPLIED
@@ -330,15 +336,15 @@ def test_interrupted_apply_is_finished_on_restart(bucket, device, tmp_path, pub)
     crashing.folder.sync = _crash  # type: ignore[method-assign]
     with pytest.raises(_Crash):
         crashing.poll_once()
-    assert folder_files(crashing) == {"web-pod.yaml": old}
+    assert folder_files(crashing) == {"web-pod.yaml": ran(old)}
     restarted = make_agent(device, tmp_path)
     assert restarted.state.pending is not None
     restarted.recover()
     assert restarted.state.pending is None
     assert restarted.state.applied.digest == new.digest()
     assert folder_files(restarted) == {
-        "web-pod.yaml": new_text,
-        "extra-pod.yaml": pod_yaml("extra", IMAGE),
+        "web-pod.yaml": ran(new_text),
+        "extra-pod.yaml": ran(pod_yaml("extra", IMAGE)),
     }
     assert restarted.poll_once() == UNCHANGED
 
@@ -352,7 +358,7 @@ def test_interrupted_apply_is_finished_on_restart(bucket, device, tmp_path, pub)
     restarted.recover()
     assert restarted.state.pending is None
     assert restarted.state.applied.digest == newer.digest() != new.digest()
-    assert folder_files(restarted) == {"web-pod.yaml": old}
+    assert folder_files(restarted) == {"web-pod.yaml": ran(old)}
 
 
 class _Crash(Exception):
@@ -477,6 +483,6 @@ def test_a_rollback_that_cannot_write_reports_rollback_failed_and_is_retried(
     # Space again: the next poll retries the rollback (never the bad set).
     filler.unlink()
     assert agent.poll_once() == ROLLED_BACK
-    assert folder_files(agent) == {"web-pod.yaml": good}
+    assert folder_files(agent) == {"web-pod.yaml": ran(good)}
     assert agent.state.pending is None and agent.state.applied.digest != bad.digest()
     assert agent.poll_once() == UNCHANGED

@@ -23,14 +23,16 @@ def test_defaults_and_track_alias() -> None:
     assert c.runtime == "kubelet" and c.poll_seconds == 60.0
     assert c.set_object == "sets/aarch64/stable.json"
     assert c.status_object == "status/pi-7.json"
-    assert c.allowed_registries is None and c.trusted_keys == ()
+    # Fail closed: no registry is allowed and no key trusted until provisioned.
+    assert c.allowed_registries == () and c.trusted_keys == () and c.root_keys == ()
+    assert c.insecure_unsigned is False and c.trust().signing_keys() == ()
 
 
 def test_sync_pod_may_mount_its_own_folders() -> None:
     c = from_env({**BASE, "MANIFEST_DIR": "/srv/k/pods", "STATE_DIR": "/srv/state"})
     paths = c.sync_pod_paths()
     assert "/srv/k" in paths and "/srv/state" in paths and "/etc/edgefleet" in paths
-    assert c.policy().host_paths["edgefleet-sync"] == paths
+    assert c.policy().allowance("edgefleet-sync").host_paths == paths
 
 
 @pytest.mark.parametrize(
@@ -50,6 +52,9 @@ def test_sync_pod_may_mount_its_own_folders() -> None:
         ({"HEALTH_TIMEOUT": "nan"}, "at least"),
         ({"TLS_VERIFY": "maybe"}, "true or false"),
         ({"TRUSTED_KEYS": "/nonexistent/key.pub"}, "cannot read trusted key"),
+        ({"ROOT_KEYS": "/nonexistent/root.pub"}, "cannot read trusted key"),
+        ({"ALLOWED_REGISTRIES": "europe-docker.pkg.dev"}, "admits every repository"),
+        ({"EDGEFLEET_INSECURE_ALLOW_UNSIGNED": "maybe"}, "true or false"),
     ],
 )
 def test_bad_config_is_one_line(override: dict[str, str], needle: str) -> None:
@@ -74,6 +79,19 @@ def test_trusted_keys_and_registries(tmp_path: Path) -> None:
         signing.key_id(b.public_key()),
     ]
     assert c.allowed_registries == ("127.0.0.1:5000/edgefleet", "localhost:5001")
+    assert c.trust().signing_keys() == c.trusted_keys
+
+
+def test_root_keys_replace_direct_trust_and_insecure_is_explicit(tmp_path: Path) -> None:
+    signing.generate(tmp_path / "root")
+    signing.generate(tmp_path / "online")
+    c = from_env(
+        {**BASE, "ROOT_KEYS": f"{tmp_path}/root.pub", "TRUSTED_KEYS": f"{tmp_path}/online.pub"}
+    )
+    # Until a root document names signing keys, nothing is trusted: TRUSTED_KEYS is ignored
+    # when a root key is provisioned (a revoked key must not stay trusted through it).
+    assert len(c.root_keys) == 1 and c.trust().signing_keys() == ()
+    assert from_env({**BASE, "EDGEFLEET_INSECURE_ALLOW_UNSIGNED": "1"}).trust().insecure
 
 
 def test_main_prints_one_line_and_exits_2() -> None:

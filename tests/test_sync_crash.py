@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from support.sync import FAKE_DIGEST, SetPublisher, entries, pod_yaml
 
 from device.runtime import KubeletRuntime
+from edgefleet.core import policy
 from sync_pod.agent import APPLIED, Agent
 from sync_pod.config import from_env
 
@@ -40,7 +42,11 @@ def _folder(manifest_dir: Path) -> dict[str, str]:
 
 
 def _expected(pods: dict[str, str]) -> dict[str, str]:
-    return {f"{name}-pod.yaml": text for name, text in pods.items()}
+    """What the device writes: the canonical JSON of each manifest it checked."""
+    return {
+        f"{name}-pod.yaml": policy.canonical(yaml.safe_load(text)).decode()
+        for name, text in pods.items()
+    }
 
 
 def _wait_for_line(log: Path, needle: str, proc: subprocess.Popen, timeout: float) -> float:
@@ -64,6 +70,7 @@ def test_kill_9_during_apply_leaves_old_or_new_set(bucket, tmp_path: Path) -> No
         "MANIFEST_DIR": str(tmp_path / "device" / "pods"),
         "STATE_DIR": str(tmp_path / "state"),
         "ALLOWED_REGISTRIES": REG,
+        "EDGEFLEET_INSECURE_ALLOW_UNSIGNED": "1",  # unsigned sets in this test
         "STATUS_SECONDS": "3600",
         "KUBELET_API": "off",  # no kubelet: this test is about the folder on disk
     }

@@ -384,6 +384,16 @@ def test_malformed_payloads_write_nothing_and_crash_nothing(stack_functions, dep
     assert image_of(set_entry(deploy, "aarch64", "latest", name).yaml).endswith(digest)
 
 
+def write_signed_template(stack, bucket: Bucket, name: str, data: bytes) -> None:
+    """A bucket template as an operator uploads it: with its signature (templates are code)."""
+    from edgefleet.cloud.render import SIGNATURE_SUFFIX, sign_template
+    from edgefleet.core import signing
+
+    bucket.write(layout.template_object(name), data)
+    key = signing.load_private_key(stack.template_key)
+    bucket.write(layout.template_object(name) + SIGNATURE_SUFFIX, sign_template(data, key))
+
+
 def test_unknown_arch_template_errors_and_policy_violations_write_nothing(
     stack_functions, deploy
 ) -> None:
@@ -394,7 +404,7 @@ def test_unknown_arch_template_errors_and_policy_violations_write_nothing(
     reg.push_minimal_image(odd_repo, "beta", arch="s390x", salt="odd")
     # A repository whose own template is broken, and one whose template asks for privilege.
     broken_repo, broken = new_repo()
-    deploy.write(layout.template_object(broken), b"metadata: {{ missing_variable }}\n")
+    write_signed_template(stack_functions, deploy, broken, b"metadata: {{ missing_variable }}\n")
     evil_repo, evil = new_repo()
     template = deploy.read("templates/model-server.yaml.j2")
     source = template.data.decode() if template else None
@@ -402,10 +412,9 @@ def test_unknown_arch_template_errors_and_policy_violations_write_nothing(
         from edgefleet.cloud.render import PackagedTemplates
 
         source = PackagedTemplates().load("model-server")
-    deploy.write(
-        layout.template_object(evil),
-        source.replace("allowPrivilegeEscalation: false", "privileged: true").encode(),
-    )
+    # Signed by the operator: the template is used, and the policy still refuses it.
+    evil_source = source.replace("allowPrivilegeEscalation: false", "privileged: true")
+    write_signed_template(stack_functions, deploy, evil, evil_source.encode())
     reg.push_minimal_image(broken_repo, "beta", arch="amd64", salt="broken")
     reg.push_minimal_image(evil_repo, "beta", arch="amd64", salt="evil")
 

@@ -98,9 +98,10 @@ class TagMonitorConfig:
     insecure_registries: frozenset[str]
     signing_key: str
     trusted_keys: str
-    allowed_registries: tuple[str, ...] | None
+    allowed_registries: tuple[str, ...]
     telemetry_project: str = ""
     mqtt: mqtt.BrokerTarget | None = None  # MQTT_URL: wake devices after each set write
+    template_keys: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TagMonitorConfig:
@@ -122,6 +123,7 @@ class TagMonitorConfig:
             allowed_registries=policy.parse_registries(env.get("ALLOWED_REGISTRIES")),
             telemetry_project=(env.get("TELEMETRY_PROJECT") or "").strip(),
             mqtt=mqtt.target_from_env(env),
+            template_keys=(env.get("TEMPLATE_KEYS") or "").strip(),
         )
 
 
@@ -132,14 +134,28 @@ class TagMonitor:
     @classmethod
     def from_config(cls, config: TagMonitorConfig, bucket: Bucket | None = None) -> TagMonitor:
         bucket = bucket or Bucket(make_client(), config.deploy_bucket)
+        signer = load_signer(config.signing_key)
         store = SetStore(
             bucket,
-            signer=load_signer(config.signing_key),
+            signer=signer,
             trusted_keys=signing.load_public_keys(config.trusted_keys),
             on_written=WakeupPublisher(config.mqtt) if config.mqtt else None,
         )
-        templates = Templates([BucketTemplates(bucket), PackagedTemplates()])
-        registry = RegistryClient(insecure=config.insecure_registries)
+        template_keys = signing.load_public_keys(config.template_keys) or (
+            (signer.public_key(),) if signer is not None else ()
+        )
+        templates = Templates(
+            [BucketTemplates(bucket, trusted_keys=template_keys), PackagedTemplates()]
+        )
+        if not config.allowed_registries:
+            log.error(
+                "ALLOWED_REGISTRIES is empty: every tag event will be refused",
+                extra=fields(event="config-no-registries"),
+            )
+        registry = RegistryClient(
+            insecure=config.insecure_registries,
+            credential_hosts={p.split("/")[0] for p in config.allowed_registries},
+        )
         reconciler = Reconciler(
             registry,
             store,
@@ -186,13 +202,74 @@ class TagMonitor:
             digest=str(event.digest) if event.digest else None,
             **outcome.as_fields(),
         )
-        if outcome.untrusted:
-            log.error("tag event left untrusted manifest sets alone", extra=entry)
+        if outcome.replaced:
+            log.error("tag event replaced untrusted manifest sets", extra=entry)
         elif outcome.ignored:
             log.info("tag event ignored: not a channel tag", extra=entry)
         else:
             log.info("tag event reconciled", extra=entry)
         return outcome
+
+
+# --- resign_sets: a scheduler tick re-signs sets before they expire ----------------------
+
+
+@dataclass(frozen=True)
+class ResignConfig:
+    deploy_bucket: str
+    channels: tuple[str, ...]
+    arches: tuple[str, ...]
+    signing_key: str
+    trusted_keys: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ResignConfig:
+        base = TagMonitorConfig.from_env(env)
+        if not base.signing_key:
+            raise ConfigError("SIGNING_KEY is not set: re-signing needs the online signing key")
+        return cls(base.deploy_bucket, base.channels, base.arches, base.signing_key,
+                   base.trusted_keys)  # fmt: skip
+
+
+class SetResigner:
+    """Re-sign every set that expires within the store's refresh window (default: half the
+    7-day TTL), so devices never run an expired set while the control plane is alive; a
+    device whose running set goes stale reports it (``setFreshness``)."""
+
+    def __init__(self, store: SetStore, arches: tuple[str, ...], channels: tuple[str, ...]):
+        self.store = store
+        self.arches = arches
+        self.channels = channels
+
+    @classmethod
+    def from_config(cls, config: ResignConfig, bucket: Bucket | None = None) -> SetResigner:
+        bucket = bucket or Bucket(make_client(), config.deploy_bucket)
+        store = SetStore(
+            bucket,
+            signer=load_signer(config.signing_key),
+            trusted_keys=signing.load_public_keys(config.trusted_keys),
+        )
+        return cls(store, config.arches, config.channels)
+
+    def run(self, *, force: bool = False) -> dict[str, str]:
+        """``sets/ARCH/CHANNEL.json`` -> resigned | fresh | untrusted (missing: left out)."""
+        out: dict[str, str] = {}
+        for arch in self.arches:
+            for channel in self.channels:
+                name = layout.set_object(arch, channel)
+                try:
+                    result = self.store.resign(arch, channel, force=force)
+                except UntrustedSet as exc:
+                    out[name] = "untrusted"
+                    log.error("set not re-signed", extra=fields(object=name, error=str(exc)))
+                    continue
+                if result is not None:
+                    out[name] = "resigned" if result.written else "fresh"
+        log.info("re-sign tick", extra=fields(event="sets-resigned", sets=out))
+        return out
+
+    def handle_cloud_event(self, cloud_event: Any) -> dict[str, str]:
+        return self.run()
 
 
 # --- model_done_watcher -----------------------------------------------------------------

@@ -38,12 +38,12 @@ def is_marker(name: str) -> bool:
 
 def parse_version(model: str, version: str, *, now: float | None = None) -> tuple[int, int]:
     """``(major, trained_at)`` of ``version``, which must be ``MODEL_MAJOR_UNIXTIME``."""
-    if not _MODEL_RE.match(model):
+    if not _MODEL_RE.fullmatch(model):
         raise InvalidInput(
             f"model name {model!r} must be lowercase letters, digits, '-' or '_' "
             "(starting with a letter, at most 64)"
         )
-    m = _VERSION_RE.match(version)
+    m = _VERSION_RE.fullmatch(version)
     if not m or m.group("model") != model:
         raise InvalidInput(
             f"version {version!r} under {model}/ must be named {model}_MAJOR_UNIXTIME, "
@@ -64,7 +64,7 @@ def build_request(
     """The build a finalized object asks for; ``None`` when it is not a marker."""
     if not is_marker(obj.name):
         return None
-    if not _BUCKET_RE.match(obj.bucket or ""):
+    if not _BUCKET_RE.fullmatch(obj.bucket or ""):
         raise InvalidInput(f"bucket name {obj.bucket!r} is not a valid GCS bucket name")
     parts = obj.name.split("/")
     if len(parts) < 3 or any(p in ("", ".", "..") for p in parts):

@@ -9,9 +9,12 @@ always list all four manifest media types in ``Accept``: a registry that is not 
 the stored type converts the manifest and answers with a *different* digest.
 
 Auth is anonymous first; on a ``401`` with a ``Bearer`` challenge the standard token flow
-runs, with Google application-default credentials as ``oauth2accesstoken:<token>`` when
-available (Artifact Registry). Plain HTTP is spoken only to hosts named in
-``INSECURE_REGISTRIES``.
+runs. Google application-default credentials (``oauth2accesstoken:<token>``) are sent ONLY
+to a Google registry's own token endpoint (realm on the same host as the registry, which
+is ``*-docker.pkg.dev`` or ``*gcr.io``) and only for registries in ``credential_hosts``
+(the hosts of ``ALLOWED_REGISTRIES``): any other realm gets an anonymous token request, so
+a registry, or a forged event naming one, cannot collect the function's token. Plain HTTP
+is spoken only to hosts named in ``INSECURE_REGISTRIES``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,17 @@ DEFAULT_TIMEOUT = (3.05, 10.0)  # (connect, read) seconds
 GOOGLE_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+_GOOGLE_REGISTRY = re.compile(r"(?:[a-z0-9-]+-)?docker\.pkg\.dev|(?:[a-z0-9-]+\.)?gcr\.io")
+
+
+def google_credentials_allowed(registry: str, realm_host: str, hosts: Iterable[str]) -> bool:
+    """True when Google credentials may answer ``registry``'s token challenge (pure)."""
+    registry = registry.lower()
+    return (
+        _GOOGLE_REGISTRY.fullmatch(registry) is not None
+        and realm_host.lower() == registry
+        and registry in {h.lower() for h in hosts}
+    )
 
 
 class RegistryError(EdgefleetError):
@@ -126,8 +140,12 @@ class RegistryClient:
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         token_source: TokenSource | None = None,
         session: requests.Session | None = None,
+        credential_hosts: Iterable[str] = (),
     ) -> None:
+        """``credential_hosts``: registries that may receive Google credentials (see the
+        module doc); empty sends them nowhere."""
         self._insecure = frozenset(h.lower() for h in insecure)
+        self._credential_hosts = frozenset(h.lower() for h in credential_hosts)
         self._timeout = timeout
         self._token_source = token_source if token_source is not None else google_token_source()
         self._session = session or requests.Session()
@@ -281,13 +299,18 @@ class RegistryClient:
         query = {"service": params.get("service", "")}
         query["scope"] = params.get("scope") or scope
         auth = None
-        if realm_url.scheme == "https":
+        if realm_url.scheme == "https" and google_credentials_allowed(
+            registry, realm_host, self._credential_hosts
+        ):
             token = self._token_source()
             if token:
                 auth = ("oauth2accesstoken", token)
         try:
             resp = self._session.get(
-                f"{realm}?{urlencode(query)}", auth=auth, timeout=self._timeout
+                f"{realm}?{urlencode(query)}",
+                auth=auth,
+                timeout=self._timeout,
+                allow_redirects=False,  # a redirect must not carry credentials elsewhere
             )
         except (requests.Timeout, requests.ConnectionError) as exc:
             raise TransientError(f"token request to {realm}: {exc}") from exc

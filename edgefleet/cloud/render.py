@@ -4,16 +4,24 @@ The template is chosen by the image repository's last path component with a trai
 ``-ARCH`` stripped (``team/equipmentparts-aarch64`` -> ``equipmentparts``); a repository
 without its own template uses ``model-server``. Templates come from the deploy bucket's
 ``templates/`` (uploaded by ``edgefleet bootstrap``, editable by operators), with the
-packaged ``manifests/`` as the fallback. Rendering is sandboxed and strict (an unknown
+packaged ``manifests/`` as the fallback. Templates are code (whatever they render gets
+signed): a bucket template is used only with a detached signature
+``templates/NAME.yaml.j2.sig`` (base64 Ed25519 over the template's exact bytes) by an
+operator key tag_monitor trusts (``TEMPLATE_KEYS``, default the signing key's own public
+key); an unsigned or untrusted one is logged (``template-rejected``) and the packaged
+template is used instead, as if the bucket had none. Rendering is sandboxed and strict (an unknown
 variable is an error, not an empty string), and every result must pass
 :func:`edgefleet.core.policy.check_manifest` (a v1 Pod, pinned by digest, within the policy).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import importlib.resources
 import json
+import logging
 import posixpath
 import re
 import threading
@@ -23,14 +31,19 @@ from typing import Any, Protocol
 
 import jinja2
 import jinja2.sandbox
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgefleet.cloud import platforms
-from edgefleet.core import layout, policy
+from edgefleet.core import layout, policy, signing
 from edgefleet.core.errors import InvalidInput
+from edgefleet.core.logs import fields
 from edgefleet.core.manifest_set import ManifestEntry
 from edgefleet.core.refs import ImageRef
 
+log = logging.getLogger(__name__)
+
 TEMPLATE_SUFFIX = ".yaml.j2"
+SIGNATURE_SUFFIX = ".sig"
 SYNC_POD_TEMPLATE = "sync-pod"
 # Templates that an image repository's name never selects (they need other context).
 RESERVED_TEMPLATES = frozenset({SYNC_POD_TEMPLATE})
@@ -79,8 +92,15 @@ class BucketTemplates:
 
     label = "bucket"
 
-    def __init__(self, bucket: Any, *, max_bytes: int = policy.MAX_MANIFEST_BYTES) -> None:
+    def __init__(
+        self,
+        bucket: Any,
+        *,
+        max_bytes: int = policy.MAX_MANIFEST_BYTES,
+        trusted_keys: Sequence[Ed25519PublicKey] = (),
+    ) -> None:
         self._bucket = bucket
+        self._keys = tuple(trusted_keys)
         self._max = max_bytes
         self._listed: dict[str, int] | None = None
         self._cache: dict[str, tuple[int, str]] = {}
@@ -109,6 +129,8 @@ class BucketTemplates:
         blob = self._bucket.read(layout.template_object(name), max_bytes=self._max)
         if blob is None:
             return None
+        if not self._signed(name, blob.data):
+            return None
         try:
             text = blob.data.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -116,6 +138,29 @@ class BucketTemplates:
         with self._lock:
             self._cache[name] = (blob.generation, text)
         return text
+
+    def _signed(self, name: str, data: bytes) -> bool:
+        obj = layout.template_object(name)
+        sig = self._bucket.read(obj + SIGNATURE_SUFFIX, max_bytes=1024)
+        why = "no signature" if sig is None else ""
+        if sig is not None:
+            try:
+                value = base64.b64decode(sig.data.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                value = b""
+            if not any(signing.verifies(k, value, data) for k in self._keys):
+                why = "signature is not by a trusted operator key (TEMPLATE_KEYS)"
+        if why:
+            log.error(
+                "bucket template rejected; using the packaged template",
+                extra=fields(event="template-rejected", template=obj, reason=why),
+            )
+        return not why
+
+
+def sign_template(data: bytes, key: Ed25519PrivateKey) -> bytes:
+    """The ``.sig`` object for a template: base64 Ed25519 over its exact bytes."""
+    return base64.b64encode(key.sign(data)) + b"\n"
 
 
 class Templates:
@@ -235,6 +280,8 @@ def pod_context(
         "channel": channel,
         "arch": arch,
         "port": 5000,
+        "container_port": 5000,
+        **({"port": int(values["port"])} if values and "port" in values else {}),
     }
 
 

@@ -8,7 +8,15 @@ no new sequence.
 
 With a signing key, the previous set must verify with the control plane's own public key
 (or another trusted key, during a rotation) before anything is built on it: a set a
-bucket writer tampered with is reported and never re-signed.
+bucket writer tampered with is reported and never re-signed. Every write also stores a
+copy at ``trusted/ARCH/CHANNEL.json``; when the live set does not verify, the store offers
+that copy (if IT verifies) as the snapshot's ``fallback``, so tag_monitor rebuilds the
+channel from its own last good content plus registry truth instead of freezing it.
+
+Sets expire (default 7 days). A write whose content is unchanged is skipped only while the
+stored set has more than ``refresh`` (default half the TTL) left; after that the same
+content is re-signed with a new sequence and expiry. :meth:`SetStore.resign` does that for
+one set: ``edgefleet resign`` and the ``resign_sets`` function (a scheduler tick) call it.
 
 Right after a set is written, ``on_written`` (the MQTT wake-up publisher, see
 :mod:`edgefleet.cloud.wakeup`) is told, so devices poll at once; its failure is logged,
@@ -64,6 +72,7 @@ class Snapshot:
     manifest_set: ManifestSet | None
     problem: str = ""  # why the stored set is not trusted ("" when it is)
     claimed_sequence: int | None = None  # an untrusted set's sequence, if it decodes
+    fallback: ManifestSet | None = None  # the verified trusted copy, when the live one is not
 
     @property
     def trusted(self) -> bool:
@@ -129,6 +138,7 @@ class SetStore:
         clock: Callable[[], datetime] | None = None,
         ttl: timedelta = manifest_set.DEFAULT_TTL,
         on_written: Callable[[WriteResult], None] | None = None,
+        refresh: timedelta | None = None,
     ) -> None:
         self.bucket = bucket
         self._on_written = on_written
@@ -139,6 +149,7 @@ class SetStore:
         self._trusted = tuple(keys)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._ttl = ttl
+        self._refresh = refresh if refresh is not None else ttl / 2
 
     @property
     def signing(self) -> bool:
@@ -154,17 +165,7 @@ class SetStore:
             return Snapshot(arch, channel, 0, None)
         signed = None
         try:
-            signed = manifest_set.decode(blob.data)
-            s = signed.manifest_set
-            if self._signer is not None:
-                # Expiry is no reason to distrust our own previous set: check at issue time.
-                manifest_set.verify(
-                    signed, self._trusted, arch=arch, channel=channel, now=s.issued_at
-                )
-            elif (s.arch, s.channel) != (arch, channel):
-                raise SetRejected(
-                    manifest_set.REJECT_WRONG_TARGET, f"set is for {s.arch}/{s.channel}"
-                )
+            signed, s = self._judge(blob.data, arch, channel)
         except (InvalidInput, SetRejected) as exc:
             problem = str(exc)
             log.error(
@@ -178,8 +179,36 @@ class SetStore:
                 ),
             )
             claimed = signed.manifest_set.sequence if signed is not None else None
-            return Snapshot(arch, channel, blob.generation, None, problem, claimed)
+            fallback = self._trusted_copy(arch, channel)
+            return Snapshot(arch, channel, blob.generation, None, problem, claimed, fallback)
         return Snapshot(arch, channel, blob.generation, s)
+
+    def _judge(
+        self, data: bytes, arch: str, channel: str
+    ) -> tuple[manifest_set.SignedSet, ManifestSet]:
+        signed = manifest_set.decode(data)
+        s = signed.manifest_set
+        if self._signer is not None:
+            # Expiry is no reason to distrust our own previous set: check at issue time.
+            manifest_set.verify(signed, self._trusted, arch=arch, channel=channel, now=s.issued_at)
+        elif (s.arch, s.channel) != (arch, channel):
+            raise SetRejected(manifest_set.REJECT_WRONG_TARGET, f"set is for {s.arch}/{s.channel}")
+        return signed, s
+
+    def _trusted_copy(self, arch: str, channel: str) -> ManifestSet | None:
+        """Our copy of the last set written, if it verifies (only when signing: unsigned,
+        anyone could have written the copy too)."""
+        if self._signer is None:
+            return None
+        blob = self.bucket.fetch(
+            layout.trusted_copy_object(arch, channel), max_bytes=manifest_set.MAX_SET_BYTES
+        )
+        if blob is None:
+            return None
+        try:
+            return self._judge(blob.data, arch, channel)[1]
+        except (InvalidInput, SetRejected):
+            return None
 
     # -- write ---------------------------------------------------------------------
 
@@ -197,19 +226,51 @@ class SetStore:
                 f"{layout.set_object(snap.arch, snap.channel)} is not trusted "
                 f"({snap.problem}); run `edgefleet bootstrap --replace-untrusted` to rebuild it"
             )
+        now = self._clock()
         new = manifest_set.next_set(
             snap.manifest_set,
             snap.arch,
             snap.channel,
             entries,
-            now=self._clock(),
+            now=now,
             ttl=self._ttl,
             poll_seconds=poll_seconds,
         )
-        if new.same_content(snap.manifest_set):
+        if new.same_content(snap.manifest_set) and not self.needs_refresh(snap, now):
             assert snap.manifest_set is not None
             return WriteResult(snap.arch, snap.channel, False, snap.generation, snap.manifest_set)
         return self._store(snap, new)
+
+    def needs_refresh(self, snap: Snapshot, now: datetime | None = None) -> bool:
+        """True when the stored set expires within the refresh window (re-sign it)."""
+        s = snap.manifest_set
+        return s is not None and s.expires_at - (now or self._clock()) <= self._refresh
+
+    def resign(self, arch: str, channel: str, *, force: bool = False) -> WriteResult | None:
+        """Re-sign the stored set with a new sequence and expiry when it expires within the
+        refresh window (or ``force``); None when there is no set. Raises UntrustedSet."""
+        for _ in range(UPDATE_ATTEMPTS):
+            snap = self.read(arch, channel)
+            if snap.generation == 0:
+                return None
+            if snap.trusted and not (force or self.needs_refresh(snap)):
+                assert snap.manifest_set is not None
+                return WriteResult(arch, channel, False, snap.generation, snap.manifest_set)
+            try:
+                if not snap.trusted:
+                    raise UntrustedSet(
+                        f"{layout.set_object(arch, channel)} is not trusted ({snap.problem})"
+                    )
+                assert snap.manifest_set is not None
+                return self._store(snap, self._successor(snap, snap.entries))
+            except Conflict:
+                continue
+        raise Conflict(f"{layout.set_object(arch, channel)} kept changing: gave up")
+
+    def _successor(self, snap: Snapshot, entries: Iterable[ManifestEntry]) -> ManifestSet:
+        return manifest_set.next_set(
+            snap.manifest_set, snap.arch, snap.channel, entries, now=self._clock(), ttl=self._ttl
+        )
 
     def replace(self, snap: Snapshot, entries: Iterable[ManifestEntry]) -> WriteResult:
         """Write ``entries`` over an untrusted set (an operator's explicit choice).
@@ -220,8 +281,11 @@ class SetStore:
         now = self._clock()
         previous = None
         claimed = snap.claimed_sequence
+        floor = snap.fallback.sequence if snap.fallback else 0
         if claimed is not None and claimed <= (now.timestamp() + MAX_CLOCK_SKEW_S) * 1000:
-            previous = ManifestSet(snap.arch, snap.channel, claimed, now, now)
+            floor = max(floor, claimed)
+        if floor:
+            previous = ManifestSet(snap.arch, snap.channel, floor, now, now)
         new = manifest_set.next_set(
             previous, snap.arch, snap.channel, entries, now=now, ttl=self._ttl
         )
@@ -235,6 +299,7 @@ class SetStore:
             if_generation_match=snap.generation,
             content_type="application/json",
         )
+        self._keep_copy(snap.arch, snap.channel, data)
         log.info(
             "manifest set written",
             extra=fields(
@@ -260,6 +325,23 @@ class SetStore:
             self._on_written(result)
         except Exception:  # a wake-up is an optimisation: the set is written regardless
             log.exception("set-written hook failed", extra=fields(event="set-notify-failed"))
+
+    def _keep_copy(self, arch: str, channel: str, data: bytes) -> None:
+        """The trusted copy (see the module doc); best effort: the live set is written, and
+        racing writers may leave the copy one write behind (it is only a fallback)."""
+        if self._signer is None:
+            return
+        try:
+            self.bucket.write(
+                layout.trusted_copy_object(arch, channel), data, content_type="application/json"
+            )
+        except EdgefleetError as exc:
+            log.warning(
+                "could not store the trusted copy of a set",
+                extra=fields(
+                    event="trusted-copy-failed", arch=arch, channel=channel, error=str(exc)
+                ),
+            )
 
     def update(
         self,

@@ -33,6 +33,7 @@ from edgefleet.cloud.set_store import SetStore, Snapshot, WriteResult
 from edgefleet.core import layout, policy, refs
 from edgefleet.core.bucket import Conflict
 from edgefleet.core.errors import InvalidInput, NameCollision, TransientError
+from edgefleet.core.logs import fields
 from edgefleet.core.manifest_set import SCOPE_CHANNEL, ManifestEntry
 from edgefleet.core.refs import ImageRef
 
@@ -41,6 +42,10 @@ log = logging.getLogger(__name__)
 ACTIONS = ("INSERT", "DELETE")
 MAX_EVENT_BYTES = 16 * 1024
 RECONCILE_ATTEMPTS = 25
+
+
+class RepositoryNotAllowed(InvalidInput):
+    """A tag event names a repository outside ``ALLOWED_REGISTRIES``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +175,7 @@ class Outcome:
     written: list[str] = field(default_factory=list)  # set objects written
     unchanged: list[str] = field(default_factory=list)
     resolved: dict[str, dict[str, str]] = field(default_factory=dict)  # channel -> arch->digest
-    untrusted: list[str] = field(default_factory=list)  # set objects left alone
+    replaced: list[str] = field(default_factory=list)  # untrusted set objects rebuilt
 
     def as_fields(self) -> dict[str, Any]:
         return {
@@ -178,7 +183,7 @@ class Outcome:
             "written": self.written,
             "unchanged": len(self.unchanged),
             "resolved": self.resolved,
-            "untrusted": self.untrusted or None,
+            "replaced": self.replaced or None,
         }
 
 
@@ -205,6 +210,14 @@ class Reconciler:
         self.attempts = attempts
 
     def handle(self, event: TagEvent) -> Outcome:
+        # Before any network call: only allowed repositories are ever resolved, so a forged
+        # event cannot make the function talk to (and authenticate at) another registry.
+        allowed = self.policy.allowed_registries
+        if allowed is not None and not refs.registry_allows(event.repository, allowed):
+            raise RepositoryNotAllowed(
+                f"repository {event.repository.name} is not under ALLOWED_REGISTRIES "
+                f"({', '.join(allowed) or 'none'}): event ignored, nothing resolved"
+            )
         targets = channel_targets(event, self.channels)
         if not targets:
             what = event.tag or event.digest
@@ -254,28 +267,45 @@ class Reconciler:
     def _plan(
         self, snap: Snapshot, image_name: str, rendered: Rendered | None
     ) -> tuple[ManifestEntry, ...] | None:
-        """The set's new entries, or None when nothing is to be written."""
-        if not snap.trusted:
-            return None
+        """The set's new entries, or None when nothing is to be written.
+
+        An untrusted stored set (tampered with, or not JSON) is never built upon: the
+        plan starts from the control plane's own verified copy (``snap.fallback``), or,
+        without one, from nothing but this repository's registry truth; the write then
+        replaces the untrusted object instead of leaving the channel frozen."""
+        current = snap.entries if snap.trusted else self._recovery_base(snap)
         wanted = rendered.entry if rendered else None
-        if wanted is None and not any(
-            e.scope == SCOPE_CHANNEL and owned_by(e, image_name) for e in snap.entries
-        ):
+        owned = any(e.scope == SCOPE_CHANNEL and owned_by(e, image_name) for e in current)
+        if snap.trusted and wanted is None and not owned:
             return None  # nothing of this repository to remove: no write, not even a new set
         where = layout.set_object(snap.arch, snap.channel)
-        return plan_entries(snap.entries, image_name, wanted, where)
+        return plan_entries(current, image_name, wanted, where)
+
+    def _recovery_base(self, snap: Snapshot) -> tuple[ManifestEntry, ...]:
+        base = snap.fallback.entries if snap.fallback else ()
+        log.error(
+            "replacing an untrusted manifest set",
+            extra=fields(
+                event="set-replaced",
+                object=layout.set_object(snap.arch, snap.channel),
+                problem=snap.problem,
+                base="trusted copy" if snap.fallback else "registry truth of this event only",
+                kept=[e.name for e in base],
+            ),
+        )
+        return base
 
     def _write(
         self, snap: Snapshot, plan: tuple[ManifestEntry, ...] | None, outcome: Outcome
     ) -> WriteResult | None:
         name = layout.set_object(snap.arch, snap.channel)
-        if not snap.trusted:
-            # Never re-sign what a bucket writer may have forged; the device keeps its last
-            # good set and the function reports it (set_store logged the details).
-            outcome.untrusted.append(name)
-            return None
         if plan is None:
             return None
-        result = self.store.write(snap, plan)
+        if not snap.trusted:
+            # Rebuilt from our verified copy + the registry, signed again; devices verify.
+            result = self.store.replace(snap, plan)
+            outcome.replaced.append(name)
+        else:
+            result = self.store.write(snap, plan)
         (outcome.written if result.written else outcome.unchanged).append(name)
         return result

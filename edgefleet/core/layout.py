@@ -7,6 +7,9 @@
                                     every manifest's YAML inline, content hashes, sequence,
                                     expiry and signatures (see edgefleet.core.manifest_set)
     status/DEVICE_ID.json           a device's last status report
+    trust/root.json                 the root document: which keys sign sets (edgefleet.core.trust)
+    trusted/ARCH/CHANNEL.json       the control plane's copy of the last set it wrote: what
+                                    it rebuilds from when the live set was tampered with
 
 Devices read only ``sets/ARCH/CHANNEL.json``: one object per poll, written atomically by
 the control plane, so a device never sees half of a rollout and a bucket writer without
@@ -62,7 +65,7 @@ def check_arch(arch: str) -> str:
 
 
 def check_channel(channel: str) -> str:
-    if channel in (FLEET_WIDE, BUILD_CACHE_TAG) or not _CHANNEL_RE.match(channel or ""):
+    if channel in (FLEET_WIDE, BUILD_CACHE_TAG) or not _CHANNEL_RE.fullmatch(channel or ""):
         raise InvalidInput(
             f"invalid channel {channel!r}: a lowercase DNS label other than "
             f"{FLEET_WIDE!r} and {BUILD_CACHE_TAG!r}"
@@ -71,7 +74,7 @@ def check_channel(channel: str) -> str:
 
 
 def check_name(name: str) -> str:
-    if not _NAME_RE.match(name or ""):
+    if not _NAME_RE.fullmatch(name or ""):
         raise InvalidInput(
             f"invalid name {name!r}: lowercase letters, digits and '-', at most 63 characters"
         )
@@ -79,7 +82,7 @@ def check_name(name: str) -> str:
 
 
 def check_device_id(device_id: str) -> str:
-    if not _DEVICE_ID_RE.match(device_id or ""):
+    if not _DEVICE_ID_RE.fullmatch(device_id or ""):
         raise InvalidInput(
             f"invalid device id {device_id!r}: letters, digits, '.', '_' and '-', "
             "at most 128 characters"
@@ -95,7 +98,7 @@ def manifest_file_name(name: str) -> str:
 def is_manifest_file_name(file_name: str) -> bool:
     """True for a safe manifest file name (no path separators, no dot-files)."""
     return file_name.endswith(MANIFEST_SUFFIX) and bool(
-        _NAME_RE.match(file_name[: -len(MANIFEST_SUFFIX)])
+        _NAME_RE.fullmatch(file_name[: -len(MANIFEST_SUFFIX)])
     )
 
 
@@ -108,6 +111,10 @@ def manifest_object(arch: str, scope: str, name: str) -> str:
 
 def set_object(arch: str, channel: str) -> str:
     return f"sets/{check_arch(arch)}/{check_channel(channel)}.json"
+
+
+def trusted_copy_object(arch: str, channel: str) -> str:
+    return f"trusted/{check_arch(arch)}/{check_channel(channel)}.json"
 
 
 def template_object(name: str) -> str:

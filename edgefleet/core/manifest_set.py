@@ -21,6 +21,13 @@ it only from a verified set. A successor set keeps its predecessor's hint unless
 
 The signed payload is the document without ``signatures``, encoded as JSON with sorted
 keys, no white space, UTF-8.
+
+Decoding is bounded (size, nesting depth, duplicate keys, lone surrogates): any hostile
+document is an :class:`InvalidManifestSet`, never another exception, so a device records
+one rejection for it and does not download it again. Verification fails closed: with no
+trusted key every set is ``no-trusted-key`` unless the caller passes ``insecure=True``
+(the development switch ``EDGEFLEET_INSECURE_ALLOW_UNSIGNED=1``). Which keys are trusted
+comes from the device's root of trust (:mod:`edgefleet.core.trust`).
 """
 
 from __future__ import annotations
@@ -29,12 +36,12 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -42,7 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from edgefleet.core import layout
 from edgefleet.core.errors import InvalidInput, InvalidManifestSet, SetRejected
-from edgefleet.core.signing import key_id
+from edgefleet.core.signing import key_id, verifies
 
 API_VERSION = "edgefleet.dev/v1"
 KIND = "ManifestSet"
@@ -50,7 +57,8 @@ SCOPE_CHANNEL = "channel"
 SCOPE_ALL = "all"
 MAX_SET_BYTES = 1024 * 1024
 MAX_MANIFEST_BYTES = 256 * 1024
-DEFAULT_TTL = timedelta(days=30)
+DEFAULT_TTL = timedelta(days=7)
+MAX_JSON_DEPTH = 16
 MAX_POLL_HINT_SECONDS = 86400
 KEEP_POLL_HINT: Any = object()  # next_set(poll_seconds=...): keep the predecessor's hint
 
@@ -61,6 +69,7 @@ REJECT_UNTRUSTED_KEY = "untrusted-key"
 REJECT_EXPIRED = "expired"
 REJECT_REPLAYED = "replayed"
 REJECT_WRONG_TARGET = "wrong-target"
+REJECT_NO_TRUST = "no-trusted-key"
 
 
 def sha256_hex(text: str) -> str:
@@ -222,10 +231,7 @@ def decode(data: bytes) -> SignedSet:
     """Parse a set document; raise :class:`InvalidManifestSet` naming what is wrong."""
     if len(data) > MAX_SET_BYTES:
         raise InvalidManifestSet(f"manifest set is {len(data)} bytes, over {MAX_SET_BYTES}")
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidManifestSet(f"manifest set is not UTF-8 JSON: {exc}") from exc
+    doc = load_json(data, "manifest set", InvalidManifestSet)
     if not isinstance(doc, dict):
         raise InvalidManifestSet("manifest set is not a JSON object")
     if doc.get("apiVersion") != API_VERSION or doc.get("kind") != KIND:
@@ -239,7 +245,10 @@ def decode(data: bytes) -> SignedSet:
         issued = _parse_time(_str(doc, "issuedAt"), "issuedAt")
         expires = _parse_time(_str(doc, "expiresAt"), "expiresAt")
         entries = tuple(_decode_entry(raw) for raw in _list(doc, "manifests"))
-        signatures = tuple(_decode_signature(raw) for raw in doc.get("signatures") or [])
+        signatures = tuple(
+            _decode_signature(raw)
+            for raw in (_list(doc, "signatures") if "signatures" in doc else [])
+        )
         poll_seconds = check_poll_hint(doc.get("pollSeconds"))
     except InvalidManifestSet:
         raise
@@ -247,6 +256,64 @@ def decode(data: bytes) -> SignedSet:
         raise InvalidManifestSet(str(exc)) from exc
     decoded = ManifestSet(arch, channel, sequence, issued, expires, entries, poll_seconds)
     return SignedSet(decoded, signatures)
+
+
+def load_json(data: bytes, what: str, error: type[InvalidInput] = InvalidInput) -> Any:
+    """Parse untrusted JSON: UTF-8, nesting at most :data:`MAX_JSON_DEPTH`, no duplicate
+    keys, no lone surrogates (``"\\ud800"``). Every failure is ``error`` naming ``what``."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} is not UTF-8: {exc.reason} at byte {exc.start}") from exc
+    depth = _max_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise error(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        doc = json.loads(text, object_pairs_hook=_no_duplicates)
+    except (json.JSONDecodeError, ValueError, RecursionError) as exc:
+        raise error(f"{what} is not JSON: {' '.join(str(exc).split())[:200]}") from exc
+    try:
+        _check_strings(doc)
+    except UnicodeEncodeError as exc:
+        raise error(f"{what} holds a string with a lone surrogate") from exc
+    return doc
+
+
+def _max_depth(text: str) -> int:
+    """Nesting depth of brackets outside JSON strings (cheap: one regex pass)."""
+    depth = deepest = 0
+    for token in _JSON_TOKENS.findall(text):
+        if token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in "]}":
+            depth -= 1
+    return deepest
+
+
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key[:40]!r}")
+        out[key] = value
+    return out
+
+
+def _check_strings(doc: Any) -> None:
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            node.encode("utf-8")
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def verify(
@@ -258,16 +325,25 @@ def verify(
     now: datetime,
     applied_sequence: int | None = None,
     applied_digest: str | None = None,
+    threshold: int = 1,
+    insecure: bool = False,
 ) -> ManifestSet:
     """Return the set if a device of ``arch``/``channel`` may apply it, else raise SetRejected.
 
-    Without ``trusted_keys`` signatures are not checked (unsigned mode), but target and
-    replay checks still apply.
+    Needs valid signatures by ``threshold`` distinct ``trusted_keys``. Without trusted keys
+    every set is refused (``no-trusted-key``) unless ``insecure`` (development only): then
+    signatures and expiry are not checked, but target and replay checks still apply.
     """
     s = signed.manifest_set
     if (s.arch, s.channel) != (arch, channel):
         raise SetRejected(
             REJECT_WRONG_TARGET, f"set is for {s.arch}/{s.channel}, device is {arch}/{channel}"
+        )
+    if not trusted_keys and not insecure:
+        raise SetRejected(
+            REJECT_NO_TRUST,
+            "no signing key is trusted: provision the root key (ROOT_KEYS) and publish "
+            "trust/root.json, or set EDGEFLEET_INSECURE_ALLOW_UNSIGNED=1 for development only",
         )
     if trusted_keys:
         if not signed.signatures:
@@ -275,11 +351,17 @@ def verify(
         by_id = {key_id(k): k for k in trusted_keys}
         known = [sig for sig in signed.signatures if sig.key_id in by_id]
         if not known:
-            ids = ", ".join(sig.key_id for sig in signed.signatures)
+            ids = ", ".join(sig.key_id[:16] for sig in signed.signatures[:8])
             raise SetRejected(REJECT_UNTRUSTED_KEY, f"signed by {ids}, none of them trusted")
         payload = s.payload()
-        if not any(_verifies(by_id[sig.key_id], sig.value, payload) for sig in known):
+        good = {sig.key_id for sig in known if verifies(by_id[sig.key_id], sig.value, payload)}
+        if not good:
             raise SetRejected(REJECT_BAD_SIGNATURE, "signature does not match the set's content")
+        if len(good) < threshold:
+            raise SetRejected(
+                REJECT_UNTRUSTED_KEY,
+                f"{len(good)} valid signature(s) by trusted keys, {threshold} needed",
+            )
         if s.expires_at <= now:
             raise SetRejected(REJECT_EXPIRED, f"set expired at {_fmt_time(s.expires_at)}")
     if applied_sequence is not None and _is_replay(s, applied_sequence, applied_digest):
@@ -306,14 +388,6 @@ def _is_replay(s: ManifestSet, applied_sequence: int, applied_digest: str | None
     if s.sequence != applied_sequence:
         return s.sequence < applied_sequence
     return applied_digest is not None and s.digest() != applied_digest
-
-
-def _verifies(key: Ed25519PublicKey, signature: bytes, payload: bytes) -> bool:
-    try:
-        key.verify(signature, payload)
-    except InvalidSignature:
-        return False
-    return True
 
 
 def _decode_entry(raw: Any) -> ManifestEntry:

@@ -67,7 +67,7 @@ class ImageRef:
 
 
 def check_tag(tag: str) -> str:
-    if not _TAG_RE.match(tag or ""):
+    if not _TAG_RE.fullmatch(tag or ""):
         raise InvalidReference(
             f"invalid tag {tag!r}: letters, digits, '_', '.' and '-', at most 128, "
             "not starting with '.' or '-'"
@@ -76,9 +76,9 @@ def check_tag(tag: str) -> str:
 
 
 def check_digest(digest: str) -> str:
-    if not _DIGEST_RE.match(digest or ""):
+    if not _DIGEST_RE.fullmatch(digest or ""):
         raise InvalidReference(f"invalid digest {digest!r}: expected ALGORITHM:HEX, e.g. sha256:…")
-    if digest.startswith("sha256:") and not _SHA256_RE.match(digest):
+    if digest.startswith("sha256:") and not _SHA256_RE.fullmatch(digest):
         raise InvalidReference(
             f"invalid sha256 digest {digest!r}: expected 64 lowercase hex digits"
         )
@@ -105,14 +105,14 @@ def parse(reference: str) -> ImageRef:
     if ":" in remainder:
         remainder, tag = remainder.rsplit(":", 1)
         check_tag(tag)
-    if not _DOMAIN_RE.match(domain) or not (
+    if not _DOMAIN_RE.fullmatch(domain) or not (
         "." in domain or ":" in domain or domain == "localhost" or domain.startswith("[")
     ):
         raise InvalidReference(
             f"image reference {reference!r} has no registry host: "
             "the first component must be a host (with a '.' or ':port', or 'localhost')"
         )
-    if not _PATH_RE.match(remainder):
+    if not _PATH_RE.fullmatch(remainder):
         raise InvalidReference(
             f"invalid repository path {remainder!r} in {reference!r}: lowercase path "
             "components of letters and digits joined by '.', '_', '__' or '-'"

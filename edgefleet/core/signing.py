@@ -12,6 +12,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -25,6 +26,15 @@ from edgefleet.core.fsutil import atomic_write
 def key_id(public_key: Ed25519PublicKey) -> str:
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def verifies(key: Ed25519PublicKey, signature: bytes, data: bytes) -> bool:
+    """True when ``signature`` is ``key``'s over ``data`` (never raises on a bad one)."""
+    try:
+        key.verify(signature, data)
+    except InvalidSignature:
+        return False
+    return True
 
 
 def public_pem(public_key: Ed25519PublicKey) -> bytes:

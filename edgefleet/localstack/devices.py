@@ -176,6 +176,9 @@ def agent_env(
         "ALLOWED_REGISTRIES": registry_host,
         "INSECURE_REGISTRIES": registry_host,
         "TRUSTED_KEYS": trusted_keys,
+        # A stack without signing is a development stack: say so explicitly (fail closed
+        # otherwise: a device trusting no key rejects every set).
+        "EDGEFLEET_INSECURE_ALLOW_UNSIGNED": "" if trusted_keys else "1",
         "STATUS_SECONDS": "30",
         "LOG_LEVEL": "INFO",
     }

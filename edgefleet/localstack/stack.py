@@ -259,6 +259,9 @@ class LocalStack:
 
     def function_env(self) -> dict[str, str]:
         env = self.env()
+        if self.registry is not None:
+            # tag_monitor resolves only allowed repositories (empty would allow none).
+            env["ALLOWED_REGISTRIES"] = self.registry.host
         if self.config.podman_service and self.registry is not None:
             # model_done_watcher's PodmanBuilder: build through the stack's podman service
             # (started after the functions; the socket path is fixed) into its registry.

@@ -36,6 +36,8 @@ def agent_env(bucket_name: str, root: Path, **extra: str) -> dict[str, str]:
         "MANIFEST_DIR": str(root / "device" / "pods"),
         "STATE_DIR": str(root / "state"),
         "ALLOWED_REGISTRIES": TEST_REGISTRY,
+        # Unsigned sets in most device tests: the explicit development switch.
+        "EDGEFLEET_INSECURE_ALLOW_UNSIGNED": "1",
         "HEALTH_TIMEOUT": "1.5",
         "STATUS_SECONDS": "3600",
     }
@@ -50,27 +52,36 @@ def pod_yaml(
     command: Sequence[str] | None = None,
     port: int | None = None,
     readiness_path: str | None = None,
-    host_network: bool = True,
+    host_network: bool = False,
     extra_spec: dict[str, Any] | None = None,
     container_extra: dict[str, Any] | None = None,
 ) -> str:
-    """A policy-clean v1 Pod: limits set, image as given (pin it by digest)."""
+    """A policy-clean v1 Pod: limits set, image as given (pin it by digest), all
+    capabilities dropped, RuntimeDefault seccomp; a ``port`` is published on the device's
+    loopback (hostPort, hostIP 127.0.0.1)."""
     container: dict[str, Any] = {
         "name": "main",
         "image": image,
         "resources": {"limits": {"cpu": "100m", "memory": "32Mi"}},
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
     if command:
         container["command"] = list(command)
     if port:
         container["ports"] = [{"containerPort": port, "name": "http"}]
+        if not host_network:
+            container["ports"][0].update(hostPort=port, hostIP="127.0.0.1")
         if readiness_path:
             container["readinessProbe"] = {
                 "httpGet": {"path": readiness_path, "port": port},
                 "periodSeconds": 1,
             }
     container.update(container_extra or {})
-    spec: dict[str, Any] = {"containers": [container], "restartPolicy": "Always"}
+    spec: dict[str, Any] = {
+        "containers": [container],
+        "restartPolicy": "Always",
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+    }
     if host_network:
         spec["hostNetwork"] = True
     spec.update(extra_spec or {})

@@ -16,18 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from edgefleet.cloud import platforms
 from edgefleet.cloud.registry import RegistryClient, parse_insecure
 from edgefleet.cloud.render import (
+    SIGNATURE_SUFFIX,
     PackagedTemplates,
     SyncPodSpec,
     Templates,
     check,
     render_sync_pod,
+    sign_template,
 )
 from edgefleet.cloud.set_store import SetStore, Snapshot, load_signer
 from edgefleet.cloud.storage import Bucket, make_client
-from edgefleet.core import layout, policy, refs, signing
+from edgefleet.core import layout, policy, refs, signing, trust
 from edgefleet.core.errors import ConfigError, InvalidInput
 from edgefleet.core.manifest_set import SCOPE_ALL, SCOPE_CHANNEL, ManifestEntry
 
@@ -53,6 +57,7 @@ class Options:
     sync_env: Mapping[str, str] = field(default_factory=dict)
     insecure_registries: frozenset[str] = frozenset()
     replace_untrusted: bool = False
+    root_key: str = ""  # the offline root key: authorise the signing key in trust/root.json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -123,6 +128,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="host:port registries spoken to over plain HTTP (default $INSECURE_REGISTRIES)",
     )
     p.add_argument(
+        "--root-key",
+        default="",
+        help="the ROOT private key (kept offline): authorise --signing-key in trust/root.json "
+        "if it is not yet (devices trust what the root authorises)",
+    )
+    p.add_argument(
         "--replace-untrusted",
         action="store_true",
         help="rebuild sets that are malformed or fail signature checks (drops their content)",
@@ -133,8 +144,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _handle(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     bucket = Bucket(make_client(), options.bucket)
-    registry = RegistryClient(insecure=options.insecure_registries)
+    registry = RegistryClient(
+        insecure=options.insecure_registries,
+        credential_hosts={refs.parse(options.sync_image).registry},  # named by the operator
+    )
     return run(options, bucket, registry, sys.stderr)
+
+
+def authorize_signer(bucket: Bucket, root_key: Ed25519PrivateKey, signer: Ed25519PrivateKey) -> str:
+    """Make ``trust/root.json`` accept ``signer`` (a new version signed by ``root_key``)
+    unless it already does; the other authorised keys are kept."""
+    blob = bucket.read(trust.ROOT_OBJECT, max_bytes=trust.MAX_ROOT_BYTES)
+    current = trust.decode(blob.data).root if blob is not None else None
+    kid = signing.key_id(signer.public_key())
+    keys = list(current.trusted_signing_keys()) if current else []
+    if any(signing.key_id(k) == kid for k in keys):
+        assert current is not None
+        return f"{trust.ROOT_OBJECT}: key {kid} already authorised (version {current.version})"
+    root = trust.next_root(
+        current,
+        root_keys=current.root_keys if current else [root_key.public_key()],
+        signing_keys=[*keys, signer.public_key()],
+        root_threshold=current.root_threshold if current else 1,
+    )
+    bucket.write(trust.ROOT_OBJECT, trust.encode(root, [root_key]), content_type="application/json")
+    return f"{trust.ROOT_OBJECT}: version {root.version} authorises key {kid}"
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
@@ -168,6 +202,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         sync_env=env,
         insecure_registries=parse_insecure(args.insecure_registries),
         replace_untrusted=args.replace_untrusted,
+        root_key=args.root_key or "",
     )
 
 
@@ -194,7 +229,7 @@ def run(
         bucket, signer=signer, trusted_keys=signing.load_public_keys(options.trusted_keys)
     )
     sync_ref = refs.parse(options.sync_image)
-    allowed = options.allowed_registries or sync_ref.registry
+    allowed = options.allowed_registries or policy.default_allowed(sync_ref)
     if options.device_trusted_keys is not None:
         trusted = options.device_trusted_keys
     else:
@@ -223,14 +258,27 @@ def run(
     for name in packaged.names():
         data = (packaged.load(name) or "").encode()
         existing = bucket.fetch(layout.template_object(name))
-        if existing is not None and existing.data == data:
+        signature = bucket.fetch(layout.template_object(name) + SIGNATURE_SUFFIX)
+        if existing is not None and existing.data == data and (signer is None or signature):
             say(f"template {name}: unchanged")
             continue
         bucket.write(layout.template_object(name), data, content_type="text/plain")
+        if signer is not None:  # templates are code: tag_monitor uses only signed ones
+            bucket.write(
+                layout.template_object(name) + SIGNATURE_SUFFIX,
+                sign_template(data, signer),
+                content_type="text/plain",
+            )
         report.templates_written.append(name)
         say(f"template {name}: uploaded")
 
-    # 4. Every arch x channel set.
+    # 4. The root of trust names the signing key (before any set signed by it appears).
+    if options.root_key:
+        if signer is None:
+            raise ConfigError("--root-key needs --signing-key: the key the root authorises")
+        say(authorize_signer(bucket, signing.load_private_key(options.root_key), signer))
+
+    # 5. Every arch x channel set.
     templates = Templates([packaged])
     for arch in options.arches:
         for channel in options.channels:

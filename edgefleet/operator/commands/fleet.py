@@ -97,7 +97,10 @@ def _promote(args: argparse.Namespace) -> int:
     source = refs.parse(args.source)
     if not (source.digest or source.tag):
         raise InvalidReference(f"{args.source}: name a digest (REPO@sha256:…) or a tag (REPO:TAG)")
-    client = RegistryClient(insecure=parse_insecure(os.environ.get("INSECURE_REGISTRIES")))
+    client = RegistryClient(
+        insecure=parse_insecure(os.environ.get("INSECURE_REGISTRIES")),
+        credential_hosts={source.registry},  # the registry the operator named
+    )
     manifest = client.get_manifest(source)
     target = source.with_tag(channel)
     try:

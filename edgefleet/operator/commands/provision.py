@@ -1,7 +1,9 @@
 """``edgefleet provision``: prepare one device for one arch + channel, idempotently.
 
-Writes what a device needs before its first poll: the device id and trusted public keys
-under ``/etc/edgefleet``, and either (kubelet runtime) a KubeletConfiguration
+Writes what a device needs before its first poll: the device id, the ROOT public keys
+(``--root-keys``, into ``/etc/edgefleet/root-keys/``: they authorise the online signing
+keys through ``trust/root.json``) and any directly trusted public keys under
+``/etc/edgefleet``, and either (kubelet runtime) a KubeletConfiguration
 (``staticPodPath`` = ``MANIFEST_DIR``, ``fileCheckFrequency``, node API on loopback with
 anonymous auth off, x509 client certificates of a device-local CA, read-only port off),
 ``kubelet.service`` running ``kubelet --config``, the device PKI (kubelet's serving
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import jinja2
 
-from edgefleet.core import layout, refs, signing
+from edgefleet.core import layout, refs, signing, trust
 from edgefleet.core.errors import ConfigError, EdgefleetError, InvalidInput
 from edgefleet.core.fsutil import atomic_write
 from edgefleet.operator import kubelet_pki
@@ -67,6 +69,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--trusted-keys",
         default="",
         help="comma-separated Ed25519 public key files (PEM) to install and trust",
+    )
+    p.add_argument(
+        "--root-keys",
+        default="",
+        help="comma-separated ROOT public key files (PEM) to install: they authorise the "
+        "online signing keys through trust/root.json (see docs/security.md)",
+    )
+    p.add_argument(
+        "--insecure-allow-unsigned",
+        action="store_true",
+        help="development only (podman runtime): accept unsigned sets",
     )
     p.add_argument(
         "--sync-image",
@@ -129,10 +142,16 @@ def plan(args: argparse.Namespace) -> list[Planned]:
         "ALLOWED_REGISTRIES": args.allowed_registries,
         "TRUSTED_KEYS": ",".join(installed),
     }
-    config = from_env({**env, "TRUSTED_KEYS": ",".join(keys)})
+    roots = [k.strip() for k in getattr(args, "root_keys", "").split(",") if k.strip()]
+    root_loaded = [signing.load_public_key(k) for k in roots]
+    root_installed = [f"{trust.DEFAULT_ROOT_KEYS_DIR}/{signing.key_id(k)}.pub" for k in root_loaded]
+    local_env = _trust_env(args, root_installed)
+    config = from_env({**env, **local_env, "TRUSTED_KEYS": ",".join(keys),
+                       "ROOT_KEYS": ",".join(roots)})  # fmt: skip
     out = [Planned(f"{CONFIG_DIR}/device-id", (config.device_id + "\n").encode())]
     out += [
-        Planned(path, signing.public_pem(key)) for path, key in zip(installed, loaded, strict=True)
+        Planned(path, signing.public_pem(key))
+        for path, key in zip([*installed, *root_installed], [*loaded, *root_loaded], strict=True)
     ]
     context = {
         "device_id": config.device_id,
@@ -142,7 +161,7 @@ def plan(args: argparse.Namespace) -> list[Planned]:
     }
     if config.runtime == "podman":
         env_file = f"{CONFIG_DIR}/sync.env"
-        clean_env = {k: v for k, v in env.items() if v}
+        clean_env = {k: v for k, v in {**env, **local_env}.items() if v}
         out.append(Planned(env_file, _render_device("sync.env", env=clean_env).encode(), 0o640))
         unit = _render_device(
             "edgefleet-sync.service",
@@ -157,6 +176,20 @@ def plan(args: argparse.Namespace) -> list[Planned]:
     manifest = config.manifest_dir / layout.manifest_file_name(layout.SYNC_POD_NAME)
     out.append(Planned(str(manifest), sync_pod.encode()))
     out += _kubelet_files(args, context, Path(args.root))
+    return out
+
+
+def _trust_env(args: argparse.Namespace, root_installed: list[str]) -> dict[str, str]:
+    """Trust settings that only the device's own config holds (never a set's sync pod)."""
+    insecure = bool(getattr(args, "insecure_allow_unsigned", False))
+    if insecure and args.runtime != "podman":
+        raise ConfigError(
+            "--insecure-allow-unsigned works only with --runtime podman (a kubelet-run sync "
+            "pod cannot carry trust settings): provision a root key with --root-keys"
+        )
+    out = {"ROOT_KEYS": ",".join(root_installed)} if root_installed else {}
+    if insecure:
+        out[trust.INSECURE_ENV] = "1"
     return out
 
 
