@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -407,7 +408,10 @@ def test_the_agent_process_applies_a_set_at_once_on_a_wakeup(bucket, broker, tmp
         v2 = pod_yaml("web", IMAGE, command=["/bin/busybox", "true"])
         store.update("x86_64", "beta", lambda s: entries({"web": v2}))
         # Within seconds, not the 600 s (±20 %) fallback poll.
-        assert wait_for(lambda: web.read_text() == v2, 15), log.read_text()[-2000:]
+        # Devices write the canonical JSON of what they checked (docs/security.md).
+        assert wait_for(lambda: json.loads(web.read_text()) == yaml.safe_load(v2), 15), (
+            log.read_text()[-2000:]
+        )
         status = json.loads((tmp_path / "state" / "status.json").read_text())["status"]
         assert status["pollSeconds"] == 600
         assert status["wakeup"]["connected"] is True and status["wakeup"]["wakes"] >= 1
