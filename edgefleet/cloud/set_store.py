@@ -36,7 +36,7 @@ from edgefleet.core import layout, manifest_set, signing
 from edgefleet.core.bucket import Conflict
 from edgefleet.core.errors import ConfigError, EdgefleetError, InvalidInput, SetRejected
 from edgefleet.core.logs import fields
-from edgefleet.core.manifest_set import ManifestEntry, ManifestSet
+from edgefleet.core.manifest_set import ManifestEntry, ManifestSet, RolloutRule
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ SECRET_PREFIX = "projects/"
 MIRROR_SYNC_ROUNDS = 5
 UPDATE_ATTEMPTS = 20
 MAX_CLOCK_SKEW_S = 24 * 3600
+KEEP_ROLLOUT = "keep"  # SetStore.write: keep the stored rollout block if still valid
 
 
 class UntrustedSet(EdgefleetError):
@@ -177,15 +178,34 @@ class SetStore:
 
     # -- write ---------------------------------------------------------------------
 
-    def write(self, snap: Snapshot, entries: Iterable[ManifestEntry]) -> WriteResult:
-        """Store ``entries`` as the successor of ``snap`` (raise Conflict if it moved)."""
+    def write(
+        self,
+        snap: Snapshot,
+        entries: Iterable[ManifestEntry],
+        *,
+        rollout: RolloutRule | str | None = KEEP_ROLLOUT,
+    ) -> WriteResult:
+        """Store ``entries`` as the successor of ``snap`` (raise Conflict if it moved).
+
+        ``rollout``: the rollout block of the new set; by default the stored one is kept
+        while the manifests it replaces are unchanged (see :func:`carried_rollout`).
+        """
+        entries = tuple(entries)
+        if isinstance(rollout, str):
+            rollout = carried_rollout(snap.manifest_set, entries)
         if not snap.trusted:
             raise UntrustedSet(
                 f"{layout.set_object(snap.arch, snap.channel)} is not trusted "
                 f"({snap.problem}); run `edgefleet bootstrap --replace-untrusted` to rebuild it"
             )
         new = manifest_set.next_set(
-            snap.manifest_set, snap.arch, snap.channel, entries, now=self._clock(), ttl=self._ttl
+            snap.manifest_set,
+            snap.arch,
+            snap.channel,
+            entries,
+            now=self._clock(),
+            ttl=self._ttl,
+            rollout=rollout,
         )
         if new.same_content(snap.manifest_set):
             assert snap.manifest_set is not None
@@ -295,6 +315,30 @@ class SetStore:
         for name in listed:
             if name not in wanted and layout.is_manifest_file_name(name[len(prefix) :]):
                 self.bucket.delete(name)
+
+
+def carried_rollout(
+    old: ManifestSet | None, entries: Sequence[ManifestEntry]
+) -> RolloutRule | None:
+    """The stored rollout, kept while the baseline manifests it replaces are unchanged.
+
+    A writer that changes one of them (``tag_monitor`` after a manual retag of the
+    channel) ends the rollout in the set: the tag wins, the controller then records the
+    rollout as superseded.
+    """
+    rule = old.rollout if old is not None else None
+    if rule is None or old is None:
+        return None
+    for candidate in rule.entries:
+        before = old.entry(manifest_set.SCOPE_CHANNEL, candidate.name)
+        after = (
+            next((e for e in entries if (e.scope, e.name) == (before.scope, before.name)), None)
+            if before is not None
+            else None
+        )
+        if before is None or after is None or after.yaml != before.yaml:
+            return None
+    return rule
 
 
 def _changed_scopes(old: ManifestSet | None, new: ManifestSet) -> tuple[str, ...]:
