@@ -3,6 +3,7 @@
 Deploy (or run locally):
     functions-framework --source functions/main.py --target tag_monitor
     functions-framework --source functions/main.py --target model_done_watcher
+    functions-framework --source functions/main.py --target rollout_controller
 
 Configuration is read from the environment once, on the first event (not at import):
 see docs/control-plane.md for the variables.
@@ -28,7 +29,11 @@ def _service(name: str) -> Any:
 
             if not _services:
                 logs.configure(name, os.environ.get("LOG_LEVEL", "INFO"))
-            if name == "tag_monitor":
+            if name == "rollout_controller":
+                from edgefleet.cloud import rollout_controller
+
+                _services[name] = rollout_controller.from_env(os.environ)
+            elif name == "tag_monitor":
                 config = control.TagMonitorConfig.from_env(os.environ)
                 _services[name] = control.TagMonitor.from_config(config)
             else:
@@ -47,3 +52,12 @@ def tag_monitor(cloud_event: Any) -> None:
 def model_done_watcher(cloud_event: Any) -> None:
     """A ``MODEL/VERSION/…/TRAINER-DONE`` object finalized -> a build request."""
     _service("model_done_watcher").handle_cloud_event(cloud_event)
+
+
+@functions_framework.cloud_event
+def rollout_controller(cloud_event: Any) -> None:
+    """A periodic tick (Pub/Sub, Cloud Scheduler) -> progressive rollouts advance, hold, or
+    halt and revert (see edgefleet.cloud.rollout_controller)."""
+    from edgefleet.cloud.rollout_controller import handle_tick
+
+    handle_tick(_service("rollout_controller"), cloud_event)
