@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from edgefleet.core import logs
 from edgefleet.core.errors import EdgefleetError
 from sync_pod.config import Config, from_env
+from sync_pod.pipeline import Outcome
+from sync_pod.wait import Waiter
 
 # A refused connection fails a poll within seconds instead of the library's two minutes.
 RETRY_SECONDS = 5.0
@@ -58,15 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             agent.recover()
             outcome = agent.poll_once()
             agent.report(force=True)
-            return 0 if outcome not in ("failed",) else 1
-        stopping: list[int] = []
-
-        def stop(signum: int, _frame: object) -> None:
-            stopping.append(signum)
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        agent.run(lambda: bool(stopping), jitter=lambda: random.uniform(1 - JITTER, 1 + JITTER))
+            return 1 if outcome in (Outcome.FAILED, Outcome.ROLLBACK_FAILED) else 0
+        wait = Waiter()
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: wait.stop())
+        signal.signal(signal.SIGINT, lambda _signum, _frame: wait.stop())
+        agent.run(wait, jitter=lambda: random.uniform(1 - JITTER, 1 + JITTER))
         return 0
     except EdgefleetError as exc:
         print(f"edgefleet: {exc}", file=sys.stderr)

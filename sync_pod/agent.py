@@ -1,18 +1,26 @@
-"""The sync agent: poll the channel's manifest set, verify it, apply it atomically behind a
-health gate, and report.
+"""The sync agent: poll the channel's manifest set, verify it, apply it behind a health
+gate, and report.
 
-One poll, when nothing changed, is one metadata request (the set object's generation).
-A new generation is downloaded (bounded), decoded, verified (signatures when keys are
-trusted, expiry, replay, target) and every manifest is policy-checked (the kubernetes
-V1Pod model check through ``model_check``: a child process on devices); only then is the
-set written into a fresh directory and switched in (see :mod:`sync_pod.folder`). The
-runtime starts what changed; if the changed pods are not ready before the deadline, the
-previous set is switched back and the bad set is remembered so it is not retried until
-the channel's set changes again. Any failure keeps the last good set in force.
+One poll is the pipeline of :mod:`sync_pod.pipeline`::
+
+    fetch -> decode -> verify -> select -> check -> prefetch -> apply -> gate
+          -> commit | rollback                      (then, in the loop: report)
+
+When nothing changed a poll is one metadata request (the set object's generation). A new
+generation is downloaded (bounded), decoded, verified (signatures when keys are trusted,
+expiry, replay, target), reduced to what this device runs (select), and every manifest is
+policy-checked (the kubernetes V1Pod model check through ``model_check``: a child process
+on devices); only then are the images pulled (prefetch) and the set written into the
+manifest folder (apply). The gate waits until the runtime runs the changed pods, ready;
+if not before the deadline, the previous set is put back (rollback) and the set is never
+retried. Any failure keeps the last good set in force. What each end of a poll makes the
+agent remember is decided in one place (:func:`sync_pod.memory.remember`, called from
+:meth:`Agent.settle`), including the back-off on a set that keeps failing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import shutil
@@ -29,47 +37,55 @@ from device.runtime import Runtime
 from edgefleet import __version__
 from edgefleet.core import layout, manifest_set, signing
 from edgefleet.core.bucket import Conflict, DeviceBucket, TooLarge
-from edgefleet.core.errors import (
-    EdgefleetError,
-    InvalidInput,
-    InvalidManifestSet,
-    PolicyViolation,
-    SetRejected,
-    TransientError,
-)
-from edgefleet.core.policy import ModelCheck, check_manifests
+from edgefleet.core.errors import EdgefleetError, TransientError
+from edgefleet.core.policy import ModelCheck
+from sync_pod import pipeline
 from sync_pod.config import Config
 from sync_pod.folder import FolderError, ManifestFolder
-from sync_pod.state import AppliedSet, Pending, Rejection, State, StateStore
+from sync_pod.memory import BackoffPolicy, backing_off, iso, remember
+from sync_pod.pipeline import (
+    WAIT_STOP,
+    Checked,
+    Decoded,
+    Fetched,
+    Outcome,
+    Planned,
+    PollResult,
+    Reason,
+    Selected,
+    Trust,
+    Verified,
+    Wait,
+)
+from sync_pod.state import (
+    PHASE_ROLLBACK,
+    AppliedSet,
+    Pending,
+    Rejection,
+    State,
+    StateStore,
+)
 from sync_pod.status import StatusReporter
 
 log = logging.getLogger(__name__)
 
 SYNC_POD_FILE = layout.manifest_file_name(layout.SYNC_POD_NAME)
+# The longest back-off on a set that keeps failing (seconds); the first is one poll.
+BACKOFF_CAP_SECONDS = 3600.0
 
-# Reasons beyond manifest_set.REJECT_*; reported verbatim in the status.
-REJECT_INVALID_SET = "invalid-set"
-REJECT_TOO_LARGE = "too-large"
-REJECT_INVALID_MANIFEST = "invalid-manifest"
-REJECT_POLICY = "policy"
-REJECT_UNHEALTHY = "unhealthy"
-ERROR_OFFLINE = "offline"
-ERROR_NO_SET = "no-set"
-ERROR_APPLY = "apply-failed"
-ERROR_RUNTIME = "runtime-failed"
-ERROR_CHECK = "check-failed"
-
-# Outcomes of one poll.
-UNCHANGED = "unchanged"
-APPLIED = "applied"
-REJECTED = "rejected"
-ROLLED_BACK = "rolled-back"
-OFFLINE = "offline"
-FAILED = "failed"
+# Kept for callers that compare poll outcomes with names (Outcome is a StrEnum).
+UNCHANGED = Outcome.UNCHANGED
+APPLIED = Outcome.APPLIED
+REJECTED = Outcome.REJECTED
+ROLLED_BACK = Outcome.ROLLED_BACK
+ROLLBACK_FAILED = Outcome.ROLLBACK_FAILED
+BACKING_OFF = Outcome.BACKING_OFF
+OFFLINE = Outcome.OFFLINE
+FAILED = Outcome.FAILED
 
 
 def _now_iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso(ts)
 
 
 class Agent:
@@ -85,7 +101,8 @@ class Agent:
         model_check: ModelCheck | None = None,
     ) -> None:
         """``model_check``: the V1Pod model check of a new set's manifests (None: in this
-        process; the device's main runs it in a child, see :mod:`device.podcheck`)."""
+        process; the device's main runs it in a child, see :mod:`device.podcheck`).
+        ``sleep`` paces the health gate; the wait between polls is :meth:`run`'s."""
         self.config = config
         self.bucket = bucket
         self.runtime = runtime
@@ -94,6 +111,9 @@ class Agent:
         self.probe = probe
         self.model_check = model_check
         self.policy = config.policy()
+        self.backoff = BackoffPolicy(
+            base=config.poll_seconds, cap=max(config.poll_seconds, BACKOFF_CAP_SECONDS)
+        )
         self.folder = ManifestFolder(config.manifest_dir, config.state_dir / "sets")
         self.store = StateStore(config.state_dir / "state.json")
         self.state: State = self.store.load()
@@ -108,7 +128,9 @@ class Agent:
         self.last_sync: float | None = None
         self.last_poll: float | None = None
         self.last_error: dict[str, str] | None = None
+        self.last_result: PollResult | None = None
         self.health = "unknown"
+        self._checked: Checked | None = None  # the last set checked, kept while it fails
         self._news = True  # something worth reporting happened since the last report
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -120,20 +142,8 @@ class Agent:
         current = self.folder.current()
         if current is not None and current == self.config.manifest_dir:
             self._adopt(current)
-        pending = self.state.pending
-        if pending is not None:
-            if self.folder.current() == Path(pending.dir):
-                log.info("resuming an interrupted apply", extra=_f(digest=pending.digest))
-                if pending.deadline is None:
-                    pending.deadline = self.clock() + self.config.health_timeout
-                    self._save()
-                self._finish(pending)
-            else:
-                log.info("discarding an interrupted apply", extra=_f(digest=pending.digest))
-                if Path(pending.dir).is_dir() and Path(pending.dir).parent == self.folder.sets_dir:
-                    shutil.rmtree(pending.dir, ignore_errors=True)
-                self.state.pending = None
-                self._save()
+        if self.state.pending is not None:
+            self.settle(self.resume(self.state.pending))
         # A crash after commit but before clean-up leaves old set dirs behind.
         self.folder.gc([_opt_path(self.state.applied), _opt_path(self.state.previous)])
         current = self.folder.current()
@@ -141,189 +151,208 @@ class Agent:
             try:
                 self.runtime.reconcile(current)
             except EdgefleetError as exc:
-                self._error(ERROR_RUNTIME, str(exc))
+                self._error(Reason.RUNTIME, str(exc))
 
-    def run(self, should_stop: Callable[[], bool], *, jitter: Callable[[], float]) -> None:
-        """Poll until ``should_stop()``; ``jitter()`` gives a factor around 1.0 per sleep."""
+    def run(self, wait: Wait, *, jitter: Callable[[], float]) -> None:
+        """Poll, report, ``wait(poll interval x jitter())``; until ``wait`` says "stop"."""
         self.recover()
         self.report()
-        while not should_stop():
+        while True:
             try:
                 self.poll_once()
             except Exception as exc:  # keep the device's last good set, whatever happened
                 log.exception("poll failed unexpectedly")
-                self._error(FAILED, f"{type(exc).__name__}: {exc}")
+                self._error(Reason.UNEXPECTED, f"{type(exc).__name__}: {exc}")
             try:
                 self.report()
             except Exception:
                 log.exception("status report failed unexpectedly")
-            delay = self.config.poll_seconds * jitter()
-            deadline = time.monotonic() + delay
-            while not should_stop() and time.monotonic() < deadline:
-                self.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            if wait(self.config.poll_seconds * jitter()) == WAIT_STOP:
+                return
 
-    # -- one poll -----------------------------------------------------------------------
+    # -- one poll: the pipeline ---------------------------------------------------------
 
-    def poll_once(self) -> str:
+    def poll_once(self) -> Outcome:
+        """One pass of the pipeline; its result is settled (remembered, reported)."""
         self.last_poll = self.clock()
+        result = self._poll()
+        self.settle(result)
+        return result.outcome
+
+    def _poll(self) -> PollResult:
+        if self.state.pending is not None:
+            return self.resume(self.state.pending)
+        stages: tuple[Callable[[Any], Any], ...] = (
+            pipeline.decode,
+            self.known,
+            self.verify,
+            self.select,
+            self.check,
+            self.plan,
+            self.prefetch,
+            self.apply,
+            self.finish,
+        )
+        product: object = self.fetch()
+        for stage in stages:
+            if isinstance(product, PollResult):
+                return product
+            product = stage(product)
+        assert isinstance(product, PollResult), product
+        return product
+
+    def fetch(self) -> Fetched | PollResult:
+        """The set object's generation (one metadata request) and, when it is new and not
+        backing off, its bytes."""
         name = self.config.set_object
+        where = f"gs://{self.bucket.name}/{name}"
         try:
             generation = self.bucket.generation(name)
         except TransientError as exc:
-            return self._offline(exc)
+            return PollResult(Outcome.OFFLINE, Reason.OFFLINE, str(exc))
         self._online()
         if generation == 0:
-            self._error(ERROR_NO_SET, f"gs://{self.bucket.name}/{name} does not exist yet")
-            return UNCHANGED
-        if generation == self.state.seen_generation and self.state.pending is None:
-            return UNCHANGED
+            return PollResult(Outcome.UNCHANGED, Reason.NO_SET, f"{where} does not exist yet")
+        held = backing_off(self.state, now=self.clock(), generation=generation)
+        if held is not None:
+            return self._backing_off_result(held)
+        if generation == self.state.seen_generation:
+            return PollResult(Outcome.UNCHANGED)
         try:
             blob = self.bucket.read(name, max_bytes=manifest_set.MAX_SET_BYTES)
         except TooLarge as exc:
-            return self._reject(REJECT_TOO_LARGE, str(exc), generation=generation)
+            return PollResult(Outcome.REJECTED, Reason.TOO_LARGE, str(exc), "", generation)
         except Conflict:
-            return UNCHANGED  # rewritten while we read: the next poll gets the new one
+            return PollResult(Outcome.UNCHANGED)  # rewritten while read: the next poll gets it
         except TransientError as exc:
-            return self._offline(exc)
+            return PollResult(Outcome.OFFLINE, Reason.OFFLINE, str(exc))
         if blob is None:
-            self._error(ERROR_NO_SET, f"gs://{self.bucket.name}/{name} does not exist yet")
-            return UNCHANGED
-        generation = blob.generation
-        raw_digest = hashlib.sha256(blob.data).hexdigest()
-        try:
-            signed = manifest_set.decode(blob.data)
-        except InvalidManifestSet as exc:
-            return self._reject(REJECT_INVALID_SET, str(exc), raw_digest, generation)
-        candidate = signed.manifest_set
-        digest = candidate.digest()
+            return PollResult(Outcome.UNCHANGED, Reason.NO_SET, f"{where} does not exist yet")
+        return Fetched(blob.data, blob.generation)
+
+    def known(self, decoded: Decoded) -> Decoded | PollResult:
+        """Sets judged before: the running one rewritten (its signatures still judged, so
+        a stripped or forged signature on it is reported), one rolled back before (never
+        retried), one backing off."""
         applied = self.state.applied
-        now = datetime.fromtimestamp(self.clock(), UTC)
-        if applied is not None and digest == applied.digest:
-            # Same content as what runs, rewritten: still judge its signatures, so that a
-            # stripped or forged signature on the running set is reported, not ignored.
-            try:
-                manifest_set.verify(
-                    signed, self.config.trusted_keys, arch=self.config.arch,
-                    channel=self.config.channel, now=now,
-                )  # fmt: skip
-            except SetRejected as exc:
-                return self._reject(exc.reason, str(exc), digest, generation)
-            self.state.seen_generation = generation
-            self._save()
-            return UNCHANGED
-        if digest in self.state.bad_digests:
-            self.state.seen_generation = generation
-            self._save()
-            log.info("set was rolled back before; not retrying", extra=_f(digest=digest))
-            return UNCHANGED
-        try:
-            manifest_set.verify(
-                signed,
-                self.config.trusted_keys,
-                arch=self.config.arch,
-                channel=self.config.channel,
-                now=now,
-                applied_sequence=applied.sequence if applied else None,
-                applied_digest=applied.digest if applied else None,
-            )
-        except SetRejected as exc:
-            return self._reject(exc.reason, str(exc), digest, generation)
-        entries = candidate.effective()
-        try:
-            checked = check_manifests(
-                {f: e.yaml for f, e in entries.items()},
-                self.policy,
-                expected_names={f: e.name for f, e in entries.items()},
-                model_check=self.model_check,
-            )
-        except TransientError as exc:
-            # Not checked is not accepted: keep the current set, retry on the next poll.
-            self._error(ERROR_CHECK, f"checking set {digest[:12]}: {exc}")
-            return FAILED
-        files: dict[str, bytes] = {}
-        pods: dict[str, dict[str, Any]] = {}
-        for file_name, outcome in checked.items():
-            if isinstance(outcome, PolicyViolation):
-                return self._reject(REJECT_POLICY, f"{file_name}: {outcome}", digest, generation)
-            if isinstance(outcome, InvalidInput):
-                return self._reject(
-                    REJECT_INVALID_MANIFEST, f"{file_name}: {outcome}", digest, generation
-                )
-            entry = entries[file_name]
-            pods[entry.name] = outcome
-            files[file_name] = entry.yaml.encode("utf-8")
-        return self._apply(candidate, digest, generation, files, pods)
+        if applied is not None and decoded.digest == applied.digest:
+            verdict = pipeline.verify(decoded, self.trust(), running=True)
+            if isinstance(verdict, PollResult):
+                return verdict
+            return PollResult(Outcome.UNCHANGED, "", "", decoded.digest, decoded.generation)
+        if decoded.digest in self.state.bad_digests:
+            log.info("set was rolled back before; not retrying", extra=_f(digest=decoded.digest))
+            return PollResult(Outcome.UNCHANGED, "", "", decoded.digest, decoded.generation)
+        held = backing_off(self.state, now=self.clock(), digest=decoded.digest)
+        if held is not None:
+            return self._backing_off_result(held)
+        return decoded
 
-    # -- apply, health gate, commit or roll back ----------------------------------------
-
-    def _apply(
-        self,
-        candidate: manifest_set.ManifestSet,
-        digest: str,
-        generation: int,
-        files: dict[str, bytes],
-        pods: dict[str, dict[str, Any]],
-    ) -> str:
-        current = self.folder.current()
-        old_files = self.folder.read(current) if current else {}
-        if SYNC_POD_FILE not in files and SYNC_POD_FILE in old_files:
-            # Never remove our own sync pod: a set without it keeps the current one.
-            files[SYNC_POD_FILE] = old_files[SYNC_POD_FILE]
-        changed = sorted(
-            f[: -len(layout.MANIFEST_SUFFIX)]
-            for f, data in files.items()
-            if old_files.get(f) != data and f != SYNC_POD_FILE
+    def trust(self) -> Trust:
+        applied = self.state.applied
+        return Trust(
+            keys=self.config.trusted_keys,
+            arch=self.config.arch,
+            channel=self.config.channel,
+            now=datetime.fromtimestamp(self.clock(), UTC),
+            applied_sequence=applied.sequence if applied else None,
+            applied_digest=applied.digest if applied else None,
         )
+
+    def verify(self, decoded: Decoded) -> Verified | PollResult:
+        return pipeline.verify(decoded, self.trust())
+
+    def select(self, verified: Verified) -> Selected | PollResult:
+        """Which version of the set this device runs (a rollout's cohort): pass-through."""
+        return pipeline.select(verified)
+
+    def check(self, selected: Selected) -> Checked | PollResult:
+        """Policy + model check; a set that failed later (pull, disk) is not re-checked
+        when it is retried (same digest: same verdict)."""
+        cached = self._checked
+        if cached is not None and cached.digest == selected.digest:
+            return dataclasses.replace(cached, generation=selected.generation)
+        checked = pipeline.check(selected, self.policy, self.model_check)
+        if isinstance(checked, Checked):
+            self._checked = checked
+        return checked
+
+    def plan(self, checked: Checked) -> Planned:
+        current = self.folder.current()
+        return pipeline.plan(checked, self.folder.read(current) if current else {}, SYNC_POD_FILE)
+
+    def prefetch(self, planned: Planned) -> Planned | PollResult:
+        """Pull the images of the changed pods before anything is switched: a pull that
+        fails keeps the old set running, and the set is retried after a back-off."""
+        checked = planned.checked
         log.info(
             "applying manifest set",
-            extra=_f(sequence=candidate.sequence, digest=digest, changed=changed),
+            extra=_f(sequence=checked.sequence, digest=checked.digest, changed=planned.changed),
         )
+        pods = {n: checked.pods[n] for n in planned.changed if n in checked.pods}
         try:
-            self.runtime.prefetch({n: pods[n] for n in changed if n in pods})
+            self.runtime.prefetch(pods)
         except EdgefleetError as exc:
-            # Nothing switched yet: the old set keeps running; retry on the next poll.
-            self._error(ERROR_RUNTIME, f"pulling images of set {digest[:12]}: {exc}")
-            return FAILED
-        set_dir = self.folder.set_dir(candidate.sequence, digest)
+            return PollResult(
+                Outcome.FAILED,
+                Reason.RUNTIME,
+                f"pulling images of set {checked.digest[:12]}: {exc}",
+                checked.digest,
+                checked.generation,
+            )
+        return planned
+
+    def apply(self, planned: Planned) -> Pending | PollResult:
+        """Journal the apply, write the set's exact bytes, switch it in."""
+        checked = planned.checked
+        current = self.folder.current()
+        set_dir = self.folder.set_dir(checked.sequence, checked.digest)
         pending = Pending(
-            digest=digest,
-            sequence=candidate.sequence,
+            digest=checked.digest,
+            sequence=checked.sequence,
             dir=str(set_dir),
             previous_dir=str(current) if current else None,
-            hashes={f: hashlib.sha256(d).hexdigest() for f, d in sorted(files.items())},
-            generation=generation,
-            changed=changed,
+            hashes={f: hashlib.sha256(d).hexdigest() for f, d in sorted(planned.files.items())},
+            generation=checked.generation,
+            changed=list(planned.changed),
         )
         self.state.pending = pending
         self._save()
         try:
-            self.folder.prepare(set_dir, files)
+            self.folder.prepare(set_dir, planned.files)
             self.folder.switch(set_dir)
         except FolderError as exc:
             self.state.pending = None
             self._save()
-            self._error(ERROR_APPLY, str(exc))
-            return FAILED
+            return PollResult(
+                Outcome.FAILED, Reason.APPLY, str(exc), checked.digest, checked.generation
+            )
         pending.deadline = self.clock() + self.config.health_timeout
         self._save()
+        return pending
+
+    def finish(self, pending: Pending) -> PollResult:
+        """Gate the switched-in set, then commit it or roll it back."""
         return self._finish(pending)
 
-    def _finish(self, pending: Pending) -> str:
-        """Reconcile the runtime with the switched-in set and gate on health."""
+    def _finish(self, pending: Pending) -> PollResult:
+        result = self.gate(pending)
+        if result.healthy:
+            return self.commit(pending)
+        return self.rollback(pending, result)
+
+    def gate(self, pending: Pending) -> HealthResult:
+        """Reconcile the runtime with the switched-in set; wait until its changed (and
+        restarted) pods run, ready, or the deadline passes."""
         set_dir = Path(pending.dir)
         try:
             started = self.runtime.reconcile(set_dir)
         except EdgefleetError as exc:
-            result = HealthResult(False, {"runtime": str(exc)})
-        else:
-            gated = sorted(set(pending.changed) | set(started))
-            result = self._wait_ready(set_dir, gated, pending.deadline or self.clock())
-        if result.healthy:
-            return self._commit(pending)
-        return self._rollback(pending, result)
+            return HealthResult(False, {"runtime": str(exc)})
+        gated = sorted(set(pending.changed) | set(started))
+        return self._wait_ready(set_dir, gated, pending.deadline or self.clock())
 
-    def _commit(self, pending: Pending) -> str:
-        now = self.clock()
+    def commit(self, pending: Pending) -> PollResult:
         self.state.previous = self.state.applied
         self.state.applied = AppliedSet(
             digest=pending.digest,
@@ -331,60 +360,86 @@ class Agent:
             dir=pending.dir,
             hashes=pending.hashes,
             generation=pending.generation,
-            applied_at=_now_iso(now),
+            applied_at=_now_iso(self.clock()),
         )
         self.state.pending = None
-        self.state.seen_generation = pending.generation
-        self._save()
-        self.health = "healthy"
-        self.last_error = None
-        self._news = True
         self.folder.gc([Path(self.state.applied.dir), _opt_path(self.state.previous)])
         log.info("manifest set applied", extra=_f(sequence=pending.sequence, digest=pending.digest))
-        return APPLIED
+        return PollResult(Outcome.APPLIED, "", "", pending.digest, pending.generation)
 
-    def _rollback(self, pending: Pending, result: HealthResult) -> str:
-        previous = Path(pending.previous_dir) if pending.previous_dir else None
-        if previous is None or not previous.is_dir():
-            previous = self._empty_set(Path(pending.dir))
-        detail = f"set {pending.sequence} not healthy in time, rolled back: {result.summary()}"
+    def rollback(self, pending: Pending, result: HealthResult) -> PollResult:
+        """Put the previous set back and wait for its pods. Reports what really happened:
+        ROLLED_BACK only when the previous set is in force and its pods serve again."""
+        detail = f"set {pending.sequence} not healthy in time: {result.summary()}"
         log.error("rolling back", extra=_f(digest=pending.digest, detail=result.detail))
-        try:
-            self.folder.switch(previous)
-        except FolderError as exc:
-            self._error(ERROR_APPLY, f"rollback failed: {exc}")
-            return FAILED
-        try:
-            self.runtime.reconcile(previous)
-        except EdgefleetError as exc:
-            log.error("runtime failed while rolling back", extra=_f(error=str(exc)))
-        else:
-            # A rollback is done when the old pods serve again: wait for them (same gate,
-            # same budget) so that what is reported next is what runs.
-            deadline = self.clock() + self.config.health_timeout
-            restored = self._wait_ready(previous, pending.changed, deadline)
-            if not restored.healthy:
-                log.error(
-                    "previous set not ready after rolling back",
-                    extra=_f(digest=pending.digest, detail=restored.detail),
-                )
-        self.state.mark_bad(pending.digest)
-        self.state.pending = None
-        self.state.seen_generation = pending.generation
-        self.state.reject(
-            Rejection(
-                REJECT_UNHEALTHY,
-                detail,
-                _now_iso(self.clock()),
+        pending.phase, pending.detail = PHASE_ROLLBACK, detail
+        self._save()
+        return self._roll_back(pending)
+
+    def _roll_back(self, pending: Pending) -> PollResult:
+        def failed(why: str) -> PollResult:
+            return PollResult(
+                Outcome.ROLLBACK_FAILED,
+                Reason.ROLLBACK,
+                f"{pending.detail}; rollback failed: {why}",
                 pending.digest,
                 pending.generation,
             )
-        )
-        self._save()
-        self.health = "rolled-back"
-        self._news = True
+
+        previous = Path(pending.previous_dir) if pending.previous_dir else None
+        try:
+            if previous is None or not previous.is_dir():
+                previous = self._empty_set(Path(pending.dir))
+            self.folder.switch(previous)
+        except FolderError as exc:
+            return failed(str(exc))  # pending stays: the next poll tries again
+        self.state.pending = None
         self.folder.gc([_opt_path(self.state.applied), _opt_path(self.state.previous), previous])
-        return ROLLED_BACK
+        try:
+            self.runtime.reconcile(previous)
+        except EdgefleetError as exc:
+            return failed(f"the runtime did not restart the previous set: {exc}")
+        # A rollback is done when the old pods serve again: wait for them (same gate,
+        # same budget) so that what is reported is what runs.
+        deadline = self.clock() + self.config.health_timeout
+        restored = self._wait_ready(previous, pending.changed, deadline)
+        if not restored.healthy:
+            return failed(f"the previous set is not ready again: {restored.summary()}")
+        return PollResult(
+            Outcome.ROLLED_BACK,
+            Reason.UNHEALTHY,
+            f"{pending.detail}; rolled back",
+            pending.digest,
+            pending.generation,
+        )
+
+    def resume(self, pending: Pending) -> PollResult:
+        """An apply or rollback left unfinished (a crash, a failed rollback): finish it."""
+        if pending.phase == PHASE_ROLLBACK:
+            log.info("retrying a failed rollback", extra=_f(digest=pending.digest))
+            return self._roll_back(pending)
+        if self.folder.current() == Path(pending.dir):
+            log.info("resuming an interrupted apply", extra=_f(digest=pending.digest))
+            if pending.deadline is None:
+                pending.deadline = self.clock() + self.config.health_timeout
+                self._save()
+            return self._finish(pending)
+        log.info("discarding an interrupted apply", extra=_f(digest=pending.digest))
+        if Path(pending.dir).is_dir() and Path(pending.dir).parent == self.folder.sets_dir:
+            shutil.rmtree(pending.dir, ignore_errors=True)
+        self.state.pending = None
+        self._save()
+        return PollResult(Outcome.UNCHANGED)
+
+    def _backing_off_result(self, held: Any) -> PollResult:
+        wait = max(0.0, held.until - self.clock())
+        return PollResult(
+            Outcome.BACKING_OFF,
+            held.reason,
+            f"set {held.digest[:12]} failed {held.failures} time(s); next try in {wait:.0f} s",
+            held.digest,
+            held.generation,
+        )
 
     def _empty_set(self, failed_dir: Path) -> Path:
         """What to roll back to when there was no previous set: only our own sync pod."""
@@ -420,42 +475,66 @@ class Agent:
                 out[name] = yaml.safe_load(path.read_bytes())
         return out
 
-    # -- bookkeeping --------------------------------------------------------------------
+    # -- settling a poll: the one place that decides what is remembered ----------------
 
-    def _reject(self, reason: str, detail: str, digest: str = "", generation: int = 0) -> str:
-        log.error("manifest set rejected", extra=_f(reason=reason, detail=detail, digest=digest))
-        self.state.reject(Rejection(reason, detail, _now_iso(self.clock()), digest, generation))
-        if generation:
-            self.state.seen_generation = generation
+    def settle(self, result: PollResult) -> None:
+        """Remember what ``result`` says (state on disk) and what to report."""
+        now = self.clock()
+        remember(self.state, result, now=now, backoff=self.backoff)
         self._save()
-        self.last_error = {"reason": reason, "detail": detail, "at": _now_iso(self.clock())}
-        self._news = True
-        return REJECTED
+        self.last_result = result
+        if result.outcome not in (Outcome.FAILED, Outcome.BACKING_OFF):
+            self._checked = None
+        outcome = result.outcome
+        if outcome is Outcome.OFFLINE:
+            self._offline(result.detail)
+        elif outcome is Outcome.APPLIED:
+            self.health = "healthy"
+            self.last_error = None
+            self._news = True
+        elif outcome is Outcome.REJECTED:
+            log.error(
+                "manifest set rejected",
+                extra=_f(reason=result.reason, detail=result.detail, digest=result.digest),
+            )
+            self.last_error = {"reason": str(result.reason), "detail": result.detail,
+                               "at": _now_iso(now)}  # fmt: skip
+            self._news = True
+        elif outcome is Outcome.ROLLED_BACK:
+            self.health = "rolled-back"
+            self._news = True
+        elif outcome is Outcome.ROLLBACK_FAILED:
+            self.health = "rollback-failed"
+            self._error(Reason.ROLLBACK, result.detail)
+            self._news = True
+        elif outcome is Outcome.FAILED or result.reason == Reason.NO_SET:
+            self._error(str(result.reason), result.detail)
+
+    # -- bookkeeping --------------------------------------------------------------------
 
     def _error(self, reason: str, detail: str) -> None:
         if self.last_error is None or self.last_error.get("detail") != detail:
-            log.error("sync error", extra=_f(reason=reason, detail=detail))
+            log.error("sync error", extra=_f(reason=str(reason), detail=detail))
             self._news = True
-        self.last_error = {"reason": reason, "detail": detail, "at": _now_iso(self.clock())}
+        self.last_error = {"reason": str(reason), "detail": detail, "at": _now_iso(self.clock())}
 
-    def _offline(self, exc: Exception) -> str:
+    def _offline(self, detail: str) -> None:
         if self.offline_since is None:
             self.offline_since = self.clock()
-            log.warning("bucket unreachable: keeping the current set", extra=_f(error=str(exc)))
+            log.warning("bucket unreachable: keeping the current set", extra=_f(error=detail))
             self._news = True
         self.last_error = {
-            "reason": ERROR_OFFLINE,
-            "detail": str(exc),
+            "reason": Reason.OFFLINE.value,
+            "detail": detail,
             "at": _now_iso(self.clock()),
         }
-        return OFFLINE
 
     def _online(self) -> None:
         if self.offline_since is not None:
             log.info("bucket reachable again")
             self.offline_since = None
             self._news = True
-            if self.last_error and self.last_error.get("reason") == ERROR_OFFLINE:
+            if self.last_error and self.last_error.get("reason") == Reason.OFFLINE:
                 self.last_error = None
         self.last_sync = self.clock()
 
@@ -479,7 +558,7 @@ class Agent:
             running = self.runtime.pods()
         except EdgefleetError as exc:
             running = None
-            self._error(ERROR_RUNTIME, str(exc))
+            self._error(Reason.RUNTIME, str(exc))
         pods = None if running is None else [p.to_dict() for _, p in sorted(running.items())]
         health = self.health
         if running is not None and applied is not None:

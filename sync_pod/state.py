@@ -31,9 +31,15 @@ class AppliedSet:
     applied_at: str = ""
 
 
+PHASE_APPLY = "apply"
+PHASE_ROLLBACK = "rollback"
+
+
 @dataclass
 class Pending:
-    """An apply in progress. ``deadline`` (epoch seconds) is set once the switch is done."""
+    """An apply in progress. ``deadline`` (epoch seconds) is set once the switch is done.
+    ``phase`` is "rollback" once the set failed its gate and switching back failed: the
+    next poll (or a restart) retries the rollback, never the set."""
 
     digest: str
     sequence: int
@@ -43,6 +49,22 @@ class Pending:
     generation: int
     changed: list[str] = field(default_factory=list)
     deadline: float | None = None
+    phase: str = PHASE_APPLY
+    detail: str = ""
+
+
+@dataclass
+class Backoff:
+    """A set that failed for a reason that may pass (a pull, the disk, the check child):
+    not tried again before ``until`` (epoch seconds). ``failures`` counts the consecutive
+    failures of this digest; the delay doubles with each, up to a bound."""
+
+    digest: str
+    generation: int
+    failures: int
+    until: float
+    reason: str = ""
+    detail: str = ""
 
 
 @dataclass
@@ -62,6 +84,7 @@ class State:
     seen_generation: int = 0
     rejections: list[Rejection] = field(default_factory=list)
     bad_digests: list[str] = field(default_factory=list)
+    backoff: Backoff | None = None
 
     def reject(self, rejection: Rejection) -> None:
         self.rejections = [*self.rejections, rejection][-MAX_REMEMBERED:]
@@ -90,6 +113,7 @@ class State:
             seen_generation=int(doc.get("seen_generation") or 0),
             rejections=[Rejection(**r) for r in doc.get("rejections") or []],
             bad_digests=[str(d) for d in doc.get("bad_digests") or []],
+            backoff=_opt(Backoff, doc.get("backoff")),
         )
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,12 @@ from support.sync import (
     pod_yaml,
 )
 
+from device import gcs_json
 from device.podcheck import ChildModelCheck
 from device.runtime import KubeletRuntime
 from edgefleet.core import policy
 from edgefleet.core.errors import InvalidInput, PolicyViolation
-from sync_pod.agent import APPLIED, FAILED, REJECTED, UNCHANGED, Agent
+from sync_pod.agent import APPLIED, BACKING_OFF, FAILED, REJECTED, UNCHANGED, Agent
 from sync_pod.config import from_env
 
 REG = TEST_REGISTRY
@@ -87,26 +89,66 @@ def test_device_rejects_invalid_pods_through_the_child(bucket, tmp_path) -> None
     assert len(check.batches) == 4
 
 
-def test_a_check_that_cannot_run_keeps_the_set_and_is_retried(bucket, tmp_path) -> None:
+class Clock:
+    """The agent's clock, moved by the test (starts at the real time: sets expire)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_check_that_cannot_run_keeps_the_set_and_is_retried_after_a_backoff(
+    bucket, gcs, tmp_path
+) -> None:
     pub = SetPublisher(bucket, "x86_64", "beta")
-    agent = _agent(bucket, tmp_path, ChildModelCheck(timeout=60))
+    clock = Clock()
+    env = agent_env(bucket.name, tmp_path, POLL_SECONDS="30")
+    lean = gcs_json.connect(bucket.name, timeout=5.0, retry=gcs_json.NO_RETRY, env=gcs.env())
+    agent = Agent(
+        from_env(env), lean, KubeletRuntime(), model_check=ChildModelCheck(timeout=60),
+        clock=clock, sleep=clock.sleep,
+    )  # fmt: skip
     agent.recover()
     first = pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
     assert agent.poll_once() == APPLIED
     pub.publish(entries({"web": pod_yaml("web", IMAGE, command=["/bin/true"])}))
-    for broken in (
-        ChildModelCheck(command=[str(tmp_path / "no-such-python")]),
-        ChildModelCheck(command=[sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5),
-        ChildModelCheck(command=[sys.executable, "-c", "print('garbage')"]),
-        ChildModelCheck(command=[sys.executable, "-c", "raise SystemExit(3)"]),
+    for failures, broken in enumerate(
+        (
+            ChildModelCheck(command=[str(tmp_path / "no-such-python")]),
+            ChildModelCheck(
+                command=[sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5
+            ),
+            ChildModelCheck(command=[sys.executable, "-c", "print('garbage')"]),
+            ChildModelCheck(command=[sys.executable, "-c", "raise SystemExit(3)"]),
+        ),
+        start=1,
     ):
         agent.model_check = broken
         assert agent.poll_once() == FAILED, broken.command
         assert agent.state.applied is not None and agent.state.applied.digest == first.digest()
         assert agent.last_error is not None and agent.last_error["reason"] == "check-failed"
+        # Backing off: the next polls neither download the set nor run the check again.
+        backoff = agent.state.backoff
+        assert backoff is not None and backoff.failures == failures
+        assert backoff.until - clock.now == 30 * 2 ** (failures - 1)
+        agent.model_check = _must_not_run
+        mark = gcs.mark()
+        assert agent.poll_once() == BACKING_OFF
+        assert [r.method for r in gcs.requests(mark)] == ["GET"]  # the generation only
+        clock.now = backoff.until
     agent.model_check = ChildModelCheck(timeout=60)
-    assert agent.poll_once() == APPLIED  # retried on the next poll, not skipped
+    assert agent.poll_once() == APPLIED  # retried once the back-off is over, not skipped
+    assert agent.state.backoff is None
     assert "/bin/true" in (agent.config.manifest_dir / "web-pod.yaml").read_text()
+
+
+def _must_not_run(manifests):  # type: ignore[no-untyped-def]
+    raise AssertionError(f"the check ran while backing off: {sorted(manifests)}")
 
 
 def test_podcheck_cli_contract() -> None:
