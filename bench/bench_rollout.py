@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO))
 from edgefleet.cloud import storage  # noqa: E402
 from edgefleet.core import layout, manifest_set  # noqa: E402
 from edgefleet.localstack import devices as dev  # noqa: E402
-from edgefleet.operator import demo  # noqa: E402
+from edgefleet.localstack import harness  # noqa: E402
 
 CHANNEL = "beta"
 DEVICES = 3
@@ -114,8 +114,8 @@ def serving_times(devices: list[dict[str, Any]], digest: str, timeout: float) ->
     while len(done) < len(devices):
         for d in devices:
             if d["id"] not in done:
-                info = demo.version_of(d)
-                if info and info.get("version") == digest and demo.is_ready(d):
+                info = harness.version_of(d)
+                if info and info.get("version") == digest and harness.is_ready(d):
                     done[d["id"]] = time.time()
         if time.time() > deadline:
             raise SystemExit(f"bench: devices did not all serve {digest} within {timeout:.0f} s")
@@ -143,10 +143,10 @@ def wipe(devices: list[dict[str, Any]]) -> None:
                 raise SystemExit(f"bench: podman {args[0]} on {d['id']} failed: {done.stderr}")
 
 
-def promote_once(fleet: demo.Fleet, digest: str, timeout: float) -> Sample:
+def promote_once(fleet: harness.Fleet, digest: str, timeout: float) -> Sample:
     bucket = fleet.bucket(fleet.stack.config.deploy_bucket)
     set_name = layout.set_object(dev.host_arch(), CHANNEL)
-    demo.promote(fleet, digest, CHANNEL)
+    harness.promote(fleet, digest, CHANNEL)
     moved = time.time()
     set_at, sequence = wait_set(bucket, set_name, digest, timeout)
     on = fleet.on(CHANNEL)
@@ -173,7 +173,7 @@ def promote_once(fleet: demo.Fleet, digest: str, timeout: float) -> Sample:
     return sample
 
 
-def pull_alone(fleet: demo.Fleet, digest: str) -> float:
+def pull_alone(fleet: harness.Fleet, digest: str) -> float:
     """Seconds for one device to pull the whole image with nothing else running. Run last:
     the device's pod and images are removed for it."""
     on = fleet.on(CHANNEL)
@@ -188,7 +188,7 @@ def pull_alone(fleet: demo.Fleet, digest: str) -> float:
     return took
 
 
-def fleet_poll(fleet: demo.Fleet) -> float:
+def fleet_poll(fleet: harness.Fleet) -> float:
     return float(fleet.stack.devices[0].get("poll_seconds", 2.0))
 
 
@@ -224,10 +224,10 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=REPO / ".edgefleet" / "bench-rollout")
     args = parser.parse_args()
     os.environ.setdefault("CONTAINERS_CONF", str(REPO / "deploy" / "podman" / "containers.conf"))
-    data = demo.testdata_dir()
+    data = harness.data_dir()
     print(f"load average at start: {os.getloadavg()}")
     quiet = lambda _m: None  # noqa: E731
-    fleet = demo.start(
+    fleet = harness.start(
         args.workdir,
         devices=DEVICES,
         channels=(CHANNEL,),
@@ -236,10 +236,10 @@ def main() -> int:
         prefix="bn",
     )
     try:
-        demo.ensure_base(fleet, say=quiet)
+        harness.ensure_base(fleet, say=quiet)
         t = time.monotonic()
-        d1 = demo.wait_built(fleet, demo.train(fleet, 1, data=data), say=quiet)
-        d2 = demo.wait_built(fleet, demo.train(fleet, 2, data=data), say=quiet)
+        d1 = harness.wait_built(fleet, harness.train(fleet, 1, data=data), say=quiet)
+        d2 = harness.wait_built(fleet, harness.train(fleet, 2, data=data), say=quiet)
         print(f"built v1 and v2 through TRAINER-DONE in {time.monotonic() - t:.0f} s")
         digests = (d1, d2)
         # Warm up: every device pulls and runs both once.
@@ -268,7 +268,7 @@ def main() -> int:
                 pulled = statistics.median(x for s in runs for x in s.runtime)
                 print(f"{name}/warm runtime p50 ratio: {pulled / warm_rt:.2f}")
     finally:
-        demo.stop(fleet, args.workdir)
+        harness.stop(fleet, args.workdir)
         print(f"load average at end: {os.getloadavg()}")
     return 0
 

@@ -1,7 +1,8 @@
 """End to end on the real local stack: TRAINER-DONE -> model_done_watcher builds and pushes
 -> tag_monitor writes signed sets -> two simulated devices (own namespace, own podman
 storage, podman runtime) converge -> promote -> /version/ changes -> roll back -> status
--> teardown leaves nothing behind. Uses the demo's step functions (edgefleet.operator.demo).
+-> teardown leaves nothing behind. Uses the harness steps the demo tells its story with
+(edgefleet.localstack.harness).
 
 One story, in order, on one module-scoped fleet: two image builds dominate its time.
 """
@@ -19,7 +20,7 @@ import pytest
 from edgefleet.cloud import storage
 from edgefleet.core import layout, manifest_set
 from edgefleet.localstack import devices as dev
-from edgefleet.operator import demo
+from edgefleet.localstack import harness
 
 pytestmark = [pytest.mark.stack, pytest.mark.podman, pytest.mark.slow]
 
@@ -27,10 +28,10 @@ POLL = 1.0
 
 
 @pytest.fixture(scope="module")
-def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[demo.Fleet, Path]]:
-    data = demo.testdata_dir()  # fails loudly, naming the fix, when the data is missing
+def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[harness.Fleet, Path]]:
+    data = harness.data_dir()  # fails loudly, naming the fix, when the data is missing
     workdir = tmp_path_factory.mktemp("e2e") / "stack"
-    fleet = demo.start(
+    fleet = harness.start(
         workdir,
         devices=2,
         channels=("latest", "stable"),
@@ -39,10 +40,10 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[demo.Fleet
         prefix="e2e",
     )
     try:
-        demo.ensure_base(fleet, say=lambda _m: None)
+        harness.ensure_base(fleet, say=lambda _m: None)
         yield fleet, data
     finally:
-        demo.stop(fleet, workdir)
+        harness.stop(fleet, workdir)
 
 
 def _netns() -> set[str]:
@@ -57,18 +58,18 @@ def _device_pods(record: dict) -> list[str]:
     return out.stdout.split()
 
 
-def test_promote_converge_rollback(story: tuple[demo.Fleet, Path]) -> None:
+def test_promote_converge_rollback(story: tuple[harness.Fleet, Path]) -> None:
     fleet, data = story
-    image = (data / demo.IMAGE).read_bytes()
+    image = (data / harness.IMAGE).read_bytes()
     [latest] = fleet.on("latest")
     [stable] = fleet.on("stable")
 
     # v1 trained: the builder pushes :VERSION and :latest; only the latest device runs it.
-    d1 = demo.wait_built(fleet, demo.train(fleet, 1, data=data), say=lambda _m: None)
-    demo.wait_serving(fleet, [latest], d1, since=time.monotonic())
-    assert demo.version_of(latest)["version"] == d1
-    assert demo.predict_of(latest, image)["label"].startswith("academic gown")
-    assert demo.version_of(stable) is None  # nothing on stable yet: its own localhost:5000
+    d1 = harness.wait_built(fleet, harness.train(fleet, 1, data=data), say=lambda _m: None)
+    harness.wait_serving(fleet, [latest], d1, since=time.monotonic())
+    assert harness.version_of(latest)["version"] == d1
+    assert harness.predict_of(latest, image)["label"].startswith("academic gown")
+    assert harness.version_of(stable) is None  # nothing on stable yet: its own localhost:5000
 
     # The set the device applied is signed with the stack's key and pins the digest.
     deploy = storage.Bucket(storage.make_client(), fleet.stack.config.deploy_bucket)
@@ -78,29 +79,29 @@ def test_promote_converge_rollback(story: tuple[demo.Fleet, Path]) -> None:
     assert any(d1 in e.yaml for e in signed.manifest_set.effective().values())
 
     # Each device has its own podman storage: both run a pod named after the model.
-    t = demo.promote(fleet, d1, "stable")
-    demo.wait_serving(fleet, [stable], d1, since=t)
+    t = harness.promote(fleet, d1, "stable")
+    harness.wait_serving(fleet, [stable], d1, since=t)
     assert _device_pods(latest) == _device_pods(stable) == ["mobilenet"]
 
     # v2: latest moves by itself (the build retags latest); stable stays on v1.
-    d2 = demo.wait_built(fleet, demo.train(fleet, 2, data=data), say=lambda _m: None)
+    d2 = harness.wait_built(fleet, harness.train(fleet, 2, data=data), say=lambda _m: None)
     assert d2 != d1
-    demo.wait_serving(fleet, [latest], d2, since=time.monotonic())
-    assert demo.predict_of(latest, image)["label"] == "military uniform"
-    assert demo.version_of(stable)["version"] == d1
+    harness.wait_serving(fleet, [latest], d2, since=time.monotonic())
+    assert harness.predict_of(latest, image)["label"] == "military uniform"
+    assert harness.version_of(stable)["version"] == d1
 
     # Promote v2 to stable, then roll back.
-    t = demo.promote(fleet, d2, "stable")
-    demo.wait_serving(fleet, [stable], d2, since=t)
-    assert demo.predict_of(stable, image)["label"] == "military uniform"
-    t = demo.promote(fleet, d1, "stable")
-    demo.wait_serving(fleet, [stable], d1, since=t)
-    assert demo.version_of(stable)["model_version"].startswith("mobilenet_1_")
-    assert demo.version_of(latest)["version"] == d2
+    t = harness.promote(fleet, d2, "stable")
+    harness.wait_serving(fleet, [stable], d2, since=t)
+    assert harness.predict_of(stable, image)["label"] == "military uniform"
+    t = harness.promote(fleet, d1, "stable")
+    harness.wait_serving(fleet, [stable], d1, since=t)
+    assert harness.version_of(stable)["model_version"].startswith("mobilenet_1_")
+    assert harness.version_of(latest)["version"] == d2
 
     # The devices' reports agree (what `edgefleet status` and `rollout wait` read).
-    demo.wait_reported(fleet, "stable", d1, timeout=60)
-    demo.wait_reported(fleet, "latest", d2, timeout=60)
+    harness.wait_reported(fleet, "stable", d1, timeout=60)
+    harness.wait_reported(fleet, "latest", d2, timeout=60)
     report = json.loads(deploy.read(layout.status_object(stable["id"])).data)
     assert report["health"] == "healthy" and report["channel"] == "stable"
 
