@@ -168,7 +168,7 @@ class ModelServer:
                 batch=config.publish_batch,
                 interval=config.publish_interval,
                 backoff_max=config.backoff_max,
-                on_published=self.metrics.telemetry_published.inc,
+                on_published=self._published,
                 on_failure=lambda kind: self.metrics.telemetry_failures.labels(kind).inc(),
             )
         self.version_info = {
@@ -189,6 +189,11 @@ class ModelServer:
         self.metrics.model.info({k: str(v) for k, v in self.version_info.items()})
         self.app = self._build_app()
         self._selftest_thread: threading.Thread | None = None
+
+    def _published(self, messages: int) -> None:
+        """One acknowledged publish request (a batch) carrying ``messages``."""
+        self.metrics.telemetry_batches.inc()
+        self.metrics.telemetry_published.inc(messages)
 
     # -- lifecycle -------------------------------------------------------------------
 
