@@ -24,6 +24,8 @@ DEFAULT_STATE_DIR = "/var/lib/edgefleet"
 DEFAULT_POLL_SECONDS = 60.0
 DEFAULT_HEALTH_TIMEOUT = 120.0
 DEFAULT_STATUS_SECONDS = 900.0
+# The window of the model-quality summary in each status (docs/rollouts.md).
+DEFAULT_METRICS_SECONDS = 60.0
 # Public keys and the agent's env file live here on a device (see provisioning).
 CONFIG_DIR = "/etc/edgefleet"
 PODMAN_SOCKET_DIR = "/run/podman"
@@ -45,6 +47,7 @@ class Config:
     trusted_key_paths: tuple[str, ...] = ()
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
     status_seconds: float = DEFAULT_STATUS_SECONDS
+    metrics_seconds: float = DEFAULT_METRICS_SECONDS
     tls_verify: bool = True
     insecure_registries: tuple[str, ...] = ()
     podman: str = "podman"
@@ -113,6 +116,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         trusted_key_paths=key_paths,
         health_timeout=_seconds(env, "HEALTH_TIMEOUT", DEFAULT_HEALTH_TIMEOUT, minimum=0.1),
         status_seconds=_seconds(env, "STATUS_SECONDS", DEFAULT_STATUS_SECONDS, minimum=0.1),
+        metrics_seconds=_seconds(env, "METRICS_SECONDS", DEFAULT_METRICS_SECONDS, minimum=0.5),
         tls_verify=_bool(env, "TLS_VERIFY", True),
         insecure_registries=insecure,
         podman=(env.get("PODMAN") or "podman").strip(),
