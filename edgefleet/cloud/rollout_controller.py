@@ -189,7 +189,11 @@ class RolloutController:
             if age > TERMINAL_RECONCILE_SECONDS:
                 return False
         if r.state == rollout.COMPLETED:
-            self._move_tag(r)
+            tag = self.tag_digest(r)
+            if tag == r.baseline.digest:
+                self._move_tag(r)
+            elif tag != r.candidate.digest:
+                return False  # retagged since the rollout completed: the tag wins
         for _ in range(ATTEMPTS):
             snap = self.store.read(r.arch, r.channel)
             if not snap.trusted:
@@ -205,13 +209,16 @@ class RolloutController:
                     if stored == rule:
                         return False
                     result = self.store.write(snap, snap.entries, rollout=rule)
-                elif stored is None or stored.id != r.id:
-                    return False
+                elif stored is not None and stored.id != r.id:
+                    return False  # another rollout owns the set now
                 elif r.state == rollout.COMPLETED:
+                    # What tag_monitor renders for the moved tag: its event writes nothing.
                     entry = self._candidate_entry(r)
                     image = refs.parse(r.repository).name
                     entries = plan_entries(snap.entries, image, entry)
                     result = self.store.write(snap, entries, rollout=None)
+                elif stored is None:
+                    return False
                 else:
                     result = self.store.write(snap, snap.entries, rollout=None)
             except Conflict:
