@@ -243,6 +243,7 @@ def launch(
     function_env: Mapping[str, str] | None = None,
     progress: Any = None,
     prefix: str = "dev",
+    device_env: Mapping[str, str] | None = None,
 ) -> Any:
     """Start a LocalStack with the functions, the podman build service, a signing key
     (functions get SIGNING_KEY, devices TRUSTED_KEYS) and ``devices`` devices.
@@ -276,6 +277,7 @@ def launch(
                 poll_seconds=poll_seconds,
                 trusted_keys=trusted,
                 prefix=prefix,
+                extra_env=device_env,
             )
     except BaseException:
         stack.stop()

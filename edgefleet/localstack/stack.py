@@ -51,7 +51,7 @@ class StackConfig:
     function_env: Mapping[str, str] = field(default_factory=dict)
     podman_service: bool = False
     # rollout_controller's tick (Cloud Scheduler's job in GCP): seconds between ticks.
-    rollout_tick_seconds: float = 5.0
+    rollout_tick_seconds: float = 2.0
 
 
 def read_state(workdir: str | os.PathLike[str]) -> dict[str, Any] | None:

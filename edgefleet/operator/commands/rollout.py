@@ -103,22 +103,49 @@ def _registry() -> Any:
 
 
 def _start(args: argparse.Namespace) -> int:
+    bucket = _bucket(args.bucket)
+    channel = _channel(args.channel)
+    started = start_rollout(
+        bucket,
+        _registry(),
+        args.ref,
+        channel,
+        steps=rollout.parse_steps(args.steps),
+        step_interval=rollout.parse_duration(args.step_interval),
+        min_devices=args.min_devices,
+        max_failure=rollout.parse_ratio(args.max_failure),
+        gates=[rollout.parse_gate(g) for g in args.gate] if args.gate else None,
+        arch=layout.check_arch(args.arch) if args.arch else None,
+    )
+    for r in started:
+        steps = ",".join(f"{s:g}" for s in r.steps)
+        print(
+            f"rollout {r.id} started on {r.arch}/{r.channel}: {r.candidate.digest} over "
+            f"{r.baseline.digest}, steps {steps}% every {r.step_interval:g} s, gates: "
+            + "; ".join(str(g) for g in r.gates)
+        )
+    print(f"follow it with: edgefleet rollout status --channel {channel}")
+    return 0
+
+
+def start_rollout(
+    bucket: Any,
+    client: Any,
+    ref: str,
+    channel: str,
+    *,
+    rollout_id: str | None = None,
+    arch: str | None = None,
+    **spec: Any,
+) -> list[rollout.Rollout]:
+    """Write a new rollout of ``ref`` on ``channel`` for every arch the image and the
+    channel's current tag share (one rollout id for all). ``spec``: steps, step_interval,
+    min_devices, max_failure, gates (see :func:`edgefleet.cloud.rollout.new_rollout`)."""
     from edgefleet.cloud import platforms
     from edgefleet.cloud.registry import NotFound
     from edgefleet.cloud.rollout_controller import write_new
 
-    bucket = _bucket(args.bucket)
-    channel = _channel(args.channel)
-    gates = [rollout.parse_gate(g) for g in args.gate] if args.gate else None
-    spec = {
-        "steps": rollout.parse_steps(args.steps),
-        "step_interval": rollout.parse_duration(args.step_interval),
-        "min_devices": args.min_devices,
-        "max_failure": rollout.parse_ratio(args.max_failure),
-        "gates": gates,
-    }
-    source = refs.parse(args.ref)
-    client = _registry()
+    source = refs.parse(ref)
     manifest = client.get_manifest(source)
     pinned = refs.parse(f"{source.name}@{manifest.digest}")
     candidates = platforms.resolve(client, pinned)
@@ -129,38 +156,29 @@ def _start(args: argparse.Namespace) -> int:
             f"{source.name}:{channel} does not exist, so there is no baseline to compare "
             f"with: `edgefleet promote {pinned} --channel {channel}` moves it at once"
         ) from None
-    arches = [a for a in candidates if a in baselines and (not args.arch or a == args.arch)]
+    arches = [a for a in candidates if a in baselines and (not arch or a == arch)]
     if not arches:
         raise InvalidInput(
-            f"{pinned} and {source.name}:{channel} share no arch"
-            + (f" {args.arch}" if args.arch else "")
+            f"{pinned} and {source.name}:{channel} share no arch" + (f" {arch}" if arch else "")
         )
     now = datetime.now(UTC)
-    rollout_id = rollout.new_id()
+    rollout_id = rollout_id or rollout.new_id()
     started = []
-    for arch in sorted(arches):
+    for a in sorted(arches):
         r = rollout.new_rollout(
-            arch=arch,
+            arch=a,
             channel=channel,
             repository=source.name,
             source=str(pinned),
-            candidate=rollout.Version(candidates[arch], f"{source.name}@{candidates[arch]}"),
-            baseline=rollout.Version(baselines[arch], f"{source.name}@{baselines[arch]}"),
+            candidate=rollout.Version(candidates[a], f"{source.name}@{candidates[a]}"),
+            baseline=rollout.Version(baselines[a], f"{source.name}@{baselines[a]}"),
             now=now,
             rollout_id=rollout_id,
             **spec,
         )
         write_new(bucket, r)
         started.append(r)
-    for r in started:
-        steps = ",".join(f"{s:g}" for s in r.steps)
-        print(
-            f"rollout {r.id} started on {r.arch}/{r.channel}: {r.candidate.digest} over "
-            f"{r.baseline.digest}, steps {steps}% every {r.step_interval:g} s, gates: "
-            + "; ".join(str(g) for g in r.gates)
-        )
-    print(f"follow it with: edgefleet rollout status --channel {channel}")
-    return 0
+    return started
 
 
 def _operate(args: argparse.Namespace) -> int:
