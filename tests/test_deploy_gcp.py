@@ -101,6 +101,21 @@ def test_each_identity_gets_exactly_its_bindings(steps: list[Step]) -> None:
         ),
         ("run services", "tag-monitor", sa("edgefleet-trigger"), "roles/run.invoker"),
         ("run services", "model-done-watcher", sa("edgefleet-trigger"), "roles/run.invoker"),
+        # rollout_controller (docs/rollouts.md): its own account, the only one that moves tags
+        ("storage buckets", deploy, sa("edgefleet-rollouts"), "roles/storage.objectAdmin"),
+        (
+            "artifacts repositories",
+            "edgefleet",
+            sa("edgefleet-rollouts"),
+            "roles/artifactregistry.writer",
+        ),
+        (
+            "secrets",
+            "edgefleet-signing-key",
+            sa("edgefleet-rollouts"),
+            "roles/secretmanager.secretAccessor",
+        ),
+        ("run services", "rollout-controller", sa("edgefleet-trigger"), "roles/run.invoker"),
     }
     assert bindings(steps) == expected
 
@@ -121,6 +136,14 @@ def test_devices_read_only_sets_and_write_only_status(steps: list[Step]) -> None
 
 def test_functions_are_gen2_with_eventarc_triggers(steps: list[Step]) -> None:
     deploys = {s.argv[3]: s.argv for s in steps if s.argv[1:3] == ("functions", "deploy")}
+    rollouts = deploys.pop("rollout-controller")
+    assert (
+        "--entry-point=rollout_controller" in rollouts
+        and "--trigger-topic=rollout-tick" in rollouts
+    )
+    assert f"--service-account=edgefleet-rollouts@{P}.iam.gserviceaccount.com" in rollouts
+    assert any(s.argv[1:4] == ("scheduler", "jobs", "create") and "--topic=rollout-tick" in s.argv
+               for s in steps)  # fmt: skip
     assert set(deploys) == {"tag-monitor", "model-done-watcher"}
     for argv in deploys.values():
         for flag in (
