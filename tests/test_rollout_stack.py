@@ -33,6 +33,9 @@ WRONG_GOLDEN = 1  # "goldfish": not what v2 answers for the golden image -> neve
 def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     data = h.data_dir()
     workdir = tmp_path_factory.mktemp("rollout") / "stack"
+    # Build and deploy the host's arch only (an enabled qemu binfmt would add arm64 builds).
+    patch = pytest.MonkeyPatch()
+    patch.setenv("ARCHES", dev.host_arch())
     fleet = h.start(
         workdir, devices=6, channels=(CHANNEL,), poll_seconds=1.0, say=lambda _m: None,
         prefix="ro", device_env=ro.DEVICE_ENV,
@@ -54,6 +57,7 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                "C": c, "D": d}  # fmt: skip
     finally:
         h.stop(fleet, workdir)
+        patch.undo()
 
 
 def _tag(fleet: h.Fleet) -> str:

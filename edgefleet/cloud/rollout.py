@@ -453,7 +453,7 @@ def _window_end(model: Mapping[str, Any]) -> datetime | None:
         return None
 
 
-def _windows(reports: Iterable[Report], digest: str, since: datetime) -> list[dict[str, Any]]:
+def windows(reports: Iterable[Report], digest: str, since: datetime) -> list[dict[str, Any]]:
     """Model windows of ``digest`` with traffic that ended after ``since`` (latest per device)."""
     out = []
     for r in reports:
@@ -571,8 +571,8 @@ def decide(r: Rollout, view: View) -> Rollout:
     in_cohort = [rep for rep in fresh if cohort.in_cohort(r.id, rep.device_id, r.percent)]
     outside = [rep for rep in fresh if rep not in in_cohort]
     failures = [rep for rep in in_cohort if rep.failed_rollout == r.id]
-    cand_windows = _windows(in_cohort, r.candidate.digest, r.step_started_at)
-    base_windows = _windows(outside, r.baseline.digest, r.step_started_at)
+    cand_windows = windows(in_cohort, r.candidate.digest, r.step_started_at)
+    base_windows = windows(outside, r.baseline.digest, r.step_started_at)
     counts = {
         "devices": len(in_cohort),
         "reported": len(cand_windows),
