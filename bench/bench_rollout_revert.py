@@ -49,6 +49,7 @@ from edgefleet.core import layout  # noqa: E402
 from edgefleet.localstack import devices as dev  # noqa: E402
 from edgefleet.localstack import harness as h  # noqa: E402
 from edgefleet.localstack import rollouts as ro  # noqa: E402
+from edgefleet.localstack.process import wait_for  # noqa: E402
 
 CHANNEL = "stable"
 DEVICES = 4
@@ -71,14 +72,8 @@ class Sample:
         return self.total if name == "total" else getattr(self, name.replace(" ", "_"))
 
 
-def until(check: Any, what: str, timeout: float = 180.0, interval: float = 0.02) -> Any:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise SystemExit(f"bench: {what} did not happen within {timeout:.0f} s")
+def until(check: Any, what: str, timeout: float = 180.0) -> None:
+    wait_for(check, timeout=timeout, what=what, interval=0.02)
 
 
 def metrics_in_reports(bucket: Any, cohort: list[dict], digest: str, since: datetime) -> bool:
