@@ -27,6 +27,7 @@ from sync_pod.pipeline import Outcome, PollResult, Selected, Verified
 log = logging.getLogger(__name__)
 
 MAX_REMEMBERED = 20
+NOTHING_SELECTED = "nothing-selected"  # the poll ended before select (or resumed an apply)
 FAILED_OUTCOMES = (Outcome.REJECTED, Outcome.ROLLED_BACK, Outcome.ROLLBACK_FAILED)
 
 
@@ -36,7 +37,7 @@ class RolloutMemory:
 
     path: Path
     current: dict[str, Any] | None = None  # the status block
-    pending: dict[str, Any] | None = None  # selection of the set being applied
+    pending: dict[str, Any] | str | None = NOTHING_SELECTED  # this poll's selection
     failures: dict[str, dict[str, str]] = field(default_factory=dict)  # rollout id -> why
 
     @classmethod
@@ -81,7 +82,9 @@ class RolloutMemory:
 
     def settle(self, result: PollResult) -> bool:
         """Record what the poll did to the selected version; True when the report changes."""
-        block, self.pending = self.pending, None
+        block, self.pending = self.pending, NOTHING_SELECTED
+        if isinstance(block, str):
+            return False  # no selection this poll: what is reported stays
         if result.outcome is Outcome.APPLIED:
             changed = block != self.current
             self.current = block

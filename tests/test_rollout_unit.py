@@ -299,3 +299,15 @@ def test_hostile_metrics_text_is_bounded_and_skipped() -> None:
     many = "\n".join(f'edgefleet_http_requests_total{{endpoint="/predict/",i="{i}"}} 1'
                      for i in range(20000))  # fmt: skip
     assert len(model_metrics.parse(many)) == model_metrics.MAX_SERIES
+
+
+def test_a_poll_that_selected_nothing_keeps_the_reported_rollout(tmp_path: Path) -> None:
+    s = _set(_rule(percent=100))
+    memory = RolloutMemory.load(tmp_path / "rollout.json")
+    memory.select(Verified(s, s.digest(), 7), "dev1")
+    memory.settle(PollResult(Outcome.APPLIED, "", "", s.digest(), 7))
+    assert memory.status()["runs"] == "candidate"
+    # An interrupted apply finished by recover() (no select this poll), then no-op polls.
+    assert not memory.settle(PollResult(Outcome.APPLIED, "", "", s.digest(), 7))
+    assert not memory.settle(PollResult(Outcome.UNCHANGED))
+    assert memory.status()["runs"] == "candidate"

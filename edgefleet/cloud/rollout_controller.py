@@ -84,13 +84,17 @@ class RolloutController:
         """One pass over every rollout (see the module docstring)."""
         began = time.monotonic()
         out: dict[str, str] = {}
-        reports: list[rollout.Report] | None = None
+        cache: list[list[rollout.Report]] = []
+
+        def reports() -> list[rollout.Report]:  # read once per tick, and only when needed
+            if not cache:
+                cache.append(self.read_reports())
+            return cache[0]
+
         for name in self.bucket.list(layout.ROLLOUTS_PREFIX):
             target = layout.parse_rollout_object(name)
             if target is None:
                 continue
-            if reports is None:
-                reports = self.read_reports()
             try:
                 result = self.advance(*target, reports=reports)
             except (InvalidInput, RegistryError, UntrustedSet) as exc:
@@ -107,7 +111,11 @@ class RolloutController:
         return TickResult(out, time.monotonic() - began)
 
     def advance(
-        self, arch: str, channel: str, *, reports: Sequence[rollout.Report] | None = None
+        self,
+        arch: str,
+        channel: str,
+        *,
+        reports: Callable[[], Sequence[rollout.Report]] | None = None,
     ) -> Rollout | None:
         name = layout.rollout_object(arch, channel)
         for _ in range(ATTEMPTS):
@@ -117,9 +125,8 @@ class RolloutController:
             r, generation = current
             new = r
             if r.state == rollout.RUNNING:
-                if reports is None:
-                    reports = self.read_reports()
-                view = View(self.clock(), self.tag_digest(r), tuple(reports))
+                seen = reports() if reports is not None else self.read_reports()
+                view = View(self.clock(), self.tag_digest(r), tuple(seen))
                 new = rollout.decide(r, view)
             if not new.same(r):
                 try:
