@@ -206,7 +206,9 @@ class Rollout:
         return self.state in ACTIVE
 
     def to_dict(self) -> dict[str, Any]:
-        gates = list(self.results) or [g.to_dict() for g in self.gates]
+        gates = list(self.results) or [
+            {**g.to_dict(), "candidate": None, "baseline": None, "ok": None} for g in self.gates
+        ]
         return {
             "apiVersion": API_VERSION,
             "kind": KIND,
@@ -366,13 +368,21 @@ def decode(data: bytes) -> Rollout:
         step_started_at=parse_time(doc.get("stepStartedAt"), "stepStartedAt"),
         updated_at=parse_time(doc.get("updatedAt"), "updatedAt"),
         verdict=str(doc.get("verdict") or "")[:500],
-        results=tuple(r for r in results[:MAX_GATES] if isinstance(r, dict) and "ok" in r),
+        results=_results(results),
         cohort={k: int(v) for k, v in (doc.get("cohort") or {}).items() if _is_num(v)},
         baseline_metrics={
             k: float(v) for k, v in (doc.get("baselineMetrics") or {}).items() if _is_num(v)
         },
         history=tuple(h for h in history[-MAX_HISTORY:] if isinstance(h, dict)),
     )
+
+
+def _results(raw: list[Any]) -> tuple[dict[str, Any], ...]:
+    """Stored gate results; none when nothing was judged yet (every value null)."""
+    out = tuple(r for r in raw[:MAX_GATES] if isinstance(r, dict) and "ok" in r)
+    if all(r.get("ok") is None and r.get("candidate") is None for r in out):
+        return ()
+    return out
 
 
 def encode(rollout: Rollout) -> bytes:
