@@ -185,3 +185,32 @@ def test_failing_gate_halts_and_abort_leaves_the_tag(world) -> None:  # type: ig
     w["controller"].tick()
     assert state(w).state == "aborted" and stored_set(w).rollout is None
     assert w["client"].resolve(refs.parse(f"{w['name']}:stable")) == w["base"]
+
+
+def test_cli_start_pause_resume_abort_and_status(world, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from edgefleet.operator import cli
+
+    w = world
+    monkeypatch.setenv("INSECURE_REGISTRIES", w["registry"].host)
+    monkeypatch.setenv("CHANNELS", "stable")
+    bucket = ["--bucket", w["bucket"].name]
+    ref = f"{w['name']}@{w['cand']}"
+    argv = ["rollout", "start", ref, "--channel", "stable", "--steps", "20,100",
+            "--step-interval", "2m", "--gate", "confidence >= 0.95x", *bucket]  # fmt: skip
+    assert cli.main(argv) == 0
+    r = state(w)
+    assert (r.steps, r.step_interval, r.min_devices, r.max_failure) == ((20, 100), 120, 2, 0.05)
+    assert [str(g) for g in r.gates] == ["confidence >= 0.95x"]
+    assert cli.main(argv) == 1  # one active rollout per channel
+    assert "abort --channel stable" in capsys.readouterr().err
+    for verb, want in (("pause", "paused"), ("resume", "running"), ("abort", "aborted")):
+        assert cli.main(["rollout", verb, "--channel", "stable", *bucket]) == 0
+        assert state(w).state == want
+    capsys.readouterr()
+    assert cli.main(["rollout", "status", "--channel", "stable", "--json", *bucket]) == 0
+    [doc] = json.loads(capsys.readouterr().out)
+    assert doc["state"] == "aborted" and doc["history"][-1]["event"] == "aborted"
+    assert cli.main(["rollout", "status", *bucket]) == 0
+    assert f"rollout {r.id}  x86_64/stable  ABORTED" in capsys.readouterr().out
+    assert cli.main(["rollout", "start", ref, "--channel", "stable", "--gate", "speed > 1"]) == 1
+    assert "unknown metric 'speed'" in capsys.readouterr().err

@@ -103,20 +103,18 @@ def _registry() -> Any:
 
 
 def _start(args: argparse.Namespace) -> int:
-    bucket = _bucket(args.bucket)
+    spec = {  # every argument checked before anything is contacted
+        "steps": rollout.parse_steps(args.steps),
+        "step_interval": rollout.parse_duration(args.step_interval),
+        "min_devices": args.min_devices,
+        "max_failure": rollout.parse_ratio(args.max_failure),
+        "gates": [rollout.parse_gate(g) for g in args.gate] if args.gate else None,
+        "arch": layout.check_arch(args.arch) if args.arch else None,
+    }
+    if args.min_devices < 1:
+        raise InvalidInput("--min-devices must be at least 1")
     channel = _channel(args.channel)
-    started = start_rollout(
-        bucket,
-        _registry(),
-        args.ref,
-        channel,
-        steps=rollout.parse_steps(args.steps),
-        step_interval=rollout.parse_duration(args.step_interval),
-        min_devices=args.min_devices,
-        max_failure=rollout.parse_ratio(args.max_failure),
-        gates=[rollout.parse_gate(g) for g in args.gate] if args.gate else None,
-        arch=layout.check_arch(args.arch) if args.arch else None,
-    )
+    started = start_rollout(_bucket(args.bucket), _registry(), args.ref, channel, **spec)
     for r in started:
         steps = ",".join(f"{s:g}" for s in r.steps)
         print(
