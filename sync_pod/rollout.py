@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from edgefleet.core.cohort import Selection
 from edgefleet.core.fsutil import atomic_write
+from sync_pod.memory import iso
 from sync_pod.pipeline import Outcome, PollResult, Selected, Verified
 
 log = logging.getLogger(__name__)
@@ -121,4 +122,4 @@ def _block(chosen: Selection, candidate: str, runs_candidate: bool) -> dict[str,
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso(time.time())
