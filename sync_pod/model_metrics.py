@@ -9,7 +9,8 @@ per running model version, a summary of the last window into its status report::
                 "latencyP50Ms": 12.5, "latencyP95Ms": 30.1, "confidenceMean": 0.87,
                 "drift": 0.02, "accelerator": "cpu"}]
 
-Counters are cumulative, so a window is the difference of two scrapes of the same server
+Requests are ``/predict/`` answers except the 503s of a server not ready yet (the
+device's readiness gate judges those); errors are the other 5xx. Counters are cumulative, so a window is the difference of two scrapes of the same server
 process; a server that restarted (``edgefleet_start_time_seconds`` changed: a new version)
 starts its window at its start time. Latency percentiles are interpolated inside the
 histogram buckets (as Prometheus' ``histogram_quantile``). The Prometheus text parser is
@@ -32,6 +33,9 @@ MAX_METRICS_BYTES = 512 * 1024
 MAX_SERIES = 5000
 PREDICT = "/predict/"
 SCRAPE_TIMEOUT = 2.0
+# The model server answers /predict/ 503 only while its self-test has not passed
+# (model_server.app: "not_ready"); a starting version is judged by readiness, not by these.
+NOT_READY = "503"
 
 _LINE = re.compile(
     r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(-?[0-9.eE+-]+|[+-]?Inf|NaN)(?:\s+\S+)?$"
@@ -97,8 +101,11 @@ def scrape_of(text: str, at: float) -> Scrape | None:
         if not math.isfinite(value) and name != "edgefleet_http_request_duration_seconds_bucket":
             continue
         if name == "edgefleet_http_requests_total" and labels.get("endpoint") == PREDICT:
+            status = labels.get("status", "")
+            if status == NOT_READY:
+                continue  # refused before the self-test passed: readiness, not quality
             requests += value
-            if labels.get("status", "").startswith("5"):
+            if status.startswith("5"):
                 errors += value
         elif (
             name == "edgefleet_http_request_duration_seconds_bucket"

@@ -274,6 +274,7 @@ def test_window_summary_from_real_model_server_metrics() -> None:
         m.requests.labels("/predict/", "200" if i < 99 else "500").inc()
         m.top1_score.observe(0.8)
     m.requests.labels("/metrics", "200").inc(5)  # not traffic
+    m.requests.labels("/predict/", "503").inc(7)  # refused while not ready: not judged
     first = model_metrics.scrape_of(generate_latest(m.registry).decode(), 1000.0)
     assert first is not None
     s = model_metrics.summary(target, None, first)

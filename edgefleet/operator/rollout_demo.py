@@ -46,7 +46,10 @@ def run(fleet: Fleet, v1: str, v2: str, *, say: Say = print) -> None:
             ro.print_status(fleet, CHANNEL)
         done = ro.wait_rollout(fleet, CHANNEL, lambda x: not x.active, what="the end")
         ro.print_status(fleet, CHANNEL)
-        say(f"  -> {done.state}: every {CHANNEL} device runs v2, the {CHANNEL} tag moved")
+        if done.state == "completed":
+            say(f"  -> completed: every {CHANNEL} device runs v2, the {CHANNEL} tag moved")
+        else:
+            say(f"  -> {done.state}: {done.verdict}; every {CHANNEL} device runs v1 again")
 
         say(f"\n== edgefleet rollout start {fleet.repo}@{v1[:19]}… --channel {CHANNEL} (v1)")
         bad = ro.start(fleet, v1, CHANNEL, sizes=(2, DEVICES), step_interval=60, min_devices=2)
