@@ -10,8 +10,9 @@ per running model version, a summary of the last window into its status report::
                 "drift": 0.02, "accelerator": "cpu"}]
 
 Requests are ``/predict/`` answers except the 503s of a server not ready yet (the
-device's readiness gate judges those); errors are the other 5xx. Counters are cumulative, so a window is the difference of two scrapes of the same server
-process; a server that restarted (``edgefleet_start_time_seconds`` changed: a new version)
+device's readiness gate judges those); errors are the other 5xx. Counters are
+cumulative, so a window is the difference of two scrapes of the same server process; a
+server that restarted (``edgefleet_start_time_seconds`` changed: a new version)
 starts its window at its start time. Latency percentiles are interpolated inside the
 histogram buckets (as Prometheus' ``histogram_quantile``). The Prometheus text parser is
 a few lines here instead of a library: the agent's memory budget is small and only a
