@@ -36,7 +36,7 @@ def run(fleet: Fleet, v1: str, v2: str, *, say: Say = print) -> None:
     image = (h.data_dir() / h.IMAGE).read_bytes()
     with ro.Traffic(added, image):
         say(f"\n== edgefleet rollout start {fleet.repo}@{v2[:19]}… --channel {CHANNEL} (v2)")
-        r = ro.start(fleet, v2, CHANNEL, sizes=(1, 2, DEVICES), step_interval=10)
+        r = ro.start(fleet, v2, CHANNEL, sizes=(1, 2, DEVICES), step_interval=15)
         for step in range(len(r.steps)):
             now = ro.wait_rollout(
                 fleet, CHANNEL, lambda x, s=step: x.step_index >= s or not x.active,
