@@ -1,9 +1,15 @@
-"""The health gate: after a switch, the changed pods must be running and ready in time.
+"""The health gate: after an apply, the changed pods must run the new images, ready, in time.
 
-Readiness is judged like a kubelet would: the container's ``readinessProbe`` (httpGet or
-tcpSocket), else an HTTP GET on the first declared ``containerPort``; a pod with neither
-only has to be running. Probes go to 127.0.0.1, which is the pod for hostNetwork pods
-(what edgefleet's templates use); other pods are probed through a declared ``hostPort``.
+When the runtime says what it runs (kubelet's ``/pods``, podman's ``ps``), a pod passes
+only if the runtime runs it with the images (digests) of the new manifest: a probe on a
+port could be answered by the OLD pod, still serving while the new one starts. Readiness
+is the runtime's own verdict when it has one (kubelet's Ready condition: it ran the pod's
+readiness probes against the new pod); otherwise (podman) it is judged like kubelet
+would: the container's ``readinessProbe`` (httpGet or tcpSocket), else an HTTP GET on
+the first declared ``containerPort``; a pod with neither only has to be running. Probes
+go to 127.0.0.1, which is the pod for hostNetwork pods; other pods are probed through a
+declared ``hostPort``. A runtime that cannot answer right now (kubelet restarting) is
+asked again until the deadline.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from device.runtime import PodStatus, Runtime
+from device.runtime import PodStatus, Runtime, spec_fingerprint
+from edgefleet.core import refs
+from edgefleet.core.errors import EdgefleetError, InvalidReference
 
 POLL_INTERVAL = 0.5
 PROBE_TIMEOUT = 2.0
@@ -128,9 +136,15 @@ def wait_healthy(
     pending = dict(pods)
     detail = {name: "not checked" for name in pods}
     while True:
-        statuses: dict[str, PodStatus] | None = runtime.pods() if pending else None
+        statuses: dict[str, PodStatus] | None = None
+        unavailable = ""
+        if pending:
+            try:
+                statuses = runtime.pods()
+            except EdgefleetError as exc:
+                unavailable = f"runtime not answering: {exc}"
         for name in list(pending):
-            reason = _pod_problem(name, pending[name], statuses, probe)
+            reason = unavailable or _pod_problem(name, pending[name], statuses, probe)
             if reason is None:
                 detail[name] = "ready"
                 del pending[name]
@@ -153,10 +167,42 @@ def _pod_problem(
         status = statuses.get(name)
         if status is None:
             return "not running (no such pod)"
+        if status.fingerprint and status.fingerprint != spec_fingerprint(
+            manifest.get("spec") or {}
+        ):
+            return "runs another version of the pod (the old one, not yet replaced?)"
+        other = _other_images(manifest, status)
+        if other:
+            return f"runs other images than the new manifest ({other}): the old pod?"
         if not status.running:
             states = ", ".join(f"{c.name}={c.state}" for c in status.containers)
             return f"not running ({states or 'no containers'})"
+        if status.ready is not None:
+            return None if status.ready else "not ready (the runtime's readiness probes)"
     failed = [p.describe() for p in probes_for(manifest) if not probe(p)]
     if failed:
         return "not ready: " + ", ".join(failed)
     return None
+
+
+def manifest_digests(manifest: Mapping[str, Any]) -> set[str]:
+    """The image digests a pod's (non-init) containers are pinned to (pure)."""
+    spec = manifest.get("spec") or {}
+    return {d for c in spec.get("containers") or [] if (d := _digest(str(c.get("image") or "")))}
+
+
+def _other_images(manifest: Mapping[str, Any], status: PodStatus) -> str:
+    """ "" when the runtime runs the manifest's digests (or reports none to compare)."""
+    running = {c.image_digest or _digest(c.image) for c in status.containers}
+    running.discard("")
+    wanted = manifest_digests(manifest)
+    if not running or not wanted or running == wanted:
+        return ""
+    return ", ".join(sorted(d[:19] for d in running))
+
+
+def _digest(image: str) -> str:
+    try:
+        return refs.parse(image).digest or ""
+    except InvalidReference:
+        return ""

@@ -1,12 +1,16 @@
 """What the agent needs from whatever runs the pods, and the kubelet adapter.
 
 A runtime turns the applied manifest folder into running pods. The kubelet does that by
-itself (it watches ``--pod-manifest-path``), so its adapter only writes files; podman
-needs to be told (see :mod:`device.podman`).
+itself (it watches ``--pod-manifest-path``, see :mod:`sync_pod.folder`), so its adapter
+starts nothing; it reads what kubelet runs from kubelet's own node API (``/pods``, see
+:mod:`device.kubelet`), which is what the health gate judges. Podman needs to be told
+what to run (see :mod:`device.podman`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +27,14 @@ class ContainerStatus:
 
 @dataclass(frozen=True, slots=True)
 class PodStatus:
+    """``ready``: the runtime's own readiness verdict (kubelet's Ready condition, which
+    ran the pod's readiness probes), or None when the runtime has none (podman)."""
+
     name: str
     running: bool
     containers: tuple[ContainerStatus, ...] = field(default_factory=tuple)
+    ready: bool | None = None
+    fingerprint: str = ""  # spec_fingerprint() of the pod the runtime runs ("" unknown)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -35,7 +44,22 @@ class PodStatus:
                 {"name": c.name, "image": c.image, "imageDigest": c.image_digest, "state": c.state}
                 for c in self.containers
             ],
+            **({} if self.ready is None else {"ready": self.ready}),
         }
+
+
+def spec_fingerprint(spec: Mapping[str, Any]) -> str:
+    """What tells two versions of a pod apart, from fields no defaulting touches: each
+    container's name, image, command, args and env (pure). The health gate compares the
+    manifest's with the running pod's, so an old pod still running never passes for the
+    new one, even with the same images."""
+    containers = [
+        [c.get("name"), c.get("image"), c.get("command"), c.get("args"), c.get("env")]
+        for c in (spec.get("containers") or [])
+        if isinstance(c, Mapping)
+    ]
+    blob = json.dumps(sorted(containers, key=lambda c: str(c[0])), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 class Runtime(Protocol):
@@ -52,9 +76,14 @@ class Runtime(Protocol):
 
 
 class KubeletRuntime:
-    """Files only: the kubelet watching MANIFEST_DIR starts, replaces and stops pods."""
+    """The kubelet watching MANIFEST_DIR starts, replaces and stops pods; what it runs is
+    read from its node API (``api``). Without ``api`` (``KUBELET_API=off``) nothing says
+    what kubelet runs, and the gate can only probe ports (which an old pod may answer)."""
 
     name = "kubelet"
+
+    def __init__(self, api: PodSource | None = None) -> None:
+        self.api = api
 
     def prefetch(self, pods: Mapping[str, Mapping[str, Any]]) -> None:
         return None
@@ -63,4 +92,8 @@ class KubeletRuntime:
         return []
 
     def pods(self) -> dict[str, PodStatus] | None:
-        return None
+        return None if self.api is None else self.api.pods()
+
+
+class PodSource(Protocol):
+    def pods(self) -> dict[str, PodStatus]: ...

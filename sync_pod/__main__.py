@@ -30,7 +30,6 @@ def make_agent(config: Config):  # type: ignore[no-untyped-def]
     from device import gcs_json
     from device.podcheck import ChildModelCheck
     from device.podman import PodmanRuntime
-    from device.runtime import KubeletRuntime
     from sync_pod.agent import Agent
 
     retry = gcs_json.Retry(initial=0.2, maximum=1.0, multiplier=2.0, timeout=RETRY_SECONDS)
@@ -43,9 +42,23 @@ def make_agent(config: Config):  # type: ignore[no-untyped-def]
             insecure_registries=config.insecure_registries,
         )
         if config.runtime == "podman"
-        else KubeletRuntime()
+        else kubelet_runtime(config)
     )
     return Agent(config, bucket, runtime, model_check=ChildModelCheck(timeout=PODCHECK_SECONDS))
+
+
+def kubelet_runtime(config: Config):  # type: ignore[no-untyped-def]
+    """Kubelet runs what the folder holds; its node API says what runs (the gate's truth).
+    Missing credentials fail the start: gating on ports alone could commit a set while
+    kubelet still runs the old pods."""
+    from device.kubelet import KubeletApi, KubeletCredentials
+    from device.runtime import KubeletRuntime
+
+    if config.kubelet_api is None:
+        return KubeletRuntime()
+    credentials = KubeletCredentials.in_dir(config.kubelet_credentials)
+    credentials.check()
+    return KubeletRuntime(KubeletApi(config.kubelet_api, credentials))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

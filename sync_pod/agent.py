@@ -23,10 +23,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -140,22 +140,18 @@ class Agent:
     # -- lifecycle ----------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Finish or discard an apply a crash interrupted, then make the runtime match."""
+        """Finish an apply or a rollback a crash interrupted, then make the runtime match."""
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.folder.clean_swap_leftovers()
-        current = self.folder.current()
-        if current is not None and current == self.config.manifest_dir:
-            self._adopt(current)
+        self.folder.ensure()
+        self.folder.clean_leftovers()
         if self.state.pending is not None:
             self.settle(self.resume(self.state.pending))
-        # A crash after commit but before clean-up leaves old set dirs behind.
-        self.folder.gc([_opt_path(self.state.applied), _opt_path(self.state.previous)])
-        current = self.folder.current()
-        if current is not None:
-            try:
-                self.runtime.reconcile(current)
-            except EdgefleetError as exc:
-                self._error(Reason.RUNTIME, str(exc))
+        # A crash after commit but before clean-up leaves old set copies behind.
+        self.folder.gc(self._kept_dirs())
+        try:
+            self.runtime.reconcile(self.folder.live)
+        except EdgefleetError as exc:
+            self._error(Reason.RUNTIME, str(exc))
 
     def run(self, wait: Wait, *, jitter: Callable[[], float]) -> None:
         """Poll, report, ``wait(poll interval x jitter())``; until ``wait`` says "stop"."""
@@ -282,8 +278,7 @@ class Agent:
         return checked
 
     def plan(self, checked: Checked) -> Planned:
-        current = self.folder.current()
-        return pipeline.plan(checked, self.folder.read(current) if current else {}, SYNC_POD_FILE)
+        return pipeline.plan(checked, self.folder.read(), SYNC_POD_FILE)
 
     def prefetch(self, planned: Planned) -> Planned | PollResult:
         """Pull the images of the changed pods before anything is switched: a pull that
@@ -307,33 +302,53 @@ class Agent:
         return planned
 
     def apply(self, planned: Planned) -> Pending | PollResult:
-        """Journal the apply, write the set's exact bytes, switch it in."""
+        """Keep a complete copy of the set (and of what runs now, to roll back to),
+        journal the apply, then write the set's exact bytes into the live folder, file by
+        file (:meth:`ManifestFolder.sync`)."""
         checked = planned.checked
-        current = self.folder.current()
-        set_dir = self.folder.set_dir(checked.sequence, checked.digest)
+        fail = partial(PollResult, Outcome.FAILED, Reason.APPLY, digest=checked.digest,
+                       generation=checked.generation)  # fmt: skip
+        try:
+            previous = self._rollback_target(checked)
+            set_dir = self.folder.stage(
+                self.folder.set_dir(f"{checked.sequence}-{checked.digest[:16]}"), planned.files
+            )
+        except FolderError as exc:
+            return fail(detail=str(exc))
         pending = Pending(
             digest=checked.digest,
             sequence=checked.sequence,
             dir=str(set_dir),
-            previous_dir=str(current) if current else None,
-            hashes={f: hashlib.sha256(d).hexdigest() for f, d in sorted(planned.files.items())},
+            previous_dir=str(previous),
+            hashes=_hashes(planned.files),
             generation=checked.generation,
             changed=list(planned.changed),
         )
         self.state.pending = pending
         self._save()
         try:
-            self.folder.prepare(set_dir, planned.files)
-            self.folder.switch(set_dir)
+            self.folder.sync(planned.files)
         except FolderError as exc:
-            self.state.pending = None
+            # Half written: put the previous set back before anything else.
+            pending.phase, pending.detail = PHASE_ROLLBACK, f"writing the set failed: {exc}"
             self._save()
-            return PollResult(
-                Outcome.FAILED, Reason.APPLY, str(exc), checked.digest, checked.generation
-            )
+            restored = self._roll_back(pending)
+            if restored.outcome is Outcome.ROLLBACK_FAILED:
+                return restored
+            return fail(detail=str(exc))
         pending.deadline = self.clock() + self.config.health_timeout
         self._save()
         return pending
+
+    def _rollback_target(self, checked: Checked) -> Path:
+        """A complete copy of what the live folder holds now: the applied set's copy when
+        it still matches, else a fresh snapshot (first apply, a hand-edited folder)."""
+        live = self.folder.read()
+        applied = self.state.applied
+        if applied is not None and self.folder.read(Path(applied.dir)) == live and live:
+            return Path(applied.dir)
+        name = f"before-{checked.sequence}-{checked.digest[:16]}"
+        return self.folder.stage(self.folder.set_dir(name), live)
 
     def finish(self, pending: Pending) -> PollResult:
         """Gate the switched-in set, then commit it or roll it back."""
@@ -348,13 +363,12 @@ class Agent:
     def gate(self, pending: Pending) -> HealthResult:
         """Reconcile the runtime with the switched-in set; wait until its changed (and
         restarted) pods run, ready, or the deadline passes."""
-        set_dir = Path(pending.dir)
         try:
-            started = self.runtime.reconcile(set_dir)
+            started = self.runtime.reconcile(self.folder.live)
         except EdgefleetError as exc:
             return HealthResult(False, {"runtime": str(exc)})
         gated = sorted(set(pending.changed) | set(started))
-        return self._wait_ready(set_dir, gated, pending.deadline or self.clock())
+        return self._wait_ready(Path(pending.dir), gated, pending.deadline or self.clock())
 
     def commit(self, pending: Pending) -> PollResult:
         self.state.previous = self.state.applied
@@ -367,7 +381,7 @@ class Agent:
             applied_at=_now_iso(self.clock()),
         )
         self.state.pending = None
-        self.folder.gc([Path(self.state.applied.dir), _opt_path(self.state.previous)])
+        self.folder.gc(self._kept_dirs())
         log.info("manifest set applied", extra=_f(sequence=pending.sequence, digest=pending.digest))
         return PollResult(Outcome.APPLIED, "", "", pending.digest, pending.generation)
 
@@ -392,21 +406,20 @@ class Agent:
 
         previous = Path(pending.previous_dir) if pending.previous_dir else None
         try:
-            if previous is None or not previous.is_dir():
-                previous = self._empty_set(Path(pending.dir))
-            self.folder.switch(previous)
+            files = self._previous_files(previous, Path(pending.dir))
+            self.folder.sync(files)
         except FolderError as exc:
             return failed(str(exc))  # pending stays: the next poll tries again
         self.state.pending = None
-        self.folder.gc([_opt_path(self.state.applied), _opt_path(self.state.previous), previous])
+        self.folder.gc(self._kept_dirs())
         try:
-            self.runtime.reconcile(previous)
+            self.runtime.reconcile(self.folder.live)
         except EdgefleetError as exc:
             return failed(f"the runtime did not restart the previous set: {exc}")
         # A rollback is done when the old pods serve again: wait for them (same gate,
         # same budget) so that what is reported is what runs.
         deadline = self.clock() + self.config.health_timeout
-        restored = self._wait_ready(previous, pending.changed, deadline)
+        restored = self._wait_ready(self.folder.live, pending.changed, deadline)
         if not restored.healthy:
             return failed(f"the previous set is not ready again: {restored.summary()}")
         return PollResult(
@@ -418,22 +431,28 @@ class Agent:
         )
 
     def resume(self, pending: Pending) -> PollResult:
-        """An apply or rollback left unfinished (a crash, a failed rollback): finish it."""
+        """An apply or a rollback left unfinished (a crash, a failed rollback): finish it.
+        An interrupted apply is rolled forward from its complete copy, then gated."""
         if pending.phase == PHASE_ROLLBACK:
             log.info("retrying a failed rollback", extra=_f(digest=pending.digest))
             return self._roll_back(pending)
-        if self.folder.current() == Path(pending.dir):
-            log.info("resuming an interrupted apply", extra=_f(digest=pending.digest))
-            if pending.deadline is None:
-                pending.deadline = self.clock() + self.config.health_timeout
-                self._save()
-            return self._finish(pending)
-        log.info("discarding an interrupted apply", extra=_f(digest=pending.digest))
-        if Path(pending.dir).is_dir() and Path(pending.dir).parent == self.folder.sets_dir:
-            shutil.rmtree(pending.dir, ignore_errors=True)
-        self.state.pending = None
-        self._save()
-        return PollResult(Outcome.UNCHANGED)
+        files = self.folder.read(Path(pending.dir))
+        if _hashes(files) != pending.hashes:
+            log.error("the copy of an interrupted apply is damaged: rolling back",
+                      extra=_f(digest=pending.digest))  # fmt: skip
+            pending.phase, pending.detail = PHASE_ROLLBACK, "interrupted apply, copy damaged"
+            return self._roll_back(pending)
+        log.info("resuming an interrupted apply", extra=_f(digest=pending.digest))
+        try:
+            self.folder.sync(files)
+        except FolderError as exc:
+            pending.phase, pending.detail = PHASE_ROLLBACK, f"resuming the apply failed: {exc}"
+            self._save()
+            return self._roll_back(pending)
+        if pending.deadline is None:
+            pending.deadline = self.clock() + self.config.health_timeout
+            self._save()
+        return self._finish(pending)
 
     def _backing_off_result(self, held: Any) -> PollResult:
         wait = max(0.0, held.until - self.clock())
@@ -445,20 +464,22 @@ class Agent:
             held.generation,
         )
 
-    def _empty_set(self, failed_dir: Path) -> Path:
-        """What to roll back to when there was no previous set: only our own sync pod."""
-        files = {}
-        sync_pod = failed_dir / SYNC_POD_FILE
-        if sync_pod.is_file():
-            files[SYNC_POD_FILE] = sync_pod.read_bytes()
-        return self.folder.prepare(self.folder.sets_dir / "empty", files)
+    def _previous_files(self, previous: Path | None, failed_dir: Path) -> dict[str, bytes]:
+        """What to roll back to; without a copy of it, only our own sync pod."""
+        if previous is not None and previous.is_dir():
+            return self.folder.read(previous)
+        sync_pod = self.folder.read(failed_dir).get(SYNC_POD_FILE)
+        return {SYNC_POD_FILE: sync_pod} if sync_pod is not None else {}
 
-    def _adopt(self, folder: Path) -> None:
-        """Turn a plain manifest folder (pre-edgefleet device) into a switched set dir."""
-        files = self.folder.read(folder)
-        target = self.folder.prepare(self.folder.sets_dir / f"adopted-{int(self.clock())}", files)
-        self.folder.switch(target)
-        log.info("adopted existing manifest folder", extra=_f(files=sorted(files)))
+    def _kept_dirs(self) -> list[Path | None]:
+        """The set copies the state still refers to (gc keeps them)."""
+        pending = self.state.pending
+        return [
+            _opt_path(self.state.applied),
+            _opt_path(self.state.previous),
+            Path(pending.dir) if pending else None,
+            Path(pending.previous_dir) if pending and pending.previous_dir else None,
+        ]
 
     def _wait_ready(self, set_dir: Path, names: list[str], deadline: float) -> HealthResult:
         """The health gate on the pods ``names`` of ``set_dir`` (those it holds)."""
@@ -636,6 +657,10 @@ def _rejection_dict(r: Rejection) -> dict[str, Any]:
         "digest": r.digest,
         "generation": r.generation,
     }
+
+
+def _hashes(files: Mapping[str, bytes]) -> dict[str, str]:
+    return {f: hashlib.sha256(d).hexdigest() for f, d in sorted(files.items())}
 
 
 def _opt_path(applied: AppliedSet | None) -> Path | None:

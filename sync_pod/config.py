@@ -30,6 +30,9 @@ DEFAULT_METRICS_SECONDS = 60.0
 CONFIG_DIR = "/etc/edgefleet"
 PODMAN_SOCKET_DIR = "/run/podman"
 DEVICE_ID_FILE = f"{CONFIG_DIR}/device-id"
+# kubelet's node API, read with the agent's client certificate (see docs/device.md).
+DEFAULT_KUBELET_API = "https://127.0.0.1:10250"
+KUBELET_CREDENTIALS_DIR = f"{CONFIG_DIR}/kubelet"
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class Config:
     tls_verify: bool = True
     insecure_registries: tuple[str, ...] = ()
     podman: str = "podman"
+    kubelet_api: str | None = DEFAULT_KUBELET_API
+    kubelet_credentials: Path = Path(KUBELET_CREDENTIALS_DIR)
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -120,7 +125,21 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         tls_verify=_bool(env, "TLS_VERIFY", True),
         insecure_registries=insecure,
         podman=(env.get("PODMAN") or "podman").strip(),
+        kubelet_api=_kubelet_api(env.get("KUBELET_API")),
+        kubelet_credentials=_abs_path(
+            "KUBELET_CREDENTIALS", env.get("KUBELET_CREDENTIALS") or KUBELET_CREDENTIALS_DIR
+        ),
     )
+
+
+def _kubelet_api(value: str | None) -> str | None:
+    """KUBELET_API: kubelet's node API (https only), or "off" to gate on probes alone."""
+    raw = (value or "").strip() or DEFAULT_KUBELET_API
+    if raw == "off":
+        return None
+    if not raw.startswith("https://") or any(ch.isspace() for ch in raw):
+        raise ConfigError(f"KUBELET_API={raw!r} must be an https:// URL (or off)")
+    return raw.rstrip("/")
 
 
 def _device_id(env: Mapping[str, str]) -> str:

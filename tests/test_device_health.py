@@ -93,3 +93,46 @@ def test_wait_healthy_needs_running_and_ready(server: int) -> None:
     assert not stopped.healthy and "not running" in stopped.detail["a"]
     missing = wait_healthy({"a": ready}, _Runtime({}), time.time() + 0.3)
     assert "no such pod" in missing.detail["a"]
+
+
+class _Reports:
+    """A runtime that reports the given statuses, or fails like an unreachable kubelet."""
+
+    name = "reports"
+
+    def __init__(self, statuses: dict[str, PodStatus] | Exception) -> None:
+        self.statuses = statuses
+
+    def pods(self):  # type: ignore[no-untyped-def]
+        if isinstance(self.statuses, Exception):
+            raise self.statuses
+        return self.statuses
+
+
+def test_a_pod_passes_only_in_its_new_version_and_by_the_runtimes_readiness(server: int) -> None:
+    import time
+
+    from device.runtime import spec_fingerprint
+    from edgefleet.core.errors import EdgefleetError
+
+    new = yaml.safe_load(pod_yaml("a", IMAGE, port=server, readiness_path="/ok", command=["v2"]))
+    old = yaml.safe_load(pod_yaml("a", IMAGE, port=server, readiness_path="/ok", command=["v1"]))
+    running = (ContainerStatus("main", IMAGE, FAKE_DIGEST, "running"),)
+
+    def gate(status: PodStatus | Exception) -> str:
+        reports = _Reports(status if isinstance(status, Exception) else {"a": status})
+        result = wait_healthy({"a": new}, reports, time.time() + 0.3)  # type: ignore[arg-type]
+        return "ready" if result.healthy else result.detail["a"]
+
+    fp_new, fp_old = spec_fingerprint(new["spec"]), spec_fingerprint(old["spec"])
+    assert fp_new != fp_old
+    # The old version, Ready, answering the same port: not the new pod.
+    assert "another version" in gate(PodStatus("a", True, running, True, fp_old))
+    other = (ContainerStatus("main", IMAGE, "sha256:" + "cd" * 32, "running"),)
+    assert "other images" in gate(PodStatus("a", True, other, True, fp_new))
+    # The runtime's readiness verdict wins over a port probe (the port is answered here).
+    assert gate(PodStatus("a", True, running, True, fp_new)) == "ready"
+    assert "not ready" in gate(PodStatus("a", True, running, False, fp_new))
+    # No verdict (podman): the probe decides.
+    assert gate(PodStatus("a", True, running, None, "")) == "ready"
+    assert "runtime not answering" in gate(EdgefleetError("kubelet down"))

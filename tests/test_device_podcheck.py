@@ -1,5 +1,6 @@
 """The device's V1Pod model check in a child process (device.podcheck), through the
-real agent on the real GCS emulator, and check_manifests == a loop over check_manifest."""
+real agent on the device's GCS adapter (device.gcs_json) over the real emulator, and
+check_manifests == a loop over check_manifest."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ import yaml
 from support.sync import (
     FAKE_DIGEST,
     TEST_REGISTRY,
+    ManualClock,
     SetPublisher,
     agent_env,
     entries,
@@ -59,15 +60,20 @@ class Counting:
         return self.check(manifests)
 
 
-def _agent(bucket, tmp_path: Path, check) -> Agent:  # type: ignore[no-untyped-def]
+def _device_bucket(bucket, gcs) -> gcs_json.JsonBucket:  # type: ignore[no-untyped-def]
+    """The device's adapter (what `python -m sync_pod` reads through) on the test bucket."""
+    return gcs_json.connect(bucket.name, timeout=5.0, retry=gcs_json.NO_RETRY, env=gcs.env())
+
+
+def _agent(bucket, gcs, tmp_path: Path, check) -> Agent:  # type: ignore[no-untyped-def]
     env = agent_env(bucket.name, tmp_path)
-    return Agent(from_env(env), bucket, KubeletRuntime(), model_check=check)
+    return Agent(from_env(env), _device_bucket(bucket, gcs), KubeletRuntime(), model_check=check)
 
 
-def test_device_rejects_invalid_pods_through_the_child(bucket, tmp_path) -> None:
+def test_device_rejects_invalid_pods_through_the_child(bucket, gcs, tmp_path) -> None:
     pub = SetPublisher(bucket, "x86_64", "beta")
     check = Counting(ChildModelCheck(timeout=60))
-    agent = _agent(bucket, tmp_path, check)
+    agent = _agent(bucket, gcs, tmp_path, check)
     agent.recover()
     pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
     assert agent.poll_once() == APPLIED
@@ -89,30 +95,20 @@ def test_device_rejects_invalid_pods_through_the_child(bucket, tmp_path) -> None
     assert len(check.batches) == 4
 
 
-class Clock:
-    """The agent's clock, moved by the test (starts at the real time: sets expire)."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def test_a_check_that_cannot_run_keeps_the_set_and_is_retried_after_a_backoff(
     bucket, gcs, tmp_path
 ) -> None:
     pub = SetPublisher(bucket, "x86_64", "beta")
-    clock = Clock()
+    clock = ManualClock()
     env = agent_env(bucket.name, tmp_path, POLL_SECONDS="30")
-    lean = gcs_json.connect(bucket.name, timeout=5.0, retry=gcs_json.NO_RETRY, env=gcs.env())
     agent = Agent(
-        from_env(env), lean, KubeletRuntime(), model_check=ChildModelCheck(timeout=60),
-        clock=clock, sleep=clock.sleep,
-    )  # fmt: skip
+        from_env(env),
+        _device_bucket(bucket, gcs),
+        KubeletRuntime(),
+        model_check=ChildModelCheck(timeout=60),
+        clock=clock,
+        sleep=clock.sleep,
+    )
     agent.recover()
     first = pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
     assert agent.poll_once() == APPLIED
@@ -174,7 +170,7 @@ def test_podcheck_child_leaves_the_kube_config_loaders_out() -> None:
     manifests = {"a": IMAGE_AS_NUMBER, "b": pod_yaml("b", IMAGE)}
     script = (
         "import json, sys\n"
-        "from edgefleet import podcheck, policy\n"
+        "from device import podcheck\nfrom edgefleet.core import policy\n"
         "podcheck.skip_kubernetes_package_init()\n"
         f"errors = policy.model_errors({manifests!r})\n"
         "print(json.dumps({'errors': errors, 'modules': sorted(sys.modules)}))\n"
@@ -256,6 +252,7 @@ def test_agent_process_keeps_heavy_libraries_out(bucket, gcs, tmp_path) -> None:
         **os.environ,
         **gcs.env(),
         **agent_env(bucket.name, tmp_path),
+        "KUBELET_API": "off",  # no kubelet here; this test is about imports
         "PYTHONPATH": str(REPO),
     }
     code = (

@@ -1,7 +1,8 @@
-"""A podman device on the real stack: fake-gcs-server, docker-registry, podman kube play.
+"""A podman device on the real stack: fake-gcs-server read through the device's adapter
+(device.gcs_json, as `python -m sync_pod` does), docker-registry, podman kube play.
 
 Images are Debian's busybox-static imported with podman and pushed to the local registry,
-then run pinned by digest. Kept to two tests: every `kube play` costs about a second.
+then run pinned by digest. Kept to few tests: every `kube play` costs about a second.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from pathlib import Path
 
 import pytest
 from google.api_core.retry import Retry
-from support.sync import SetPublisher, entries, pod_yaml
+from support.sync import ManualClock, SetPublisher, entries, pod_yaml
 
+from device import gcs_json
 from device.podman import PodmanRuntime, adapt_for_podman
 from edgefleet.cloud import storage
-from edgefleet.core import layout
+from edgefleet.core import layout, policy
 from edgefleet.localstack.process import free_port
-from sync_pod.agent import APPLIED, OFFLINE, ROLLED_BACK, Agent
+from sync_pod.agent import APPLIED, BACKING_OFF, FAILED, OFFLINE, ROLLED_BACK, Agent
 from sync_pod.config import from_env
 
 BUSYBOX = Path("/bin/busybox")
@@ -123,7 +125,11 @@ def names(podman_env) -> Iterator[list[str]]:  # type: ignore[no-untyped-def]
         )
 
 
-def _agent(bucket, tmp_path, registry_host, podman_env, **extra) -> Agent:  # type: ignore[no-untyped-def]
+def _device_bucket(name: str, env: dict[str, str], retry: float = 5.0) -> gcs_json.JsonBucket:
+    return gcs_json.connect(name, timeout=2.0, retry=gcs_json.Retry(timeout=retry), env=env)
+
+
+def _agent(bucket, tmp_path, registry_host, podman_env, *, clock=None, **extra) -> Agent:  # type: ignore[no-untyped-def]
     config = from_env(
         {
             "BUCKET": bucket.name,
@@ -140,10 +146,12 @@ def _agent(bucket, tmp_path, registry_host, podman_env, **extra) -> Agent:  # ty
             **extra,
         }
     )
+
     runtime = PodmanRuntime(
         config.state_dir, insecure_registries=config.insecure_registries, env=podman_env
     )
-    return Agent(config, bucket, runtime)
+    timing = {} if clock is None else {"clock": clock, "sleep": clock.sleep}
+    return Agent(config, bucket, runtime, **timing)
 
 
 def test_podman_device_converges_and_survives_an_outage(
@@ -163,7 +171,8 @@ def test_podman_device_converges_and_survives_an_outage(
             storage.make_client(), "podman-dev", timeout=2, retry=Retry(timeout=0.5)
         )
         pub = SetPublisher(bucket, "x86_64", "beta")
-        agent = _agent(bucket, tmp_path, device_registry.host, podman_env)
+        device = _device_bucket("podman-dev", emulator.env(), retry=0.5)
+        agent = _agent(device, tmp_path, device_registry.host, podman_env)
         agent.recover()
 
         pub.publish(entries({a: _httpd(a, busybox_image, pa, "v1")}))
@@ -200,13 +209,14 @@ def test_podman_device_converges_and_survives_an_outage(
 
 
 def test_unready_image_is_rolled_back(
-    device_registry, podman_env, busybox_image, names, bucket, tmp_path
+    device_registry, podman_env, busybox_image, names, bucket, gcs, tmp_path
 ) -> None:
     name = f"web-{uuid.uuid4().hex[:6]}"
     names.append(name)
     port = free_port()
     pub = SetPublisher(bucket, "x86_64", "beta")
-    agent = _agent(bucket, tmp_path, device_registry.host, podman_env, HEALTH_TIMEOUT="4")
+    device = _device_bucket(bucket.name, gcs.env())
+    agent = _agent(device, tmp_path, device_registry.host, podman_env, HEALTH_TIMEOUT="4")
     agent.recover()
     pub.publish(entries({name: _httpd(name, busybox_image, port, "v1")}))
     assert agent.poll_once() == APPLIED
@@ -227,3 +237,59 @@ def test_unready_image_is_rolled_back(
     status = json.loads(bucket.read(layout.status_object("podman-dev")).data)
     assert status["lastRejection"]["reason"] == "unhealthy"
     assert status["health"] == "healthy"
+
+
+class _Counting:
+    """Counts calls of a real callable (the runtime's prefetch, the model check)."""
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner = inner
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return self.inner(*args, **kwargs)
+
+
+def test_image_gone_for_good_backs_off_instead_of_repulling_every_poll(
+    device_registry, podman_env, bucket, gcs, tmp_path
+) -> None:
+    """A set whose image digest is gone from the registry: each retry is a real pull that
+    fails; between retries the agent neither downloads the set, nor re-checks it, nor
+    pulls; the delay doubles; a different set starts over."""
+    repo = f"{device_registry.host}/edgefleet/gone-{uuid.uuid4().hex[:6]}"
+    gone = lambda n: f"{repo}@sha256:{n * 64}"  # noqa: E731
+    pub = SetPublisher(bucket, "x86_64", "beta")
+    clock = ManualClock()
+    agent = _agent(
+        _device_bucket(bucket.name, gcs.env()), tmp_path, device_registry.host, podman_env,
+        clock=clock, POLL_SECONDS="10",
+    )  # fmt: skip
+    pull = _Counting(agent.runtime.prefetch)
+    check = _Counting(policy.model_errors)
+    agent.runtime.prefetch = pull  # type: ignore[method-assign]
+    agent.model_check = check
+    agent.recover()
+    first = pub.publish(entries({"web": pod_yaml("web", gone("0"))}))
+    assert agent.poll_once() == FAILED
+    assert agent.last_error is not None and agent.last_error["reason"] == "runtime-failed"
+    assert (pull.calls, check.calls) == (1, 1)
+    for failures in (1, 2, 3):
+        backoff = agent.state.backoff
+        assert backoff is not None and backoff.digest == first.digest()
+        assert backoff.failures == failures and backoff.until - clock.now == 10 * 2 ** (
+            failures - 1
+        )
+        mark = gcs.mark()
+        clock.now = backoff.until - 1
+        assert agent.poll_once() == BACKING_OFF
+        assert [r.method for r in gcs.requests(mark)] == ["GET"]  # the generation only
+        assert pull.calls == failures
+        clock.now = backoff.until
+        assert agent.poll_once() == FAILED  # retried: pulled again, not re-checked
+        assert (pull.calls, check.calls) == (failures + 1, 1)
+    second = pub.publish(entries({"web": pod_yaml("web", gone("1"))}))
+    assert agent.poll_once() == FAILED
+    assert agent.state.backoff is not None and agent.state.backoff.digest == second.digest()
+    assert agent.state.backoff.failures == 1 and check.calls == 2
+    assert agent.state.applied is None

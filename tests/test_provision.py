@@ -9,12 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from support.kubelet import KubeletStandIn
 from support.sync import FAKE_DIGEST, SetPublisher, entries, pod_yaml
 
-from device.runtime import KubeletRuntime
+from device import gcs_json
 from edgefleet.core import layout, signing
+from edgefleet.localstack.process import free_port
 from edgefleet.operator.cli import main
-from sync_pod.agent import APPLIED, Agent
+from sync_pod.__main__ import make_agent
+from sync_pod.agent import APPLIED
 from sync_pod.config import from_env
 
 REG = "127.0.0.1:5999"
@@ -67,16 +71,31 @@ def test_kubelet_device_files_and_idempotence(tmp_path: Path, capsys) -> None:
         tree[f"/etc/edgefleet/trusted/{kid}.pub"] == signing.public_pem(key.public_key()).decode()
     )
     unit = tree["/etc/systemd/system/kubelet.service"]
-    assert "--pod-manifest-path=/opt/device/pods" in unit
-    assert tree["/opt/device/pods"] == "-> ../../var/lib/edgefleet/sets/provisioned"
-    sync = tree[f"/var/lib/edgefleet/sets/provisioned/{SYNC_FILE}"]
+    assert "--config=/etc/kubernetes/kubelet/config.yaml" in unit
+    assert "--pod-manifest-path" not in unit and "--kubeconfig" not in unit
+    config = yaml.safe_load(tree["/etc/kubernetes/kubelet/config.yaml"])
+    assert config["kind"] == "KubeletConfiguration"
+    assert config["staticPodPath"] == "/opt/device/pods"
+    assert config["fileCheckFrequency"] == "5s"
+    assert config["readOnlyPort"] == 0 and config["address"] == "127.0.0.1"
+    assert config["authentication"]["anonymous"]["enabled"] is False
+    assert (
+        config["authentication"]["x509"]["clientCAFile"] == "/etc/kubernetes/kubelet/client-ca.crt"
+    )
+    assert config["authorization"]["mode"] == "AlwaysAllow"  # standalone: no API server
+    # The folder kubelet watches is a real directory holding the sync pod.
+    assert not (root / "opt/device/pods").is_symlink()
+    sync = tree[f"/opt/device/pods/{SYNC_FILE}"]
     assert SYNC_IMAGE in sync and f"/etc/edgefleet/trusted/{kid}.pub" in sync
-    assert (root / "opt/device/pods" / SYNC_FILE).read_text() == sync  # the link resolves
-    assert _states(first) == ["written"] * 5
+    # One device CA: kubelet trusts it for clients, the agent for kubelet's certificate.
+    assert tree["/etc/kubernetes/kubelet/client-ca.crt"] == tree["/etc/edgefleet/kubelet/ca.crt"]
+    for key in ("/etc/kubernetes/kubelet/kubelet.key", "/etc/edgefleet/kubelet/agent.key"):
+        assert (root / key.lstrip("/")).stat().st_mode & 0o777 == 0o600, key
+    assert _states(first) == ["written"] * 11
     assert main(args) == 0
     second = capsys.readouterr().out
-    assert _states(second) == ["unchanged"] * 5
-    assert "wrote 0, 5 unchanged" in second
+    assert _states(second) == ["unchanged"] * 11
+    assert "wrote 0, 11 unchanged" in second
     assert _tree(root) == tree
 
 
@@ -99,10 +118,21 @@ def test_podman_device_gets_an_agent_unit(tmp_path: Path, capsys) -> None:
     assert "ExecStart=/usr/bin/python3 -m sync_pod" in unit
 
 
+def test_a_cluster_node_kubelet_uses_webhook_authorization(tmp_path: Path) -> None:
+    assert main(_args(tmp_path, "kubelet", "--kubeconfig", "/etc/kubernetes/kubelet.conf")) == 0
+    config = yaml.safe_load((tmp_path / "etc/kubernetes/kubelet/config.yaml").read_text())
+    assert config["authorization"]["mode"] == "Webhook"
+    assert config["authentication"]["webhook"]["enabled"] is True
+    assert config["authentication"]["anonymous"]["enabled"] is False
+    unit = (tmp_path / "etc/systemd/system/kubelet.service").read_text()
+    assert "--kubeconfig=/etc/kubernetes/kubelet.conf" in unit
+
+
 def test_dry_run_writes_nothing(tmp_path: Path, capsys) -> None:
     assert main([*_args(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "would write" in out and "kind: Pod" in out
+    assert "PRIVATE KEY" not in out and "(a private key: not shown)" in out
     assert list(tmp_path.iterdir()) == []
 
 
@@ -116,6 +146,7 @@ def test_dry_run_writes_nothing(tmp_path: Path, capsys) -> None:
         (["--device-id", "../x"], "invalid device id"),
         (["--manifest-dir", "pods"], "absolute path"),
         (["--trusted-keys", "/nonexistent.pub"], "cannot read trusted key"),
+        (["--file-check-frequency", "often"], "use a duration"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path: Path, change: list[str], needle: str) -> None:
@@ -131,25 +162,49 @@ def test_bad_input_is_one_line(tmp_path: Path, change: list[str], needle: str) -
     assert list(tmp_path.iterdir()) == []
 
 
-def test_agent_takes_over_a_provisioned_device(bucket, tmp_path: Path) -> None:
+def test_agent_takes_over_a_provisioned_device_under_kubelet(bucket, tmp_path: Path) -> None:
+    """Provisioned files only: a stand-in kubelet configured from the provisioned
+    KubeletConfiguration, the agent wired as `python -m sync_pod` wires it (device GCS
+    adapter, kubelet credentials from the provisioned folder)."""
     root = tmp_path / "root"
     root.mkdir()
     assert main(_args(root)) == 0
-    provisioned_sync = (root / "opt/device/pods" / SYNC_FILE).read_text()
-    env = {
-        "BUCKET": bucket.name,
-        "ARCH": "x86_64",
-        "CHANNEL": "beta",
-        "DEVICE_ID_FILE": str(root / "etc/edgefleet/device-id"),
-        "MANIFEST_DIR": str(root / "opt/device/pods"),
-        "STATE_DIR": str(root / "var/lib/edgefleet"),
-        "ALLOWED_REGISTRIES": REG,
-    }
-    agent = Agent(from_env(env), bucket, KubeletRuntime())
-    assert agent.config.device_id == "dev-9"
-    agent.recover()
-    web = pod_yaml("web", f"{REG}/edgefleet/web@{FAKE_DIGEST}")
-    SetPublisher(bucket, "x86_64", "beta").publish(entries({"web": web}))
-    assert agent.poll_once() == APPLIED
-    folder = {p.name: p.read_text() for p in (root / "opt/device/pods").iterdir()}
-    assert folder == {"web-pod.yaml": web, SYNC_FILE: provisioned_sync}
+    manifest_dir = root / "opt/device/pods"
+    provisioned_sync = (manifest_dir / SYNC_FILE).read_text()
+    kubelet_dir = root / "etc/kubernetes/kubelet"
+    config = yaml.safe_load((kubelet_dir / "config.yaml").read_text())
+    assert root / config["staticPodPath"].lstrip("/") == manifest_dir
+    kubelet = KubeletStandIn(
+        str(manifest_dir), period=float(config["fileCheckFrequency"].rstrip("s")), start_delay=0.1
+    ).start()
+    try:
+        url = kubelet.serve(
+            free_port(),
+            cert=root / config["tlsCertFile"].lstrip("/"),
+            key=root / config["tlsPrivateKeyFile"].lstrip("/"),
+            client_ca=root / config["authentication"]["x509"]["clientCAFile"].lstrip("/"),
+        )
+        env = {
+            "BUCKET": bucket.name,
+            "ARCH": "x86_64",
+            "CHANNEL": "beta",
+            "DEVICE_ID_FILE": str(root / "etc/edgefleet/device-id"),
+            "MANIFEST_DIR": str(manifest_dir),
+            "STATE_DIR": str(root / "var/lib/edgefleet"),
+            "ALLOWED_REGISTRIES": REG,
+            "KUBELET_API": url,
+            "KUBELET_CREDENTIALS": str(root / "etc/edgefleet/kubelet"),
+            "HEALTH_TIMEOUT": "10",
+        }
+        agent = make_agent(from_env(env))
+        assert isinstance(agent.bucket, gcs_json.JsonBucket)
+        assert agent.config.device_id == "dev-9"
+        agent.recover()
+        web = pod_yaml("web", f"{REG}/edgefleet/web@{FAKE_DIGEST}")
+        SetPublisher(bucket, "x86_64", "beta").publish(entries({"web": web}))
+        assert agent.poll_once() == APPLIED
+        folder = {p.name: p.read_text() for p in manifest_dir.iterdir()}
+        assert folder == {"web-pod.yaml": web, SYNC_FILE: provisioned_sync}
+        assert set(kubelet.running()) == {"web", layout.SYNC_POD_NAME}
+    finally:
+        kubelet.stop()

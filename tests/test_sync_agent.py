@@ -1,11 +1,18 @@
-"""The sync agent against the real GCS emulator (kubelet runtime: files only).
+"""The sync agent against the real GCS emulator (kubelet runtime without its API here:
+tests/test_device_kubelet.py gates on a kubelet stand-in).
 
-Sets are produced exactly like the control plane does (next_set + encode + Bucket.write).
+The agent reads through the device's adapter (device.gcs_json.JsonBucket, what
+`python -m sync_pod` uses); where the adapter's behaviour matters (size bounds, request
+counts, outages) the test runs over both adapters of the DeviceBucket protocol. Sets are
+produced exactly like the control plane does (next_set + encode + storage.Bucket.write).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,11 +27,20 @@ from support.sync import (
     pod_yaml,
 )
 
+from device import gcs_json
 from device.runtime import KubeletRuntime
 from edgefleet.cloud import storage
 from edgefleet.core import layout, manifest_set, signing
 from edgefleet.operator import fleet
-from sync_pod.agent import APPLIED, OFFLINE, REJECTED, ROLLED_BACK, UNCHANGED, Agent
+from sync_pod.agent import (
+    APPLIED,
+    OFFLINE,
+    REJECTED,
+    ROLLBACK_FAILED,
+    ROLLED_BACK,
+    UNCHANGED,
+    Agent,
+)
 from sync_pod.config import from_env
 
 REG = TEST_REGISTRY
@@ -32,9 +48,21 @@ IMAGE = f"{REG}/edgefleet/web@{FAKE_DIGEST}"
 SYNC = layout.manifest_file_name(layout.SYNC_POD_NAME)
 
 
-def make_agent(bucket, tmp_path: Path, **extra: str) -> Agent:
-    config = from_env(agent_env(bucket.name, tmp_path, **extra))
-    return Agent(config, bucket, KubeletRuntime())
+def make_agent(adapter, tmp_path: Path, **extra: str) -> Agent:  # type: ignore[no-untyped-def]
+    config = from_env(agent_env(adapter.name, tmp_path, **extra))
+    return Agent(config, adapter, KubeletRuntime())
+
+
+@pytest.fixture
+def device(bucket, gcs) -> gcs_json.JsonBucket:  # type: ignore[no-untyped-def]
+    """The device's adapter on the test bucket, made by the device's own factory."""
+    return gcs_json.connect(bucket.name, timeout=5.0, retry=gcs_json.NO_RETRY, env=gcs.env())
+
+
+@pytest.fixture(params=["device-adapter", "control-plane-adapter"])
+def either(request, bucket, device):  # type: ignore[no-untyped-def]
+    """Both DeviceBucket adapters, for tests whose outcome depends on the adapter."""
+    return device if request.param == "device-adapter" else bucket
 
 
 def folder_files(agent: Agent) -> dict[str, str]:
@@ -53,8 +81,8 @@ def pub(bucket) -> SetPublisher:
     return SetPublisher(bucket, "x86_64", "beta")
 
 
-def test_applies_channel_and_fleet_wide_with_channel_winning(bucket, tmp_path, pub) -> None:
-    agent = make_agent(bucket, tmp_path)
+def test_applies_channel_and_fleet_wide_with_channel_winning(bucket, device, tmp_path, pub) -> None:
+    agent = make_agent(device, tmp_path)
     items = entries({"web": pod_yaml("web", IMAGE), "shared": pod_yaml("shared", IMAGE)}, "all")
     channel_shared = pod_yaml("shared", IMAGE, command=["/bin/busybox", "true"])
     items += entries({"shared": channel_shared})
@@ -64,7 +92,8 @@ def test_applies_channel_and_fleet_wide_with_channel_winning(bucket, tmp_path, p
     files = folder_files(agent)
     assert sorted(files) == ["shared-pod.yaml", "web-pod.yaml"]
     assert files["shared-pod.yaml"] == channel_shared
-    assert agent.config.manifest_dir.is_symlink()
+    # One stable real folder: kubelet's inotify watch on it stays valid across sets.
+    assert agent.config.manifest_dir.is_dir() and not agent.config.manifest_dir.is_symlink()
     assert agent.state.applied is not None and agent.state.applied.sequence == s.sequence
     agent.report(force=True)
     status = uploaded_status(bucket)
@@ -75,9 +104,11 @@ def test_applies_channel_and_fleet_wide_with_channel_winning(bucket, tmp_path, p
     assert status["offline"] is False and status["channel"] == "beta"
 
 
-def test_noop_poll_is_one_request_and_state_survives_restart(bucket, gcs, tmp_path, pub) -> None:
+def test_noop_poll_is_one_request_and_state_survives_restart(
+    bucket, gcs, either, tmp_path, pub
+) -> None:
     pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
-    agent = make_agent(bucket, tmp_path)
+    agent = make_agent(either, tmp_path)
     agent.recover()
     assert agent.poll_once() == APPLIED
     mark = gcs.mark()
@@ -85,17 +116,17 @@ def test_noop_poll_is_one_request_and_state_survives_restart(bucket, gcs, tmp_pa
     served = gcs.requests(mark)
     assert len(served) == 1 and served[0].method == "GET", served
     # A restarted agent remembers what it applied: still nothing to download.
-    again = make_agent(bucket, tmp_path)
+    again = make_agent(either, tmp_path)
     again.recover()
     mark = gcs.mark()
     assert again.poll_once() == UNCHANGED
     assert len(gcs.requests(mark)) == 1
 
 
-def test_removed_manifest_disappears_but_own_sync_pod_stays(bucket, tmp_path, pub) -> None:
+def test_removed_manifest_disappears_but_own_sync_pod_stays(bucket, device, tmp_path, pub) -> None:
     sync = pod_yaml(layout.SYNC_POD_NAME, IMAGE)
     pub.publish(entries({"web": pod_yaml("web", IMAGE), layout.SYNC_POD_NAME: sync}, "all"))
-    agent = make_agent(bucket, tmp_path)
+    agent = make_agent(device, tmp_path)
     agent.recover()
     assert agent.poll_once() == APPLIED
     pub.publish(entries({"other": pod_yaml("other", IMAGE)}))
@@ -135,9 +166,9 @@ def _bad_sets(pub: SetPublisher) -> dict[str, tuple[str, bytes]]:
     }
 
 
-def test_bad_content_is_rejected_and_the_previous_set_kept(bucket, tmp_path, pub) -> None:
+def test_bad_content_is_rejected_and_the_previous_set_kept(bucket, either, tmp_path, pub) -> None:
     good = pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
-    agent = make_agent(bucket, tmp_path)
+    agent = make_agent(either, tmp_path)
     agent.recover()
     assert agent.poll_once() == APPLIED
     before = folder_files(agent)
@@ -161,11 +192,11 @@ def _keys(tmp_path: Path, name: str) -> tuple[Ed25519PrivateKey, str]:
 
 
 def test_signed_sets_reject_unsigned_tampered_untrusted_expired_replayed(
-    bucket, tmp_path, pub
+    bucket, device, tmp_path, pub
 ) -> None:
     key, pub_path = _keys(tmp_path, "fleet")
     rogue, _ = _keys(tmp_path, "rogue")
-    agent = make_agent(bucket, tmp_path, TRUSTED_KEYS=pub_path)
+    agent = make_agent(device, tmp_path, TRUSTED_KEYS=pub_path)
     agent.recover()
     first = pub.publish(entries({"web": pod_yaml("web", IMAGE)}), signers=[key])
     first_doc = pub.history[-1][1]
@@ -224,21 +255,21 @@ def test_signed_sets_reject_unsigned_tampered_untrusted_expired_replayed(
     assert agent.state.applied.digest == second.digest() != first.digest()
 
 
-def test_key_rotation_keeps_the_workload(bucket, tmp_path, pub) -> None:
+def test_key_rotation_keeps_the_workload(bucket, device, tmp_path, pub) -> None:
     old, old_pub = _keys(tmp_path, "old")
     new, new_pub = _keys(tmp_path, "new")
     web = pod_yaml("web", IMAGE)
-    agent = make_agent(bucket, tmp_path, TRUSTED_KEYS=old_pub)
+    agent = make_agent(device, tmp_path, TRUSTED_KEYS=old_pub)
     agent.recover()
     pub.publish(entries({"web": web}), signers=[old])
     assert agent.poll_once() == APPLIED
     # Changeover: devices trust both, the control plane signs with both.
-    agent = make_agent(bucket, tmp_path, TRUSTED_KEYS=f"{old_pub},{new_pub}")
+    agent = make_agent(device, tmp_path, TRUSTED_KEYS=f"{old_pub},{new_pub}")
     agent.recover()
     pub.publish(entries({"web": web, "extra": pod_yaml("extra", IMAGE)}), signers=[old, new])
     assert agent.poll_once() == APPLIED
     # Done: only the new key signs; the old one is retired on the device.
-    agent = make_agent(bucket, tmp_path, TRUSTED_KEYS=new_pub)
+    agent = make_agent(device, tmp_path, TRUSTED_KEYS=new_pub)
     agent.recover()
     pub.publish(entries({"web": web}), signers=[new])
     assert agent.poll_once() == APPLIED
@@ -248,20 +279,20 @@ def test_key_rotation_keeps_the_workload(bucket, tmp_path, pub) -> None:
     assert folder_files(agent) == {"web-pod.yaml": web}
 
 
-def test_wrong_target_is_rejected(bucket, tmp_path) -> None:
+def test_wrong_target_is_rejected(bucket, device, tmp_path) -> None:
     other = SetPublisher(bucket, "x86_64", "stable")
     data = manifest_set.encode(other.build(entries({"web": pod_yaml("web", IMAGE)})))
     SetPublisher(bucket, "x86_64", "beta").write_raw(data)
-    agent = make_agent(bucket, tmp_path)
+    agent = make_agent(device, tmp_path)
     agent.recover()
     assert agent.poll_once() == REJECTED
     assert agent.state.last_rejection.reason == "wrong-target"
 
 
-def test_unready_set_is_rolled_back_and_not_retried(bucket, tmp_path, pub) -> None:
+def test_unready_set_is_rolled_back_and_not_retried(bucket, device, tmp_path, pub) -> None:
     good = pod_yaml("web", IMAGE)
     pub.publish(entries({"web": good}))
-    agent = make_agent(bucket, tmp_path)
+    agent = make_agent(device, tmp_path)
     agent.recover()
     assert agent.poll_once() == APPLIED
     from edgefleet.localstack.process import free_port
@@ -284,34 +315,40 @@ def test_unready_set_is_rolled_back_and_not_retried(bucket, tmp_path, pub) -> No
     assert agent.poll_once() == APPLIED
 
 
-def test_interrupted_apply_is_finished_or_discarded_on_restart(bucket, tmp_path, pub) -> None:
+def test_interrupted_apply_is_finished_on_restart(bucket, device, tmp_path, pub) -> None:
     old = pod_yaml("web", IMAGE)
     pub.publish(entries({"web": old}))
-    agent = make_agent(bucket, tmp_path)
+    agent = make_agent(device, tmp_path)
     agent.recover()
     assert agent.poll_once() == APPLIED
-    new = pub.publish(entries({"web": pod_yaml("web", IMAGE, command=["true"])}))
+    new_text = pod_yaml("web", IMAGE, command=["true"])
+    new = pub.publish(entries({"web": new_text, "extra": pod_yaml("extra", IMAGE)}))
 
-    # Crash after preparing but before the switch: a restart discards the new dir.
-    crashing = make_agent(bucket, tmp_path)
-    crashing.folder.switch = _crash  # type: ignore[method-assign]
+    # Crash after the set's copy is journaled, before a file of the live folder changed:
+    # a restart rolls the apply forward from the copy and gates it.
+    crashing = make_agent(device, tmp_path)
+    crashing.folder.sync = _crash  # type: ignore[method-assign]
     with pytest.raises(_Crash):
         crashing.poll_once()
     assert folder_files(crashing) == {"web-pod.yaml": old}
-    restarted = make_agent(bucket, tmp_path)
+    restarted = make_agent(device, tmp_path)
     assert restarted.state.pending is not None
-    pending_dir = Path(restarted.state.pending.dir)
     restarted.recover()
-    assert restarted.state.pending is None and not pending_dir.exists()
-    assert restarted.poll_once() == APPLIED
+    assert restarted.state.pending is None
+    assert restarted.state.applied.digest == new.digest()
+    assert folder_files(restarted) == {
+        "web-pod.yaml": new_text,
+        "extra-pod.yaml": pod_yaml("extra", IMAGE),
+    }
+    assert restarted.poll_once() == UNCHANGED
 
-    # Crash after the switch, before commit: a restart finishes the apply.
+    # Crash after the files are written, before the gate and commit: same.
     newer = pub.publish(entries({"web": old}))
-    crashing = make_agent(bucket, tmp_path)
+    crashing = make_agent(device, tmp_path)
     crashing._finish = _crash  # type: ignore[method-assign]
     with pytest.raises(_Crash):
         crashing.poll_once()
-    restarted = make_agent(bucket, tmp_path)
+    restarted = make_agent(device, tmp_path)
     restarted.recover()
     assert restarted.state.pending is None
     assert restarted.state.applied.digest == newer.digest() != new.digest()
@@ -326,7 +363,8 @@ def _crash(*_args, **_kwargs):  # type: ignore[no-untyped-def]
     raise _Crash()
 
 
-def test_offline_keeps_the_set_and_status_says_offline(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("adapter", ["device-adapter", "control-plane-adapter"])
+def test_offline_keeps_the_set_and_status_says_offline(tmp_path, monkeypatch, adapter) -> None:
     from edgefleet.localstack.gcs import GcsEmulator
 
     emulator = GcsEmulator(tmp_path / "gcs").start()
@@ -338,9 +376,14 @@ def test_offline_keeps_the_set_and_status_says_offline(tmp_path, monkeypatch) ->
         bucket = storage.Bucket(
             storage.make_client(), "offline-test", timeout=2, retry=Retry(timeout=0.5)
         )
+        reader = (
+            gcs_json.connect("offline-test", timeout=2, retry=gcs_json.Retry(timeout=0.5))
+            if adapter == "device-adapter"
+            else bucket
+        )
         pub = SetPublisher(bucket, "x86_64", "beta")
         pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
-        agent = make_agent(bucket, tmp_path)
+        agent = make_agent(reader, tmp_path)
         agent.recover()
         assert agent.poll_once() == APPLIED
         agent.report(force=True)
@@ -366,8 +409,8 @@ def test_offline_keeps_the_set_and_status_says_offline(tmp_path, monkeypatch) ->
         back.stop()
 
 
-def test_status_says_how_often_the_device_reports(bucket, tmp_path, pub) -> None:
-    agent = make_agent(bucket, tmp_path, STATUS_SECONDS="600", POLL_SECONDS="30")
+def test_status_says_how_often_the_device_reports(bucket, device, tmp_path, pub) -> None:
+    agent = make_agent(device, tmp_path, STATUS_SECONDS="600", POLL_SECONDS="30")
     agent.recover()
     pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
     assert agent.poll_once() == APPLIED
@@ -376,3 +419,64 @@ def test_status_says_how_often_the_device_reports(bucket, tmp_path, pub) -> None
     assert (status["heartbeatSeconds"], status["pollSeconds"]) == (600, 30)
     row = fleet.parse_report(json.dumps(status).encode(), "status/dev-1.json")
     assert row.report_interval == 630
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 256 KiB tmpfs for MANIFEST_DIR: a real disk that can really fill up."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (the test needs root): {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_rollback_that_cannot_write_reports_rollback_failed_and_is_retried(
+    bucket, device, tmp_path, pub, small_disk
+) -> None:
+    from edgefleet.localstack.process import free_port
+
+    filler = small_disk / "pods" / ".filler"
+
+    def fill_the_disk_then_fail(_probe) -> bool:  # type: ignore[no-untyped-def]
+        """The gate's readiness probe: nothing listens; meanwhile the disk fills up."""
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass  # full
+        finally:
+            os.close(fd)
+        return False
+
+    config = from_env(agent_env(device.name, tmp_path, MANIFEST_DIR=str(small_disk / "pods")))
+    agent = Agent(config, device, KubeletRuntime(), probe=fill_the_disk_then_fail)
+    agent.recover()
+    good = pod_yaml("web", IMAGE)
+    pub.publish(entries({"web": good}))
+    assert agent.poll_once() == APPLIED
+    bad = pub.publish(
+        entries({"web": pod_yaml("web", IMAGE, port=free_port(), readiness_path="/")})
+    )
+    assert agent.poll_once() == ROLLBACK_FAILED  # not "rolled-back": the old set is not back
+    assert agent.health == "rollback-failed"
+    assert agent.last_error is not None and agent.last_error["reason"] == "rollback-failed"
+    assert "No space left" in agent.last_error["detail"]
+    assert bad.digest() in agent.state.bad_digests
+    assert agent.state.pending is not None and agent.state.pending.phase == "rollback"
+    agent.report(force=True)
+    assert uploaded_status(bucket)["health"] == "rollback-failed"
+    # Space again: the next poll retries the rollback (never the bad set).
+    filler.unlink()
+    assert agent.poll_once() == ROLLED_BACK
+    assert folder_files(agent) == {"web-pod.yaml": good}
+    assert agent.state.pending is None and agent.state.applied.digest != bad.digest()
+    assert agent.poll_once() == UNCHANGED

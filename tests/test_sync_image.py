@@ -156,6 +156,7 @@ def test_container_switches_the_host_manifest_folder_and_reports(  # type: ignor
     name = f"edgefleet-sync-test-{uuid.uuid4().hex[:8]}"
     env = {
         "RUNTIME": "kubelet",
+        "KUBELET_API": "off",  # no kubelet here: the folder on the host is what is checked
         "BUCKET": bucket.name,
         "ARCH": arch,
         "CHANNEL": CHANNEL,
@@ -179,7 +180,7 @@ def test_container_switches_the_host_manifest_folder_and_reports(  # type: ignor
         return _podman(["logs", name], built.podman_env).stderr[-3000:]
 
     def folder() -> dict[str, str]:
-        if not manifest_dir.is_symlink() or not manifest_dir.is_dir():
+        if manifest_dir.is_symlink() or not manifest_dir.is_dir():
             return {}
         return {p.name: p.read_text() for p in sorted(manifest_dir.iterdir())}
 
@@ -191,8 +192,8 @@ def test_container_switches_the_host_manifest_folder_and_reports(  # type: ignor
         expected = {f: e.yaml for f, e in first.effective().items()}
         assert len(expected) == 3
         assert _wait("the first set on the host", lambda: folder() == expected, logs)
-        first_dir = manifest_dir.resolve()
-        assert first_dir.parent.parent == state_dir  # STATE_DIR/sets/SEQ-DIGEST
+        # The set's complete copy is kept under STATE_DIR/sets/SEQ-DIGEST for rollback.
+        assert any((state_dir / "sets").iterdir())
         _wait(
             "the first status report",
             lambda: status().get("applied", {}).get("digest") == first.digest(),
@@ -203,7 +204,6 @@ def test_container_switches_the_host_manifest_folder_and_reports(  # type: ignor
         second = pub.publish(entries({"web": web}))
         expected = {layout.manifest_file_name("web"): web}
         assert _wait("the second set on the host", lambda: folder() == expected, logs)
-        assert manifest_dir.resolve() != first_dir
         report = _wait(
             "the second status report",
             lambda: (s := status()).get("applied", {}).get("digest") == second.digest() and s,

@@ -7,6 +7,7 @@ written with :class:`edgefleet.cloud.storage.Bucket`, exactly like ``set_store``
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -79,6 +80,20 @@ def pod_yaml(
 
 def entries(pods: dict[str, str], scope: str = manifest_set.SCOPE_CHANNEL) -> list[ManifestEntry]:
     return [ManifestEntry(name, scope, text) for name, text in pods.items()]
+
+
+class ManualClock:
+    """An agent's clock (and its gate's sleep) moved by the test; starts at the real time
+    because sets expire."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class SetPublisher:

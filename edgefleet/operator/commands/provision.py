@@ -1,8 +1,13 @@
 """``edgefleet provision``: prepare one device for one arch + channel, idempotently.
 
 Writes what a device needs before its first poll: the device id and trusted public keys
-under ``/etc/edgefleet``, and either (kubelet runtime) ``kubelet.service`` watching
-``MANIFEST_DIR`` plus the sync pod's manifest as the first set, or (podman runtime) an
+under ``/etc/edgefleet``, and either (kubelet runtime) a KubeletConfiguration
+(``staticPodPath`` = ``MANIFEST_DIR``, ``fileCheckFrequency``, node API on loopback with
+anonymous auth off, x509 client certificates of a device-local CA, read-only port off),
+``kubelet.service`` running ``kubelet --config``, the device PKI (kubelet's serving
+certificate; the agent's client certificate under ``/etc/edgefleet/kubelet``, which the
+agent uses to read ``/pods``) and the sync pod's manifest in ``MANIFEST_DIR`` (a real
+directory, created before kubelet starts), or (podman runtime) an
 ``edgefleet-sync.service`` unit running the agent with ``/etc/edgefleet/sync.env``.
 Files whose content is already right are left alone ("unchanged"), so provisioning can
 be re-run; ``--dry-run`` prints what would be written; ``--root`` writes below a folder.
@@ -12,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
-import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +27,7 @@ import jinja2
 from edgefleet.core import layout, refs, signing
 from edgefleet.core.errors import ConfigError, EdgefleetError, InvalidInput
 from edgefleet.core.fsutil import atomic_write
+from edgefleet.operator import kubelet_pki
 
 SYNC_POD_TEMPLATE = "sync-pod"
 PROVISIONED_SET = "provisioned"
@@ -30,6 +36,13 @@ CONFIG_DIR = "/etc/edgefleet"
 DEFAULT_AGENT = "/usr/bin/python3 -m sync_pod"
 DEFAULT_KUBELET = "/usr/bin/kubelet"
 DEFAULT_CRI = "unix:///run/containerd/containerd.sock"
+# kubelet's own files (config, serving certificate, client CA): not mounted into any pod.
+KUBELET_DIR = "/etc/kubernetes/kubelet"
+# The agent's kubelet credentials (client certificate + the CA to verify kubelet): the
+# sync pod mounts /etc/edgefleet read-only; KUBELET_CREDENTIALS defaults to this folder.
+AGENT_KUBELET_DIR = f"{CONFIG_DIR}/kubelet"
+# kubelet's relist: a backstop for a missed or lost inotify watch (kubelet's default: 20s).
+DEFAULT_FILE_CHECK = "5s"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,6 +76,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--agent-command", default=DEFAULT_AGENT, help="podman runtime: ExecStart")
     p.add_argument("--kubelet", default=DEFAULT_KUBELET, help="kubelet binary")
     p.add_argument("--cri-endpoint", default=DEFAULT_CRI, help="kubelet's container runtime")
+    p.add_argument(
+        "--file-check-frequency",
+        default=DEFAULT_FILE_CHECK,
+        help="kubelet's relist of the manifest folder (a backstop: its inotify watch sees "
+        "each apply at once), e.g. 20s",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        default="",
+        help="only for a kubelet that is a node of a cluster: its kubeconfig (then the node "
+        "API uses webhook authentication and authorization)",
+    )
     p.add_argument("--root", default="/", help="write below this folder (images, tests)")
     p.add_argument("--dry-run", action="store_true", help="print what would be written")
     p.set_defaults(handler=_handle)
@@ -70,12 +95,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 @dataclass(frozen=True)
 class Planned:
-    """One file (or, with ``link``, a symlink) provisioning wants on the device."""
+    """One file provisioning wants on the device (mode 0600: a secret, never printed)."""
 
     path: str  # absolute path on the device
     data: bytes = b""
     mode: int = 0o644
-    link: str | None = None
+
+    @property
+    def secret(self) -> bool:
+        return not self.mode & 0o077
 
 
 def plan(args: argparse.Namespace) -> list[Planned]:
@@ -125,16 +153,71 @@ def plan(args: argparse.Namespace) -> list[Planned]:
         out.append(Planned(f"{UNIT_DIR}/edgefleet-sync.service", unit.encode()))
         return out
     sync_pod = _sync_pod_manifest(args, config, env)
-    set_dir = config.state_dir / "sets" / PROVISIONED_SET
-    manifest = set_dir / layout.manifest_file_name(layout.SYNC_POD_NAME)
+    # A real directory (not a symlink): kubelet's inotify watch must stay on it.
+    manifest = config.manifest_dir / layout.manifest_file_name(layout.SYNC_POD_NAME)
     out.append(Planned(str(manifest), sync_pod.encode()))
-    link = os.path.relpath(set_dir, config.manifest_dir.parent)
-    out.append(Planned(str(config.manifest_dir), link=link))
-    unit = _render_device(
-        "kubelet.service", **context, kubelet=args.kubelet, cri_endpoint=args.cri_endpoint
-    )
-    out.append(Planned(f"{UNIT_DIR}/kubelet.service", unit.encode()))
+    out += _kubelet_files(args, context, Path(args.root))
     return out
+
+
+def _kubelet_files(args: argparse.Namespace, context: dict[str, str], root: Path) -> list[Planned]:
+    """KubeletConfiguration, unit, and the device PKI (kept when already provisioned)."""
+    if not _DURATION.fullmatch(args.file_check_frequency):
+        raise ConfigError(
+            f"--file-check-frequency {args.file_check_frequency!r}: use a duration like 20s"
+        )
+    for flag in ("kubelet", "cri_endpoint", "kubeconfig"):
+        value = str(getattr(args, flag))
+        if any(ch.isspace() or ch in "\"'\\$`" for ch in value):
+            raise ConfigError(f"--{flag.replace('_', '-')} {value!r} has spaces or quotes")
+    config_file = f"{KUBELET_DIR}/config.yaml"
+    kubelet_context = {
+        **context,
+        "kubelet_dir": KUBELET_DIR,
+        "file_check_frequency": args.file_check_frequency,
+        "cri_endpoint": args.cri_endpoint,
+        "kubeconfig": args.kubeconfig,
+    }
+    out = [
+        Planned(config_file, _render_device("kubelet-config.yaml", **kubelet_context).encode()),
+        Planned(
+            f"{UNIT_DIR}/kubelet.service",
+            _render_device(
+                "kubelet.service", **kubelet_context, kubelet=args.kubelet, config_file=config_file
+            ).encode(),
+        ),
+    ]
+    pki = _device_pki(root, context["device_id"])
+    out += [
+        Planned(f"{KUBELET_DIR}/client-ca.crt", pki[kubelet_pki.CA_FILE]),
+        Planned(f"{KUBELET_DIR}/kubelet.crt", pki[kubelet_pki.KUBELET_CERT]),
+        Planned(f"{KUBELET_DIR}/kubelet.key", pki[kubelet_pki.KUBELET_KEY], 0o600),
+        Planned(f"{AGENT_KUBELET_DIR}/ca.crt", pki[kubelet_pki.CA_FILE]),
+        Planned(f"{AGENT_KUBELET_DIR}/agent.crt", pki[kubelet_pki.AGENT_CERT]),
+        Planned(f"{AGENT_KUBELET_DIR}/agent.key", pki[kubelet_pki.AGENT_KEY], 0o600),
+    ]
+    return out
+
+
+_DURATION = re.compile(r"[1-9][0-9]{0,5}(ms|s|m)")
+_PKI_PATHS = {
+    kubelet_pki.CA_FILE: f"{AGENT_KUBELET_DIR}/ca.crt",
+    kubelet_pki.KUBELET_CERT: f"{KUBELET_DIR}/kubelet.crt",
+    kubelet_pki.KUBELET_KEY: f"{KUBELET_DIR}/kubelet.key",
+    kubelet_pki.AGENT_CERT: f"{AGENT_KUBELET_DIR}/agent.crt",
+    kubelet_pki.AGENT_KEY: f"{AGENT_KUBELET_DIR}/agent.key",
+}
+
+
+def _device_pki(root: Path, device_id: str) -> dict[str, bytes]:
+    """The PKI already on the device (re-provisioning keeps it), else a fresh one."""
+    existing: dict[str, bytes] = {}
+    for name, path in _PKI_PATHS.items():
+        try:
+            existing[name] = (root / path.lstrip("/")).read_bytes()
+        except FileNotFoundError:
+            return kubelet_pki.generate(device_id).files
+    return existing
 
 
 def _sync_pod_manifest(args: argparse.Namespace, config, env: dict[str, str]) -> str:  # type: ignore[no-untyped-def]
@@ -179,40 +262,20 @@ def apply(planned: list[Planned], root: Path, *, dry_run: bool) -> list[tuple[st
     results = []
     for item in planned:
         target = root / item.path.lstrip("/")
-        if item.link is not None:
-            state = _link_state(target, item.link)
-            if state == "write" and not dry_run:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.name}.provision")
-                tmp.unlink(missing_ok=True)
-                os.symlink(item.link, tmp)
-                os.rename(tmp, target)
-        else:
-            try:
-                current = target.read_bytes()
-            except FileNotFoundError:
-                current = None
-            except IsADirectoryError as exc:
-                raise ConfigError(
-                    f"{target} is a directory: remove it or pick another path"
-                ) from exc
-            state = "unchanged" if current == item.data else "write"
-            if state == "write" and not dry_run:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(target, item.data, item.mode)
+        try:
+            current = target.read_bytes()
+        except FileNotFoundError:
+            current = None
+        except IsADirectoryError as exc:
+            raise ConfigError(f"{target} is a directory: remove it or pick another path") from exc
+        state = "unchanged" if current == item.data else "write"
+        if state == "write" and not dry_run:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(target, item.data, item.mode)
         if state == "write":
             state = "would write" if dry_run else "written"
         results.append((state, item.path))
     return results
-
-
-def _link_state(target: Path, link: str) -> str:
-    if target.is_symlink():
-        # Once the agent has switched the folder to a newer set, it owns the link.
-        return "unchanged" if os.readlink(target) == link else "managed by the agent"
-    if target.exists():
-        return "managed by the agent" if target.is_dir() else "write"
-    return "write"
 
 
 def _handle(args: argparse.Namespace) -> int:
@@ -228,8 +291,10 @@ def _handle(args: argparse.Namespace) -> int:
     except (OSError, EdgefleetError) as exc:
         raise ConfigError(f"cannot write below {root}: {exc}") from exc
     for (state, path), item in zip(results, planned, strict=True):
-        print(f"{state:>20}  {path}" + (f" -> {item.link}" if item.link else ""))
-        if args.dry_run and state == "would write" and item.link is None:
+        print(f"{state:>20}  {path}")
+        if args.dry_run and state == "would write" and item.secret:
+            print("    | (a private key: not shown)")
+        elif args.dry_run and state == "would write":
             sys.stdout.write("".join(f"    | {ln}\n" for ln in item.data.decode().splitlines()))
     written = sum(1 for s, _ in results if s in ("written", "would write"))
     verb = "would write" if args.dry_run else "wrote"
