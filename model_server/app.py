@@ -181,6 +181,8 @@ class ModelServer:
             "runtime_version": backend.runtime_version,
             "delegate": backend.delegate,
             "accelerator": accelerator(backend.delegate),
+            # absent | broken | no-device | loaded; "not probed" without an Edge TPU model.
+            "edgetpu": loaded.edgetpu or "not probed",
             "selected": self.predictor.choice,
             "task": self.predictor.task,
             "labels": len(self.package.labels),
@@ -267,7 +269,7 @@ class ModelServer:
         if ctype in IMAGE_TYPES:
             return self.predictor.predict_image(request.get_data(cache=False), k)
         if ctype == "application/json":
-            return self.predictor.predict_features(request.get_data(cache=False), k)
+            return self.predictor.predict_features(self._json_body(), k)
         raise RequestError(
             415,
             "unsupported_media_type",
@@ -275,6 +277,20 @@ class ModelServer:
             "'image' (curl -F image=@x.jpg), a raw body with Content-Type image/jpeg|png|bmp|"
             'gif|webp, or JSON {"features": [...]} for tabular models',
         )
+
+    def _json_body(self) -> bytes:
+        """The JSON body, refused with a 413 beyond ``max_json_bytes`` BEFORE it is read
+        into memory or parsed (from Content-Length, or while reading a chunked body)."""
+        limit = self.config.max_json_bytes
+        too_large = RequestError(
+            413, "too_large", f"JSON body larger than {limit} bytes: send one feature row"
+        )
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        body = request.stream.read(limit + 1)
+        if len(body) > limit:
+            raise too_large
+        return body
 
     def _record(self, pred: Prediction, total_s: float) -> str:
         top = pred.top1
