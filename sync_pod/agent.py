@@ -582,18 +582,13 @@ class Agent:
 
     def sample_models(self) -> None:
         """A new window of model-quality signals from the running model servers."""
-        current = self.folder.current()
-        names = (
-            [n[: -len(layout.MANIFEST_SUFFIX)] for n in self.folder.read(current)]
-            if current
-            else []
-        )
+        pods: dict[str, Any] = {}
         try:
-            pods = self._load_pods(current, names) if current else {}
+            for file_name, data in self.folder.read().items():
+                pods[file_name[: -len(layout.MANIFEST_SUFFIX)]] = yaml.safe_load(data)
         except (OSError, yaml.YAMLError):
             pods = {}
-        summaries = self.sampler.sample(targets_of(pods))
-        if summaries:
+        if self.sampler.sample(targets_of(pods)):
             self._news = True
 
     def status(self) -> dict[str, Any]:
