@@ -11,13 +11,15 @@ per running model version, a summary of the last window into its status report::
 
 Requests are ``/predict/`` answers except the 503s of a server not ready yet (the
 device's readiness gate judges those); errors are the other 5xx. Counters are
-cumulative, so a window is the difference of two scrapes of the same server process; a
-server that restarted (``edgefleet_start_time_seconds`` changed: a new version)
-starts its window at its start time. Latency percentiles are interpolated inside the
-histogram buckets (as Prometheus' ``histogram_quantile``). The Prometheus text parser is
-a few lines here instead of a library: the agent's memory budget is small and only a
-handful of series is read. Everything a server sends is bounded and validated; a server
-that does not answer is simply left out of the window.
+cumulative, so a window is the difference of two scrapes of the same server process
+(``edgefleet_start_time_seconds`` tells a restarted server apart). A server's first
+stretch -- from its start to the first scrape: model load, self-test, the first slow
+invocations -- is not reported: start-up is what the readiness gate judges, and a new
+version must not be compared with warm servers on its cold start. Latency percentiles
+are interpolated inside the histogram buckets (as Prometheus' ``histogram_quantile``).
+The Prometheus text parser is a few lines here instead of a library: the agent's memory
+budget is small and only a handful of series is read. Everything a server sends is
+bounded and validated; a server that does not answer is simply left out of the window.
 """
 
 from __future__ import annotations
@@ -163,17 +165,19 @@ def quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
     return lower_bound
 
 
-def summary(target: Target, before: Scrape | None, now: Scrape) -> dict[str, Any]:
-    """The window from ``before`` (same process) or from the server's start to ``now``."""
-    same = before is not None and before.started == now.started and before.at < now.at
-    base = before if same and before is not None else None
-    start = base.at if base is not None else max(now.started, 0.0)
-    requests = max(0.0, now.requests - (base.requests if base else 0.0))
-    errors = max(0.0, now.errors - (base.errors if base else 0.0))
-    prior = dict(base.buckets) if base else {}
+def summary(target: Target, before: Scrape | None, now: Scrape) -> dict[str, Any] | None:
+    """The window from ``before`` to ``now``; None unless both are scrapes of the same
+    server process (its first stretch is start-up, see the module docstring)."""
+    if before is None or before.started != now.started or before.at >= now.at:
+        return None
+    base = before
+    start = base.at
+    requests = max(0.0, now.requests - base.requests)
+    errors = max(0.0, now.errors - base.errors)
+    prior = dict(base.buckets)
     buckets = [(b, max(0.0, c - prior.get(b, 0.0))) for b, c in now.buckets]
-    count = now.score_count - (base.score_count if base else 0.0)
-    total = now.score_sum - (base.score_sum if base else 0.0)
+    count = now.score_count - base.score_count
+    total = now.score_sum - base.score_sum
     p50, p95 = quantile(0.5, buckets), quantile(0.95, buckets)
     return {
         "digest": target.digest,
@@ -260,7 +264,9 @@ class ModelSampler:
             if current is None:
                 continue
             key = f"{target.name}@{target.digest}"
-            out.append(summary(target, self.last.get(key), current))
+            window = summary(target, self.last.get(key), current)
+            if window is not None:
+                out.append(window)
             seen[key] = current
         self.last = seen
         self.summaries = out

@@ -269,6 +269,9 @@ def test_window_summary_from_real_model_server_metrics() -> None:
 
     m = Metrics()
     target = model_metrics.Target("mobilenet", f"reg/m@{CAND}", 5000)
+    start = model_metrics.scrape_of(generate_latest(m.registry).decode(), 940.0)
+    assert start is not None
+    assert model_metrics.summary(target, None, start) is None  # start-up is not reported
     for i in range(100):
         m.request_latency.labels("/predict/").observe(0.010 if i < 90 else 0.2)
         m.requests.labels("/predict/", "200" if i < 99 else "500").inc()
@@ -277,7 +280,8 @@ def test_window_summary_from_real_model_server_metrics() -> None:
     m.requests.labels("/predict/", "503").inc(7)  # refused while not ready: not judged
     first = model_metrics.scrape_of(generate_latest(m.registry).decode(), 1000.0)
     assert first is not None
-    s = model_metrics.summary(target, None, first)
+    s = model_metrics.summary(target, start, first)
+    assert s is not None
     assert (s["requests"], s["errors"], s["digest"]) == (100, 1, CAND)
     assert s["confidenceMean"] == pytest.approx(0.8) and s["accelerator"] == "cpu"
     assert 5.0 <= s["latencyP50Ms"] <= 10.0 and 150 <= s["latencyP95Ms"] <= 250
@@ -288,10 +292,11 @@ def test_window_summary_from_real_model_server_metrics() -> None:
     second = model_metrics.scrape_of(generate_latest(m.registry).decode(), 1060.0)
     assert second is not None
     w = model_metrics.summary(target, first, second)  # only the new window
+    assert w is not None
     assert (w["requests"], w["errors"], w["window"]["seconds"]) == (10, 0, 60.0)
     assert w["confidenceMean"] == pytest.approx(0.4) and w["latencyP95Ms"] <= 1.0
     restarted = dataclasses.replace(second, started=second.started + 1)
-    assert model_metrics.summary(target, first, restarted)["requests"] == 110
+    assert model_metrics.summary(target, first, restarted) is None  # a new process
 
 
 def test_hostile_metrics_text_is_bounded_and_skipped() -> None:
