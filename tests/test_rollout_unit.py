@@ -317,3 +317,12 @@ def test_a_poll_that_selected_nothing_keeps_the_reported_rollout(tmp_path: Path)
     assert not memory.settle(PollResult(Outcome.APPLIED, "", "", s.digest(), 7))
     assert not memory.settle(PollResult(Outcome.UNCHANGED))
     assert memory.status()["runs"] == "candidate"
+
+
+def test_relative_gates_are_not_judged_without_baseline_devices_in_the_same_window() -> None:
+    r = _rollout(min_devices=1, steps=(100,), gates=[rollout.parse_gate("confidence >= 0.9x")])
+    r = dataclasses.replace(r, baseline_metrics={"confidence": 0.9})  # seen at an earlier step
+    t = T0 + timedelta(seconds=61)
+    r = rollout.decide(r, View(t, BASE, tuple(_fleet(r, t, 0.5))))  # everyone is in the cohort
+    assert r.state == "completed", r.verdict
+    assert r.results[0]["ok"] is None and r.results[0]["baseline"] is None

@@ -18,7 +18,7 @@ The decision at one tick, for a running rollout:
    window of the candidate with traffic since the step began -> hold;
 4. any gate fails (cohort's candidate vs. baseline devices, windows ending after the
    step began) -> ``halted``; a relative gate whose baseline devices sent no traffic
-   yet -> hold;
+   yet -> hold; with no baseline device left (100 %) relative gates are not judged;
 5. all gates pass and ``stepInterval`` has elapsed -> advance to the next step, or
    ``completed`` after the last one; otherwise hold ("advancing").
 """
@@ -590,8 +590,10 @@ def decide(r: Rollout, view: View) -> Rollout:
         "baselineDevices": len(outside),
     }
     candidate_metrics = aggregate(cand_windows)
-    baseline_metrics = aggregate(base_windows) or dict(r.baseline_metrics)
-    r = replace(r, cohort=counts, baseline_metrics=baseline_metrics)
+    # Only the same window counts: at a step without baseline devices (100 %) relative
+    # gates are not judged (the last values seen stay in the document, for people).
+    baseline_metrics = aggregate(base_windows)
+    r = replace(r, cohort=counts, baseline_metrics=baseline_metrics or dict(r.baseline_metrics))
     if in_cohort and len(failures) / len(in_cohort) > r.max_failure:
         names = ", ".join(f"{f.device_id} ({f.failure or 'failed'})" for f in failures[:5])
         detail = (
