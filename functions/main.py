@@ -4,6 +4,7 @@ Deploy (or run locally):
     functions-framework --source functions/main.py --target tag_monitor
     functions-framework --source functions/main.py --target model_done_watcher
     functions-framework --source functions/main.py --target resign_sets
+    functions-framework --source functions/main.py --target rollout_controller
 
 Configuration is read from the environment once, on the first event (not at import):
 see docs/control-plane.md for the variables.
@@ -29,7 +30,11 @@ def _service(name: str) -> Any:
 
             if not _services:
                 logs.configure(name, os.environ.get("LOG_LEVEL", "INFO"))
-            if name == "tag_monitor":
+            if name == "rollout_controller":
+                from edgefleet.cloud import rollout_controller
+
+                _services[name] = rollout_controller.from_env(os.environ)
+            elif name == "tag_monitor":
                 config = control.TagMonitorConfig.from_env(os.environ)
                 _services[name] = control.TagMonitor.from_config(config)
             elif name == "resign_sets":
@@ -57,3 +62,11 @@ def model_done_watcher(cloud_event: Any) -> None:
 def resign_sets(cloud_event: Any) -> None:
     """A scheduler tick (Pub/Sub) -> sets near their expiry re-signed (short expiry)."""
     _service("resign_sets").handle_cloud_event(cloud_event)
+
+
+def rollout_controller(cloud_event: Any) -> None:
+    """A periodic tick (Pub/Sub, Cloud Scheduler) -> progressive rollouts advance, hold, or
+    halt and revert (see edgefleet.cloud.rollout_controller)."""
+    from edgefleet.cloud.rollout_controller import handle_tick
+
+    handle_tick(_service("rollout_controller"), cloud_event)

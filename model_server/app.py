@@ -70,6 +70,11 @@ def resolve_package(config: ServerConfig) -> ModelPackage:
     return from_files(config.model, config.labels, config.metadata)
 
 
+def accelerator(delegate: str) -> str:
+    """``edgetpu`` when the Edge TPU delegate runs the model, else ``cpu``."""
+    return "edgetpu" if "edgetpu" in (delegate or "").lower() else "cpu"
+
+
 def _json(doc: dict[str, Any], status: int = 200) -> Response:
     return Response(json.dumps(doc, ensure_ascii=False), status, mimetype="application/json")
 
@@ -175,6 +180,7 @@ class ModelServer:
             "runtime": backend.runtime,
             "runtime_version": backend.runtime_version,
             "delegate": backend.delegate,
+            "accelerator": accelerator(backend.delegate),
             # absent | broken | no-device | loaded; "not probed" without an Edge TPU model.
             "edgetpu": loaded.edgetpu or "not probed",
             "selected": self.predictor.choice,
@@ -289,6 +295,7 @@ class ModelServer:
     def _record(self, pred: Prediction, total_s: float) -> str:
         top = pred.top1
         self.metrics.predictions.labels(top.label).inc()
+        self.metrics.top1_score.observe(top.score)
         self.metrics.preprocess_latency.observe(pred.preprocess_s)
         self.metrics.inference_latency.observe(pred.inference_s)
         self.drift.observe(top.index, top.score)
@@ -330,6 +337,8 @@ class ModelServer:
             if report[test] is not None:
                 self.metrics.drift_p_value.labels(test).set(report[test]["p_value"])
         self.metrics.drift_detected.set(1 if report["drift"] else 0)
+        p_values = [report[t]["p_value"] for t in ("chi2", "ks") if report[t] is not None]
+        self.metrics.drift_score.set(1.0 - min(p_values) if p_values else 0.0)
         if self.outbox is not None:
             self.metrics.outbox_messages.set(len(self.outbox))
         return report

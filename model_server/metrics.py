@@ -1,4 +1,12 @@
-"""Prometheus metrics of one server instance, in its own registry (no global state)."""
+"""Prometheus metrics of one server instance, in its own registry (no global state).
+
+The model-quality signals a device's sync agent summarises for progressive rollouts
+(``sync_pod.model_metrics``) are: ``edgefleet_http_requests`` and
+``edgefleet_http_request_duration_seconds`` of ``/predict/`` (requests, 5xx errors,
+latency), ``edgefleet_top1_score`` (the mean top-1 score = its sum / count),
+``edgefleet_drift_score`` and ``edgefleet_model_info``'s ``accelerator``;
+``edgefleet_start_time_seconds`` tells a restarted server (counters from zero) apart.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +29,9 @@ LATENCY_BUCKETS = (
     2.5,
     5.0,
 )
+
+
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
 class Metrics:
@@ -55,6 +66,23 @@ class Metrics:
         )
         self.predictions = Counter(
             "edgefleet_predictions", "Predictions by top-1 label.", ["label"], registry=r
+        )
+        self.top1_score = Histogram(
+            "edgefleet_top1_score",
+            "Top-1 score (confidence) per prediction.",
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
+        self.start_time = Gauge(
+            "edgefleet_start_time_seconds",
+            "Unix time this server started: counters count from here.",
+            registry=r,
+        )
+        self.start_time.set_to_current_time()
+        self.drift_score = Gauge(
+            "edgefleet_drift_score",
+            "1 - the smallest drift-test p-value (0: no evidence of drift or not judged).",
+            registry=r,
         )
         self.errors = Counter(
             "edgefleet_errors", "Refused or failed requests by kind.", ["kind"], registry=r

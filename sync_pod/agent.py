@@ -44,6 +44,7 @@ from sync_pod import pipeline
 from sync_pod.config import Config
 from sync_pod.folder import FolderError, ManifestFolder
 from sync_pod.memory import BackoffPolicy, backing_off, iso, remember
+from sync_pod.model_metrics import ModelSampler, targets_of
 from sync_pod.pace import HintStore
 from sync_pod.pipeline import (
     WAIT_STOP,
@@ -59,6 +60,7 @@ from sync_pod.pipeline import (
     Verified,
     Wait,
 )
+from sync_pod.rollout import RolloutMemory
 from sync_pod.state import (
     PHASE_ROLLBACK,
     AppliedSet,
@@ -138,6 +140,8 @@ class Agent:
         self.wakeup_status: Callable[[], dict[str, Any]] | None = None
         self.health = "unknown"
         self._checked: Checked | None = None  # the last set checked, kept while it fails
+        self.rollout = RolloutMemory.load(config.state_dir / "rollout.json")
+        self.sampler = ModelSampler(config.metrics_seconds, clock)
         self._news = True  # something worth reporting happened since the last report
         self.roots = RootOfTrust(config, bucket, clock)
 
@@ -293,8 +297,8 @@ class Agent:
         return verified
 
     def select(self, verified: Verified) -> Selected | PollResult:
-        """Which version of the set this device runs (a rollout's cohort): pass-through."""
-        return pipeline.select(verified)
+        """Which version of the set this device runs (a rollout's cohort: sync_pod.rollout)."""
+        return self.rollout.select(verified, self.config.device_id)
 
     def check(self, selected: Selected) -> Checked | PollResult:
         """Policy + model check; a set that failed later (pull, disk) is not re-checked
@@ -539,6 +543,8 @@ class Agent:
         remember(self.state, result, now=now, backoff=self.backoff)
         self._save()
         self.last_result = result
+        if self.rollout.settle(result):
+            self._news = True
         if result.outcome not in (Outcome.FAILED, Outcome.BACKING_OFF):
             self._checked = None
         outcome = result.outcome
@@ -601,11 +607,24 @@ class Agent:
 
     def report(self, *, force: bool = False) -> bool:
         """Write the status locally and upload it when it changed or a heartbeat is due."""
+        if self.sampler.due():
+            self.sample_models()
         if not (force or self.reporter.due(self._news)):
             return False
         status = self.status()
         self._news = False
         return self.reporter.report(status)
+
+    def sample_models(self) -> None:
+        """A new window of model-quality signals from the running model servers."""
+        pods: dict[str, Any] = {}
+        try:
+            for file_name, data in self.folder.read().items():
+                pods[file_name[: -len(layout.MANIFEST_SUFFIX)]] = yaml.safe_load(data)
+        except (OSError, yaml.YAMLError):
+            pods = {}
+        if self.sampler.sample(targets_of(pods)):
+            self._news = True
 
     def status(self) -> dict[str, Any]:
         applied = self.state.applied
@@ -657,6 +676,8 @@ class Agent:
             "heartbeatSeconds": self.config.status_seconds,
             "pollSeconds": self.poll_interval(),
             "wakeup": self.wakeup_status() if self.wakeup_status else None,
+            "models": list(self.sampler.summaries),
+            "rollout": self.rollout.status(),
         }
 
 

@@ -27,6 +27,8 @@ DEFAULT_POLL_SECONDS = 60.0
 DEFAULT_POLL_SECONDS_WITH_MQTT = 600.0
 DEFAULT_HEALTH_TIMEOUT = 120.0
 DEFAULT_STATUS_SECONDS = 900.0
+# The window of the model-quality summary in each status (docs/rollouts.md).
+DEFAULT_METRICS_SECONDS = 60.0
 # Public keys and the agent's env file live here on a device (see provisioning).
 CONFIG_DIR = "/etc/edgefleet"
 PODMAN_SOCKET_DIR = "/run/podman"
@@ -54,6 +56,7 @@ class Config:
     insecure_unsigned: bool = False
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
     status_seconds: float = DEFAULT_STATUS_SECONDS
+    metrics_seconds: float = DEFAULT_METRICS_SECONDS
     tls_verify: bool = True
     insecure_registries: tuple[str, ...] = ()
     podman: str = "podman"
@@ -150,6 +153,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         insecure_unsigned=_bool(env, trust.INSECURE_ENV, False),
         health_timeout=_seconds(env, "HEALTH_TIMEOUT", DEFAULT_HEALTH_TIMEOUT, minimum=0.1),
         status_seconds=_seconds(env, "STATUS_SECONDS", DEFAULT_STATUS_SECONDS, minimum=0.1),
+        metrics_seconds=_seconds(env, "METRICS_SECONDS", DEFAULT_METRICS_SECONDS, minimum=0.5),
         tls_verify=_bool(env, "TLS_VERIFY", True),
         insecure_registries=insecure,
         podman=(env.get("PODMAN") or "podman").strip(),

@@ -113,6 +113,21 @@ def test_each_identity_gets_exactly_its_bindings(steps: list[Step]) -> None:
             "${DASHBOARD_MEMBERS:?set DASHBOARD_MEMBERS, e.g. group:ops@example.com}",
             "roles/iap.httpsResourceAccessor",
         ),
+        # rollout_controller (docs/rollouts.md): its own account, the only one that moves tags
+        ("storage buckets", deploy, sa("edgefleet-rollouts"), "roles/storage.objectAdmin"),
+        (
+            "artifacts repositories",
+            "edgefleet",
+            sa("edgefleet-rollouts"),
+            "roles/artifactregistry.writer",
+        ),
+        (
+            "secrets",
+            "edgefleet-signing-key",
+            sa("edgefleet-rollouts"),
+            "roles/secretmanager.secretAccessor",
+        ),
+        ("run services", "rollout-controller", sa("edgefleet-trigger"), "roles/run.invoker"),
     }
     assert bindings(steps) == expected
 
@@ -122,6 +137,7 @@ def test_the_two_functions_run_as_separate_least_privilege_accounts(steps: list[
     touch the deploy bucket, the repository or the signing key."""
     deploys = {s.argv[3]: s.argv for s in steps if s.argv[1:3] == ("functions", "deploy")}
     accounts = {fn: gcp_plan._flag(argv, "--service-account") for fn, argv in deploys.items()}
+    assert accounts.pop("rollout-controller") == f"edgefleet-rollouts@{P}.iam.gserviceaccount.com"
     assert accounts == {
         "tag-monitor": f"edgefleet-tag-monitor@{P}.iam.gserviceaccount.com",
         "model-done-watcher": f"edgefleet-model-done@{P}.iam.gserviceaccount.com",
@@ -189,6 +205,14 @@ def test_cloud_build_step_images_are_pinned_by_digest(steps: list[Step]) -> None
 
 def test_functions_are_gen2_with_eventarc_triggers(steps: list[Step]) -> None:
     deploys = {s.argv[3]: s.argv for s in steps if s.argv[1:3] == ("functions", "deploy")}
+    rollouts = deploys.pop("rollout-controller")
+    assert (
+        "--entry-point=rollout_controller" in rollouts
+        and "--trigger-topic=rollout-tick" in rollouts
+    )
+    assert f"--service-account=edgefleet-rollouts@{P}.iam.gserviceaccount.com" in rollouts
+    assert any(s.argv[1:4] == ("scheduler", "jobs", "create") and "--topic=rollout-tick" in s.argv
+               for s in steps)  # fmt: skip
     assert set(deploys) == {"tag-monitor", "model-done-watcher"}
     for argv in deploys.values():
         for flag in (

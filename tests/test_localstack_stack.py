@@ -215,3 +215,12 @@ def test_stop_failure_is_named_the_rest_stopped_and_down_finishes(pubsub, tmp_pa
     sock.rmdir()
     assert down(workdir) == []  # nothing left running; the record is cleared
     assert read_state(workdir) is None
+
+
+def test_rollout_tick_reaches_rollout_controller_periodically(recorded_stack):
+    """The local stand-in for Cloud Scheduler: ticks arrive as Pub/Sub CloudEvents."""
+    s, record_dir = recorded_stack
+    ticks = _records(record_dir / "rollout_controller.jsonl", 2)
+    assert {t["type"] for t in ticks} == {"google.cloud.pubsub.topic.v1.messagePublished"}
+    times = [json.loads(base64.b64decode(t["data"]["message"]["data"]))["tick"] for t in ticks]
+    assert times[1] - times[0] >= s.config.rollout_tick_seconds * 0.9

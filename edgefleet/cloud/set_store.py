@@ -48,7 +48,7 @@ from edgefleet.core import layout, manifest_set, signing
 from edgefleet.core.bucket import Conflict
 from edgefleet.core.errors import ConfigError, EdgefleetError, InvalidInput, SetRejected
 from edgefleet.core.logs import fields
-from edgefleet.core.manifest_set import ManifestEntry, ManifestSet
+from edgefleet.core.manifest_set import ManifestEntry, ManifestSet, RolloutRule
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ SECRET_PREFIX = "projects/"
 MIRROR_SYNC_ROUNDS = 5
 UPDATE_ATTEMPTS = 20
 MAX_CLOCK_SKEW_S = 24 * 3600
+KEEP_ROLLOUT = "keep"  # SetStore.write: keep the stored rollout block if still valid
 
 
 class UntrustedSet(EdgefleetError):
@@ -218,9 +219,17 @@ class SetStore:
         entries: Iterable[ManifestEntry],
         *,
         poll_seconds: int | None = manifest_set.KEEP_POLL_HINT,
+        rollout: RolloutRule | str | None = KEEP_ROLLOUT,
     ) -> WriteResult:
-        """Store ``entries`` as the successor of ``snap`` (raise Conflict if it moved);
-        ``poll_seconds``: the devices' poll hint (default: keep the stored one)."""
+        """Store ``entries`` as the successor of ``snap`` (raise Conflict if it moved).
+
+        ``poll_seconds``: the devices' poll hint (default: keep the stored one).
+        ``rollout``: the rollout block of the new set; by default the stored one is kept
+        while the manifests it replaces are unchanged (see :func:`carried_rollout`).
+        """
+        entries = tuple(entries)
+        if isinstance(rollout, str):
+            rollout = carried_rollout(snap.manifest_set, entries)
         if not snap.trusted:
             raise UntrustedSet(
                 f"{layout.set_object(snap.arch, snap.channel)} is not trusted "
@@ -235,6 +244,7 @@ class SetStore:
             now=now,
             ttl=self._ttl,
             poll_seconds=poll_seconds,
+            rollout=rollout,
         )
         if new.same_content(snap.manifest_set) and not self.needs_refresh(snap, now):
             assert snap.manifest_set is not None
@@ -408,6 +418,30 @@ class SetStore:
         for name in listed:
             if name not in wanted and layout.is_manifest_file_name(name[len(prefix) :]):
                 self.bucket.delete(name)
+
+
+def carried_rollout(
+    old: ManifestSet | None, entries: Sequence[ManifestEntry]
+) -> RolloutRule | None:
+    """The stored rollout, kept while the baseline manifests it replaces are unchanged.
+
+    A writer that changes one of them (``tag_monitor`` after a manual retag of the
+    channel) ends the rollout in the set: the tag wins, the controller then records the
+    rollout as superseded.
+    """
+    rule = old.rollout if old is not None else None
+    if rule is None or old is None:
+        return None
+    for candidate in rule.entries:
+        before = old.entry(manifest_set.SCOPE_CHANNEL, candidate.name)
+        after = (
+            next((e for e in entries if (e.scope, e.name) == (before.scope, before.name)), None)
+            if before is not None
+            else None
+        )
+        if before is None or after is None or after.yaml != before.yaml:
+            return None
+    return rule
 
 
 def _changed_scopes(old: ManifestSet | None, new: ManifestSet) -> tuple[str, ...]:

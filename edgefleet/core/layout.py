@@ -10,6 +10,7 @@
     trust/root.json                 the root document: which keys sign sets (edgefleet.core.trust)
     trusted/ARCH/CHANNEL.json       the control plane's copy of the last set it wrote: what
                                     it rebuilds from when the live set was tampered with
+    rollouts/ARCH/CHANNEL.json      a progressive rollout's state (edgefleet.cloud.rollout)
 
 Devices read only ``sets/ARCH/CHANNEL.json``: one object per poll, written atomically by
 the control plane, so a device never sees half of a rollout and a bucket writer without
@@ -56,6 +57,7 @@ _CHANNEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MANIFEST_SUFFIX = "-pod.yaml"
+ROLLOUTS_PREFIX = "rollouts/"
 
 
 def check_arch(arch: str) -> str:
@@ -115,6 +117,21 @@ def set_object(arch: str, channel: str) -> str:
 
 def trusted_copy_object(arch: str, channel: str) -> str:
     return f"trusted/{check_arch(arch)}/{check_channel(channel)}.json"
+
+
+def rollout_object(arch: str, channel: str) -> str:
+    return f"{ROLLOUTS_PREFIX}{check_arch(arch)}/{check_channel(channel)}.json"
+
+
+def parse_rollout_object(name: str) -> tuple[str, str] | None:
+    """``rollouts/ARCH/CHANNEL.json`` -> (arch, channel); None for anything else."""
+    parts = name.split("/")
+    if len(parts) != 3 or parts[0] + "/" != ROLLOUTS_PREFIX or not parts[2].endswith(".json"):
+        return None
+    try:
+        return check_arch(parts[1]), check_channel(parts[2][: -len(".json")])
+    except InvalidInput:
+        return None
 
 
 def template_object(name: str) -> str:

@@ -19,6 +19,17 @@ plane's hint for how often devices poll (shorter while a rollout is in progress)
 the signed payload; devices bound it (``POLL_MIN_SECONDS``/``POLL_MAX_SECONDS``) and use
 it only from a verified set. A successor set keeps its predecessor's hint unless told.
 
+During a progressive rollout (``edgefleet rollout start``) the set also carries::
+
+     "rollout": {"id": "ro-…", "percent": 10, "baseline": "sha256:…",
+                 "candidate": "sha256:…",
+                 "manifests": [{"name": "model-server", "scope": "channel", …}]}
+
+``manifests`` holds the candidate's channel manifests: a device in the cohort (see
+:mod:`edgefleet.core.cohort`) puts them over the set's own, every other device runs the
+set's own. The block is part of the signed payload, and absent when no rollout runs
+(so a set without a rollout encodes exactly as before).
+
 The signed payload is the document without ``signatures``, encoded as JSON with sorted
 keys, no white space, UTF-8.
 
@@ -36,6 +47,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -47,7 +59,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from edgefleet.core import layout
+from edgefleet.core import cohort, layout
 from edgefleet.core.errors import InvalidInput, InvalidManifestSet, SetRejected
 from edgefleet.core.signing import key_id, verifies
 
@@ -93,6 +105,29 @@ class ManifestEntry:
         return layout.manifest_file_name(self.name)
 
 
+_ROLLOUT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRule:
+    """A rollout in progress: cohort devices put ``entries`` over the set's own."""
+
+    id: str
+    percent: float
+    entries: tuple[ManifestEntry, ...]
+    candidate: str = ""  # image digests, informational (devices report them)
+    baseline: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "percent": self.percent,
+            "candidate": self.candidate,
+            "baseline": self.baseline,
+            "manifests": [_entry_dict(e) for e in self.entries],
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class ManifestSet:
     arch: str
@@ -102,6 +137,7 @@ class ManifestSet:
     expires_at: datetime
     entries: tuple[ManifestEntry, ...] = field(default_factory=tuple)
     poll_seconds: int | None = None  # the control plane's poll-interval hint (see module doc)
+    rollout: RolloutRule | None = None
 
     def __post_init__(self) -> None:
         check_poll_hint(self.poll_seconds)
@@ -119,6 +155,21 @@ class ManifestSet:
                 continue
             out[entry.file_name] = entry
         return out
+
+    def select(self, device_id: str) -> tuple[dict[str, ManifestEntry], cohort.Selection | None]:
+        """What device ``device_id`` runs: :meth:`effective`, with the rollout's
+        manifests over it when the device is in the cohort."""
+        own = self.effective()
+        rule = self.rollout
+        if rule is None:
+            return own, None
+        chosen = cohort.Selection(
+            rule.id, rule.percent, cohort.in_cohort(rule.id, device_id, rule.percent)
+        )
+        if not chosen.in_cohort:
+            return own, chosen
+        candidate = {e.file_name: e for e in rule.entries}
+        return {**own, **candidate}, chosen
 
     def entry(self, scope: str, name: str) -> ManifestEntry | None:
         for e in self.entries:
@@ -142,6 +193,7 @@ class ManifestSet:
             and self.poll_seconds == other.poll_seconds
             and [(e.scope, e.name, e.yaml) for e in self.entries]
             == [(e.scope, e.name, e.yaml) for e in other.entries]
+            and self.rollout == other.rollout
         )
 
     def digest(self) -> str:
@@ -157,13 +209,12 @@ class ManifestSet:
             "sequence": self.sequence,
             "issuedAt": _fmt_time(self.issued_at),
             "expiresAt": _fmt_time(self.expires_at),
-            "manifests": [
-                {"name": e.name, "scope": e.scope, "sha256": e.sha256, "yaml": e.yaml}
-                for e in self.entries
-            ],
+            "manifests": [_entry_dict(e) for e in self.entries],
         }
         if self.poll_seconds is not None:
             doc["pollSeconds"] = self.poll_seconds
+        if self.rollout is not None:
+            doc["rollout"] = self.rollout.to_dict()
         return doc
 
     def payload(self) -> bytes:
@@ -184,6 +235,10 @@ class SignedSet:
     signatures: tuple[Signature, ...]
 
 
+def _entry_dict(e: ManifestEntry) -> dict[str, Any]:
+    return {"name": e.name, "scope": e.scope, "sha256": e.sha256, "yaml": e.yaml}
+
+
 def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -197,9 +252,10 @@ def next_set(
     now: datetime,
     ttl: timedelta = DEFAULT_TTL,
     poll_seconds: int | None = KEEP_POLL_HINT,
+    rollout: RolloutRule | None = None,
 ) -> ManifestSet:
-    """The successor of ``previous`` holding ``entries`` (and ``previous``'s poll hint,
-    unless ``poll_seconds`` is given: an int, or None to drop it).
+    """The successor of ``previous`` holding ``entries`` (and ``rollout``, if any; and
+    ``previous``'s poll hint, unless ``poll_seconds`` is given: an int, or None to drop it).
 
     The sequence is the larger of previous+1 and the issue time in milliseconds, so it
     grows even across a wiped bucket and a fresh bootstrap.
@@ -209,7 +265,9 @@ def next_set(
     sequence = max(floor, previous.sequence + 1 if previous else 1)
     if poll_seconds is KEEP_POLL_HINT:
         poll_seconds = previous.poll_seconds if previous else None
-    return ManifestSet(arch, channel, sequence, now, now + ttl, tuple(entries), poll_seconds)
+    return ManifestSet(
+        arch, channel, sequence, now, now + ttl, tuple(entries), poll_seconds, rollout
+    )
 
 
 def encode(manifest_set: ManifestSet, signers: Sequence[Ed25519PrivateKey] = ()) -> bytes:
@@ -250,11 +308,12 @@ def decode(data: bytes) -> SignedSet:
             for raw in (_list(doc, "signatures") if "signatures" in doc else [])
         )
         poll_seconds = check_poll_hint(doc.get("pollSeconds"))
+        rollout = _decode_rollout(doc.get("rollout"))
     except InvalidManifestSet:
         raise
     except InvalidInput as exc:
         raise InvalidManifestSet(str(exc)) from exc
-    decoded = ManifestSet(arch, channel, sequence, issued, expires, entries, poll_seconds)
+    decoded = ManifestSet(arch, channel, sequence, issued, expires, entries, poll_seconds, rollout)
     return SignedSet(decoded, signatures)
 
 
@@ -404,6 +463,33 @@ def _decode_entry(raw: Any) -> ManifestEntry:
     if raw.get("sha256") != entry.sha256:
         raise InvalidManifestSet(f"entry {name}: sha256 does not match its yaml")
     return entry
+
+
+def _decode_rollout(raw: Any) -> RolloutRule | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidManifestSet("manifest set rollout is not an object")
+    rollout_id = _str(raw, "id")
+    if not _ROLLOUT_ID_RE.match(rollout_id):
+        raise InvalidManifestSet(f"rollout id {rollout_id[:80]!r} is not a valid id")
+    percent = raw.get("percent")
+    if (
+        isinstance(percent, bool)
+        or not isinstance(percent, int | float)
+        or not math.isfinite(percent)
+        or not 0 <= percent <= 100
+    ):
+        raise InvalidManifestSet("rollout percent must be a number from 0 to 100")
+    entries = tuple(_decode_entry(e) for e in _list(raw, "manifests"))
+    if any(e.scope != SCOPE_CHANNEL for e in entries):
+        raise InvalidManifestSet("rollout manifests must have scope 'channel'")
+    if len({e.name for e in entries}) != len(entries):
+        raise InvalidManifestSet("rollout lists the same manifest twice")
+    candidate, baseline = raw.get("candidate", ""), raw.get("baseline", "")
+    if not isinstance(candidate, str) or not isinstance(baseline, str):
+        raise InvalidManifestSet("rollout candidate/baseline must be strings")
+    return RolloutRule(rollout_id, percent, entries, candidate[:100], baseline[:100])
 
 
 def _decode_signature(raw: Any) -> Signature:

@@ -247,6 +247,7 @@ def launch(
     progress: Any = None,
     prefix: str = "dev",
     mqtt: bool = True,
+    device_env: Mapping[str, str] | None = None,
 ) -> Any:
     """Start a LocalStack with the functions, the podman build service, a signing key
     (functions get SIGNING_KEY, devices TRUSTED_KEYS) and ``devices`` devices.
@@ -281,6 +282,7 @@ def launch(
                 poll_seconds=poll_seconds,
                 trusted_keys=trusted,
                 prefix=prefix,
+                extra_env=device_env,
             )
     except BaseException:
         stack.stop()

@@ -102,9 +102,11 @@ def start(
     say: Say = print,
     prefix: str = "dev",
     mqtt: bool = True,
+    device_env: Mapping[str, str] | None = None,
 ) -> Fleet:
     """A fresh stack with functions, build service, signing and ``devices`` devices
-    (anything a previous run left in ``workdir`` is stopped first)."""
+    (anything a previous run left in ``workdir`` is stopped first); ``device_env`` is
+    added to every device agent's environment."""
     from edgefleet.localstack.stack import down
 
     for item in down(workdir):
@@ -117,6 +119,7 @@ def start(
         progress=say,
         prefix=prefix,
         mqtt=mqtt,
+        device_env=device_env,
     )
     # This process becomes a client of the stack (storage, registry, `edgefleet status`);
     # stop() restores the environment.
@@ -140,10 +143,20 @@ def version_name(major: int, trained_at: int) -> str:
     return f"{MODEL}_{major}_{trained_at}"
 
 
-def train(fleet: Fleet, major: int, trained_at: int | None = None, *, data: Path) -> str:
+def train(
+    fleet: Fleet,
+    major: int,
+    trained_at: int | None = None,
+    *,
+    data: Path,
+    golden_top1: int | None = None,
+) -> str:
     """Write model version ``major`` as training does: package files, then TRAINER-DONE.
-    Returns the version name (``mobilenet_MAJOR_UNIXTIME``)."""
+    Returns the version name (``mobilenet_MAJOR_UNIXTIME``). ``golden_top1``: another
+    expected answer for the golden image (a wrong one makes a version that never gets
+    ready: its self-test fails)."""
     model_file, top1, _label = VERSIONS[major]
+    top1 = top1 if golden_top1 is None else golden_top1
     version = version_name(major, trained_at or int(time.time()))
     bucket = fleet.bucket(fleet.stack.config.model_bucket)
     prefix = f"{MODEL}/{version}/"

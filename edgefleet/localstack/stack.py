@@ -37,7 +37,7 @@ STATE_FILE = "stack.json"
 GCR_TOPIC = "gcr"
 MODEL_EVENTS_TOPIC = "gcs-model-events"
 DEFAULT_CHANNELS = "latest,alpha,beta,stable"
-FUNCTIONS = ("tag_monitor", "model_done_watcher")
+FUNCTIONS = ("tag_monitor", "model_done_watcher", "rollout_controller")
 T = TypeVar("T")
 
 
@@ -54,6 +54,8 @@ class StackConfig:
     function_env: Mapping[str, str] = field(default_factory=dict)
     podman_service: bool = False
     mqtt: bool = True  # run mosquitto: sets written wake devices at once
+    # rollout_controller's tick (Cloud Scheduler's job in GCP): seconds between ticks.
+    rollout_tick_seconds: float = 2.0
 
 
 def read_state(workdir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -198,9 +200,29 @@ class LocalStack:
                 self.functions["model_done_watcher"].url,
                 ack_deadline_seconds=600,
             )
+        if "rollout_controller" in self.functions:
+            self._start_ticker(pubsub)
         if cfg.podman_service:
             self.podman_service = self._own(PodmanService(self.workdir, self.podman))
         self._save()
+
+    def _start_ticker(self, pubsub: PubsubEmulator) -> None:
+        """rollout_controller woken by a periodic tick, as Cloud Scheduler does in GCP."""
+        from edgefleet.localstack.ticker import TICK_TOPIC, Ticker
+
+        pubsub.create_topic(TICK_TOPIC)
+        pubsub.create_push_subscription(
+            TICK_TOPIC, "rollout-tick-push", self.functions["rollout_controller"].url
+        )
+        self._own(
+            Ticker(
+                self.workdir,
+                host=pubsub.host,
+                project=pubsub.project,
+                topic=TICK_TOPIC,
+                interval=self.config.rollout_tick_seconds,
+            )
+        )
 
     def stop(self) -> None:
         """Stop everything; when something could not be stopped, raise StackError naming

@@ -83,6 +83,9 @@ def run(
         step("edgefleet status")
         h.print_status(fleet)
 
+        from edgefleet.operator import rollout_demo
+
+        rollout_demo.run(fleet, d1, d2, say=say)  # progressive rollouts (docs/rollouts.md)
         step("convergence times (tag move -> every device of the channel serving it)")
         for what, seconds in steps:
             say(f"  {what:34} {seconds:6.1f} s")

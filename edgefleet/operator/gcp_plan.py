@@ -67,6 +67,11 @@ GCR_TOPIC = "gcr"
 RESULTS_TOPIC = "edge-inference-results"
 TAG_MONITOR = "tag-monitor"
 MODEL_DONE_WATCHER = "model-done-watcher"
+ROLLOUT_CONTROLLER = "rollout-controller"
+ROLLOUT_SA = "edgefleet-rollouts"
+TICK_TOPIC = "rollout-tick"
+TICK_JOB = "edgefleet-rollout-tick"
+TICK_SCHEDULE = "* * * * *"  # Cloud Scheduler's finest: once a minute
 RUNTIME = "python311"
 SOURCE_OBJECT = "source/edgefleet-src.tar.gz"
 SERVICES = (
@@ -585,10 +590,66 @@ def plan(config: GcpConfig) -> list[Step]:
             "--role=roles/run.invoker",
             comment=f"Eventarc may invoke {fn}, nobody else",
         )
+    _rollout_steps(p, c, common, tag_env, sa[TRIGGER_SA])
     from edgefleet.operator.dashboard import deploy as dashboard
 
     dashboard.plan(p, c)  # Cloud Run behind IAP, read-only service account
     return p.steps
+
+
+def _rollout_steps(
+    p: _Plan, c: GcpConfig, common: Sequence[str], env: Mapping[str, str], trigger_sa: str
+) -> None:
+    """rollout_controller (docs/rollouts.md): its own service account -- it alone may move
+    a channel tag (a completed rollout) besides the operator -- woken by a Cloud Scheduler
+    job publishing to topic rollout-tick once a minute."""
+    rollout_sa = c.sa(ROLLOUT_SA)
+    p.gcloud("services", "enable", "cloudscheduler.googleapis.com", comment="ticks")
+    p.gcloud(
+        "iam", "service-accounts", "create", ROLLOUT_SA,
+        "--display-name=edgefleet rollout controller",
+        comment=f"service account {ROLLOUT_SA}",
+        unless=("iam", "service-accounts", "describe", rollout_sa),
+    )  # fmt: skip
+    p.gcloud(
+        "storage", "buckets", "add-iam-policy-binding", f"gs://{c.deploy_bucket}",
+        f"--member=serviceAccount:{rollout_sa}", "--role=roles/storage.objectAdmin",
+        comment="rollout_controller: reads reports, writes rollouts/ and sets/",
+    )  # fmt: skip
+    p.gcloud(
+        "artifacts", "repositories", "add-iam-policy-binding", c.repository,
+        f"--location={c.region}", f"--member=serviceAccount:{rollout_sa}",
+        "--role=roles/artifactregistry.writer",
+        comment="a completed rollout moves the channel tag to the candidate",
+    )  # fmt: skip
+    p.gcloud(
+        "secrets", "add-iam-policy-binding", c.signing_secret,
+        f"--member=serviceAccount:{rollout_sa}", "--role=roles/secretmanager.secretAccessor",
+        comment="it signs the sets it writes, with the same key as tag_monitor",
+    )  # fmt: skip
+    p.gcloud(
+        "pubsub", "topics", "create", TICK_TOPIC, comment=f"topic {TICK_TOPIC}",
+        unless=("pubsub", "topics", "describe", TICK_TOPIC),
+    )  # fmt: skip
+    argv = [a for a in common if not a.startswith("--service-account=")]
+    p.gcloud(
+        "functions", "deploy", ROLLOUT_CONTROLLER, *argv,
+        f"--service-account={rollout_sa}", "--entry-point=rollout_controller",
+        f"--trigger-topic={TICK_TOPIC}", f"--set-env-vars={env_flag(env)}",
+        comment="progressive rollouts: advance, hold, or halt and revert, at every tick",
+    )  # fmt: skip
+    p.gcloud(
+        "run", "services", "add-iam-policy-binding", ROLLOUT_CONTROLLER,
+        f"--region={c.region}", f"--member=serviceAccount:{trigger_sa}",
+        "--role=roles/run.invoker",
+        comment=f"Eventarc may invoke {ROLLOUT_CONTROLLER}, nobody else",
+    )  # fmt: skip
+    p.gcloud(
+        "scheduler", "jobs", "create", "pubsub", TICK_JOB, f"--location={c.region}",
+        f"--schedule={TICK_SCHEDULE}", f"--topic={TICK_TOPIC}", '--message-body={"tick":1}',
+        comment="the tick (Cloud Scheduler; locally the stack's ticker)",
+        unless=("scheduler", "jobs", "describe", TICK_JOB, f"--location={c.region}"),
+    )  # fmt: skip
 
 
 def _device_pool(p: _Plan, c: GcpConfig) -> None:

@@ -26,3 +26,8 @@ def tag_monitor(cloud_event):  # type: ignore[no-untyped-def]
 @functions_framework.cloud_event
 def model_done_watcher(cloud_event):  # type: ignore[no-untyped-def]
     _record("model_done_watcher", cloud_event)
+
+
+@functions_framework.cloud_event
+def rollout_controller(cloud_event):  # type: ignore[no-untyped-def]
+    _record("rollout_controller", cloud_event)

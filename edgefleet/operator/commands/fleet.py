@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     status.add_argument("--channel", help="only devices on this channel")
     status.set_defaults(handler=_status)
 
-    rollout = sub.add_parser("rollout", help="follow a rollout")
+    rollout = sub.add_parser("rollout", help="progressive rollouts: start, status, pause, …")
     verbs = rollout.add_subparsers(dest="verb", metavar="VERB", required=True)
     wait = verbs.add_parser(
         "wait",
@@ -66,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fail unless at least this many devices are on the channel (default 1)",
     )
     wait.set_defaults(handler=_rollout_wait)
+    from edgefleet.operator.commands import rollout as progressive
+
+    progressive.register_verbs(verbs)  # start, status, pause, resume, abort
 
 
 # `rollout wait` exit codes besides 0 (complete), 1 (error) and 2 (usage).
