@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.kubelet import KubeletStandIn, versions
+from support.kubelet import KubeletStandIn, versions, written
 from support.sync import FAKE_DIGEST, TEST_REGISTRY, SetPublisher, agent_env, entries, pod_yaml
 
 from device import gcs_json
@@ -126,7 +126,7 @@ def test_new_sets_reach_kubelet_through_its_watch_and_commit_once_it_runs_them(
     first = {"web": pod_yaml("web", IMAGE), "db": pod_yaml("db", IMAGE)}
     pub.publish(entries(first))
     assert agent.poll_once() == APPLIED
-    assert set(kubelet.running().values()) == versions(first.values())
+    assert set(kubelet.running().values()) == versions(map(written, first.values()))
     second = {
         "web": pod_yaml("web", IMAGE, command=["/bin/busybox", "sleep", "1"]),
         "db": first["db"],
@@ -136,11 +136,11 @@ def test_new_sets_reach_kubelet_through_its_watch_and_commit_once_it_runs_them(
     mark = len(kubelet.updates)
     assert agent.poll_once() == APPLIED
     committed = time.monotonic()
-    assert set(kubelet.running().values()) == versions(second.values())
+    assert set(kubelet.running().values()) == versions(map(written, second.values()))
     assert {u.cause for u in kubelet.updates[mark:]} <= {"watch:add", "watch:modify"}
     # The gate waited for kubelet to run the NEW web pod, Ready: not for the old one
     # (same images, same port), which was Ready all along.
-    ready = kubelet.ready_at("web", versions([second["web"]]).pop())
+    ready = kubelet.ready_at("web", versions([written(second["web"])]).pop())
     assert ready is not None and committed >= ready
     agent.report(force=True)
     status = json.loads(bucket.read(layout.status_object("dev-1")).data)
@@ -182,9 +182,9 @@ def test_old_pod_answering_the_port_does_not_pass_the_gate_for_the_new_one(
         bad = pub.publish(entries({"web": pod_yaml("web", OTHER, port=port, readiness_path="/")}))
         assert agent.poll_once() == ROLLED_BACK
         assert bad.digest() in agent.state.bad_digests
-        assert (manifest_dir / "web-pod.yaml").read_text() == good
-        _wait_for("kubelet to run the old pod again",
-                  lambda: kubelet.running() == {"web": versions([good]).pop()})  # fmt: skip
+        assert (manifest_dir / "web-pod.yaml").read_text() == written(good)
+        old = {"web": versions([written(good)]).pop()}
+        _wait_for("kubelet to run the old pod again", lambda: kubelet.running() == old)
         detail = agent.state.last_rejection.detail
         assert "not running" in detail or "not ready" in detail, detail
     finally:
@@ -217,7 +217,7 @@ def test_relists_racing_applies_never_read_a_torn_file_or_drop_a_staying_pod(
     first = kubelet.updates.index(full[0])
     for update in kubelet.updates[first:]:
         assert set(staying) <= set(update.pods), f"a staying pod was dropped: {update}"
-        assert set(update.pods.values()) <= versions(published)
+        assert set(update.pods.values()) <= versions(map(written, published))
 
 
 def test_kubelet_api_refuses_anonymous_and_other_devices(tmp_path, pki, kubelets) -> None:

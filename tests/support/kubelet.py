@@ -429,8 +429,16 @@ class KubeletStandIn:
 
 
 def versions(texts: Iterable[str]) -> set[str]:
-    """sha256 of manifest texts, to compare with :meth:`KubeletStandIn.running`."""
+    """sha256 of manifest files as written, to compare with :meth:`KubeletStandIn.running`."""
     return {hashlib.sha256(t.encode()).hexdigest() for t in texts}
+
+
+def written(text: str) -> str:
+    """The file a device writes for a manifest: its canonical JSON (see
+    :func:`edgefleet.core.policy.canonical`), what kubelet then reads."""
+    from edgefleet.core import policy, strict_yaml
+
+    return policy.canonical(strict_yaml.load(text)).decode()
 
 
 def _rfc3339() -> str:
