@@ -11,7 +11,6 @@ pyproject changing. Foreign architectures get binary wheels only (``pip download
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -19,9 +18,8 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from edgefleet.core.errors import ConfigError, EdgefleetError
 from edgefleet.packaging.base_image import Progress, host_arch, stderr_progress
@@ -35,11 +33,30 @@ _NOT_SOURCE_ANYWHERE = shutil.ignore_patterns(
 )
 DEFAULT_EXTRAS: tuple[str, ...] = ("server",)
 _COMPLETE = ".complete"
+# The images' glibc (Debian bookworm): a manylinux_2_X wheel runs there when X <= 36.
+GLIBC_MINOR = 36
+
+
+def manylinux_tags(machine: str, glibc_minor: int = GLIBC_MINOR) -> tuple[str, ...]:
+    """Every manylinux platform tag a wheel for ``machine`` may carry and still run on the
+    image's glibc, named one by one: ``pip download --platform`` takes a tag literally (the
+    current pip does not match ``manylinux2014_aarch64`` against a wheel tagged
+    ``manylinux_2_17_aarch64``, and LiteRT's aarch64 wheels carry only the latter)."""
+    perennial = tuple(f"manylinux_2_{m}_{machine}" for m in range(glibc_minor, 16, -1))
+    return (*perennial, f"manylinux2014_{machine}")
+
+
 # Device arch -> pip platform tags of the binary wheels that run there.
 PIP_PLATFORMS: dict[str, tuple[str, ...]] = {
-    "x86_64": ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64"),
-    "aarch64": ("manylinux2014_aarch64", "manylinux_2_28_aarch64", "manylinux_2_34_aarch64"),
-    "armv7l": ("manylinux2014_armv7l", "manylinux_2_31_armv7l", "linux_armv7l"),
+    "x86_64": manylinux_tags("x86_64"),
+    "aarch64": manylinux_tags("aarch64"),
+    "armv7l": (*manylinux_tags("armv7l"), "linux_armv7l"),
+}
+# What runs in each image, by role: the device image's wheel carries the shared core and the
+# device side only (no cloud functions, operator CLI, local stack or test helpers).
+ROLES: dict[str, tuple[str, ...]] = {
+    "device": ("edgefleet/__init__.py", "edgefleet/core", "device", "sync_pod"),
+    "server": ("edgefleet/__init__.py", "edgefleet/core", "model_server"),
 }
 
 
@@ -155,15 +172,18 @@ def ensure_dependency_wheels(
             argv += [f"--platform={p}" for p in PIP_PLATFORMS[arch]]
             argv += [f"--python-version={PYTHON_VERSION}", "--implementation=cp"]
             argv += ["-r", str(req_file)]
-        _pip(argv, f"fetching wheels for {arch}")
+        run_pip(argv, f"fetching wheels for {arch}")
         (out / _COMPLETE).write_text("\n".join(reqs) + "\n")
         shutil.rmtree(target, ignore_errors=True)
         out.rename(target)
     return target
 
 
-def build_project_wheel(project_root: Path, out_dir: Path) -> Path:
+def build_project_wheel(project_root: Path, out_dir: Path, role: str | None = None) -> Path:
     """Build the edgefleet wheel (pure Python, any arch) from the source tree into out_dir.
+
+    With ``role`` (a key of :data:`ROLES`) the wheel holds only that role's packages and
+    no console script (the CLI is not part of it): what an image of that role runs.
 
     The wheel is built from a copy without build outputs: setuptools reuses an in-tree
     ``build/lib``, which keeps modules deleted from the source and would ship them. It is
@@ -175,8 +195,11 @@ def build_project_wheel(project_root: Path, out_dir: Path) -> Path:
         old.unlink()
     with tempfile.TemporaryDirectory(prefix="edgefleet-src-") as tmp:
         source = Path(tmp) / "src"
-        shutil.copytree(project_root, source, ignore=_not_source(project_root), symlinks=True)
-        _pip(
+        if role is None:
+            shutil.copytree(project_root, source, ignore=_not_source(project_root), symlinks=True)
+        else:
+            copy_role(project_root, source, role)
+        run_pip(
             ["wheel", "--no-deps", "--wheel-dir", str(out_dir), str(source)],
             "edgefleet wheel",
             env={"SOURCE_DATE_EPOCH": REPRODUCIBLE_EPOCH},
@@ -185,6 +208,40 @@ def build_project_wheel(project_root: Path, out_dir: Path) -> Path:
     if len(wheels) != 1:
         raise EdgefleetError(f"expected one edgefleet wheel in {out_dir}, found {len(wheels)}")
     return wheels[0]
+
+
+def copy_role(project_root: Path, dest: Path, role: str) -> None:
+    """The source tree of one role's wheel: pyproject (without console scripts), README and
+    the role's packages; setuptools' package discovery then finds only those."""
+    if role not in ROLES:
+        raise ConfigError(f"unknown wheel role {role!r}: use one of {', '.join(ROLES)}")
+    dest.mkdir(parents=True)
+    pyproject = (project_root / "pyproject.toml").read_text()
+    (dest / "pyproject.toml").write_text(_without_table(pyproject, "project.scripts"))
+    for name in ("README.md", "LICENSE"):
+        if (project_root / name).is_file():
+            shutil.copyfile(project_root / name, dest / name)
+    ignore = shutil.ignore_patterns(
+        "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", "*.pyc"
+    )
+    for rel in ROLES[role]:
+        src, out = project_root / rel, dest / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, out, ignore=ignore)
+        else:
+            shutil.copyfile(src, out)
+
+
+def _without_table(toml_text: str, table: str) -> str:
+    """``toml_text`` without the ``[table]`` section (its header up to the next header)."""
+    out, skipping = [], False
+    for line in toml_text.splitlines(keepends=True):
+        if line.startswith("["):
+            skipping = line.strip() == f"[{table}]"
+        if not skipping:
+            out.append(line)
+    return "".join(out)
 
 
 def _not_source(project_root: Path) -> Callable[[str, list[str]], set[str]]:
@@ -200,40 +257,9 @@ def _not_source(project_root: Path) -> Callable[[str, list[str]], set[str]]:
     return ignore
 
 
-def resolve_wheels(wheel_dir: Path, reqs: Sequence[str]) -> list[Path]:
-    """The wheels of ``wheel_dir`` that installing ``reqs`` takes: their dependency closure
-    as pip resolves it for this host (``pip install --dry-run --report``), nothing else.
-
-    Lets an image carry a subset of a shared wheelhouse; a requirement the wheelhouse
-    cannot satisfy is an error here, not in the middle of an image build.
-    """
-    with tempfile.TemporaryDirectory(prefix="edgefleet-resolve-") as tmp:
-        report = Path(tmp) / "report.json"
-        argv = ["install", "--dry-run", "--ignore-installed", "--no-index"]
-        argv += ["--find-links", str(wheel_dir), "--report", str(report), *reqs]
-        _pip(argv, f"resolving {', '.join(reqs)} in {wheel_dir}")
-        installs = json.loads(report.read_text()).get("install", [])
-    found = []
-    for item in installs:
-        path = Path(unquote(urlparse(item["download_info"]["url"]).path))
-        if path.parent != wheel_dir or path.suffix != ".whl":
-            raise EdgefleetError(f"pip resolved {path.name} outside the wheelhouse {wheel_dir}")
-        found.append(path)
-    return sorted(found)
-
-
-def stage_wheels(target: Path, wheels: Iterable[Path], reqs: Sequence[str]) -> Path:
-    """Lay out ``wheels/GOARCH/`` of a build context: the wheels (hard links) plus the
-    ``requirements.txt`` the Containerfile installs from them."""
-    target.mkdir(parents=True, exist_ok=True)
-    for wheel in wheels:
-        link_or_copy(wheel, target / wheel.name)
-    (target / "requirements.txt").write_text("\n".join(reqs) + "\n")
-    return target
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    if dst.exists():
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """Hard-link ``src`` to ``dst`` (a copy across file systems); an existing ``dst`` stays."""
+    if Path(dst).exists():
         return
     try:
         os.link(src, dst)
@@ -241,7 +267,7 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _pip(args: list[str], what: str, env: Mapping[str, str] | None = None) -> None:
+def run_pip(args: list[str], what: str, env: Mapping[str, str] | None = None) -> None:
     argv = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args]
     run_env = {**os.environ, **env} if env else None
     result = subprocess.run(argv, capture_output=True, text=True, check=False, env=run_env)
