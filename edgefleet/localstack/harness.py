@@ -214,8 +214,12 @@ def wait_serving(
     timeout: float = 300.0,
     interval: float = 0.1,
 ) -> dict[str, float]:
-    """Seconds from ``since`` until each device's ``/version/`` reports ``digest`` and its
-    ``/readyz`` passes (``/version/`` answers before the golden self-test is done)."""
+    """Seconds from ``since`` until each device's ``/version/`` reports ``digest`` (its
+    arch's image of it, for an index) and its ``/readyz`` passes (``/version/`` answers
+    before the golden self-test is done)."""
+    from edgefleet.localstack.arm64 import expected_digest, platform_digests
+
+    digests = platform_digests(fleet, digest)
     done: dict[str, float] = {}
     deadline = since + timeout
     while len(done) < len(devices):
@@ -223,7 +227,8 @@ def wait_serving(
             if d["id"] in done:
                 continue
             info = version_of(d)
-            if info and info.get("version") == digest and is_ready(d):
+            want = expected_digest(d, digests, digest)
+            if info and info.get("version") == want and is_ready(d):
                 done[d["id"]] = time.monotonic() - since
         if len(done) == len(devices):
             break
@@ -290,13 +295,17 @@ def stop(fleet: Fleet | None, workdir: Path) -> None:
 
 
 def wait_reported(fleet: Fleet, channel: str, digest: str, timeout: float = 120.0) -> None:
-    """``edgefleet rollout wait``: every device of the channel reported ``digest``, healthy
-    (reports lag serving by up to a health-gate round)."""
+    """``edgefleet rollout wait``: every device of the channel reported ``digest`` (per
+    arch: its image of the index), healthy (reports lag serving by up to a gate round)."""
+    from edgefleet.localstack.arm64 import platform_digests
     from edgefleet.operator import cli
 
-    argv = ["rollout", "wait", "--channel", channel, "--digest", digest]
-    if cli.main([*argv, "--timeout", f"{timeout:g}"]) != 0:
-        raise StepError(f"devices of {channel} did not report {digest[:19]}… in {timeout:.0f} s")
+    digests = platform_digests(fleet, digest)
+    for arch in sorted({str(d.get("arch")) for d in fleet.on(channel)}):
+        want = digests.get(arch, digest)
+        argv = ["rollout", "wait", "--channel", channel, "--digest", want, "--arch", arch]
+        if cli.main([*argv, "--timeout", f"{timeout:g}"]) != 0:
+            raise StepError(f"{arch} devices of {channel} did not report {want[:19]}…")
 
 
 def print_status(fleet: Fleet) -> None:
