@@ -17,7 +17,6 @@ import argparse
 import http.client
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.stats import median, percentile  # noqa: E402
+
 CORAL = REPO.parent / "shared" / "testdata" / "coral"
 MODEL = "mobilenet_v2_1.0_224_quant.tflite"
 LABELS = "imagenet_labels.txt"
@@ -37,12 +40,6 @@ CONCURRENCY = (1, 2, 4, 8)
 TARGET_OVERHEAD_PCT = 10.0
 TARGET_C2_RATIO = 1.6
 TARGET_RSS_MB = 150.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
-    return ordered[k]
 
 
 def load_average() -> str:
@@ -245,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     local_p50 = percentile(lat_local, 50)
     http_p50 = percentile(lat_http, 50)
     overhead = (http_p50 - local_p50) / local_p50 * 100
-    ratio = statistics.median(ratios)
+    ratio = median(ratios)
 
     def verdict(ok: bool) -> str:
         return "OK" if ok else "MISSED"
@@ -260,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"throughput c2/c1 over HTTP (median of {len(ratios)} rounds): {ratio:.2f}x  "
         f"target >= {TARGET_C2_RATIO}x: {verdict(ratio >= TARGET_C2_RATIO)}; "
-        f"in-process {statistics.median(local_ratios):.2f}x"
+        f"in-process {median(local_ratios):.2f}x"
     )
     print(
         f"server RSS: {idle_rss:.1f} MB ready, {rss:.1f} MB after the run, "

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.stats import median, percentile  # noqa: E402
 from edgefleet.cloud import storage  # noqa: E402
 from edgefleet.core import layout, manifest_set  # noqa: E402
 from edgefleet.localstack import devices as dev  # noqa: E402
@@ -63,15 +63,6 @@ class Sample:
     total: float
     sync: list[float] = field(default_factory=list)
     runtime: list[float] = field(default_factory=list)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def wait_set(bucket: storage.Bucket, name: str, digest: str, timeout: float) -> tuple[float, int]:
@@ -202,11 +193,10 @@ def report(name: str, samples: list[Sample], poll: float, slack: float) -> None:
     print(f"\n{name}: {len(samples)} promotions x {DEVICES} devices")
     print(f"  {'':32} {'p50':>7} {'p95':>7} {'max':>7}")
     for label, values in rows.items():
-        print(
-            f"  {label:32} {pct(values, 0.5):6.2f}s {pct(values, 0.95):6.2f}s {max(values):6.2f}s"
-        )
+        p50, p95 = percentile(values, 50), percentile(values, 95)
+        print(f"  {label:32} {p50:6.2f}s {p95:6.2f}s {max(values):6.2f}s")
     target = poll + slack
-    p95 = pct(rows["total (tag -> all serving)"], 0.95)
+    p95 = percentile(rows["total (tag -> all serving)"], 95)
     verdict = "meets" if p95 <= target else "MISSES"
     print(
         f"  total p95 {p95:.2f}s vs target poll+{slack:.0f}s = {target:.1f}s: "
@@ -262,10 +252,10 @@ def main() -> int:
             report("first install (each device pulls the whole image)", first, args.poll, 15.0)
             alone = pull_alone(fleet, digests[0])
             print(f"  one device pulling the whole image alone: {alone:.2f}s")
-        warm_rt = statistics.median(x for s in warm for x in s.runtime)
+        warm_rt = median(x for s in warm for x in s.runtime)
         for name, runs in (("cold", cold), ("first-install", first)):
             if runs:
-                pulled = statistics.median(x for s in runs for x in s.runtime)
+                pulled = median(x for s in runs for x in s.runtime)
                 print(f"{name}/warm runtime p50 ratio: {pulled / warm_rt:.2f}")
     finally:
         harness.stop(fleet, args.workdir)

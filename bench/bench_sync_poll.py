@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from support.sync import FAKE_DIGEST, SetPublisher, entries, pod_yaml  # noqa: E402
 
+from bench.stats import Summary, median, summarize  # noqa: E402
 from device import gcs_json  # noqa: E402
 from device.podcheck import ChildModelCheck  # noqa: E402
 from device.runtime import KubeletRuntime  # noqa: E402
@@ -105,13 +106,19 @@ def rsync_style_poll(client, bucket_name: str) -> None:  # type: ignore[no-untyp
             gcs_bucket.get_blob(blob.name)
 
 
-def measure(gcs: GcsEmulator, proxy: CountingProxy, polls: int, poll) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def measure(
+    gcs: GcsEmulator, proxy: CountingProxy, polls: int, poll
+) -> tuple[float, float, Summary]:  # type: ignore[no-untyped-def]
+    """(requests per poll, bytes per poll, summary of each poll's wall time in seconds)."""
     poll()  # warm the connection pool
     mark, before = gcs.mark(), proxy.bytes
+    times = []
     for _ in range(polls):
+        t0 = time.perf_counter()
         poll()
+        times.append(time.perf_counter() - t0)
     time.sleep(0.2)
-    return len(gcs.requests(mark)) / polls, (proxy.bytes - before) / polls
+    return len(gcs.requests(mark)) / polls, (proxy.bytes - before) / polls, summarize(times)
 
 
 def proc_stats(pid: int) -> tuple[float, float, float]:
@@ -141,18 +148,27 @@ def rss_after_import(modules: str) -> float:
     return int(out.stdout) / 1024
 
 
+def timed(fn, runs: int) -> list[float]:  # type: ignore[no-untyped-def]
+    """Wall seconds of each of ``runs`` calls of ``fn``."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def check_latency(manifests: dict[str, str], runs: int = 5) -> tuple[float, float]:
-    """Mean seconds of the V1Pod check of one set: in a child process vs in-process (warm)."""
+    """Median seconds of the V1Pod check of one set: in a child process vs in-process (warm)."""
     child = ChildModelCheck()
-    t0 = time.perf_counter()
-    for _ in range(runs):
-        assert not any(child(manifests).values())
-    child_s = (time.perf_counter() - t0) / runs
+    child_s = median(timed(lambda: not any(child(manifests).values()) or _fail(), runs))
     policy.model_errors(manifests)  # warm the import, as a long-lived process would be
-    t0 = time.perf_counter()
-    for _ in range(runs):
-        assert not any(policy.model_errors(manifests).values())
-    return child_s, (time.perf_counter() - t0) / runs
+    inproc = timed(lambda: not any(policy.model_errors(manifests).values()) or _fail(), runs)
+    return child_s, median(inproc)
+
+
+def _fail() -> None:
+    raise SystemExit("the V1Pod check rejected the benchmark's own set")
 
 
 def main() -> int:
@@ -185,13 +201,15 @@ def main() -> int:
         assert agent.poll_once() == "applied"
         agent.report(force=True)
 
-        agent_req, agent_bytes = measure(gcs, proxy, args.polls, agent.poll_once)
-        base_req, base_bytes = measure(
+        agent_req, agent_bytes, agent_t = measure(gcs, proxy, args.polls, agent.poll_once)
+        base_req, base_bytes, base_t = measure(
             gcs, proxy, args.polls, lambda: rsync_style_poll(client, "bench")
         )
         print(f"no-op poll, mean of {args.polls} (fake-gcs-server, counting proxy):")
         print(f"  sync agent      {agent_req:5.1f} requests  {agent_bytes:8.0f} bytes")
         print(f"  rsync baseline  {base_req:5.1f} requests  {base_bytes:8.0f} bytes")
+        print(f"  sync agent poll time      {agent_t.scaled(1000).line('ms')}")
+        print(f"  rsync baseline poll time  {base_t.scaled(1000).line('ms')}")
         print(
             f"  ratio baseline/agent: {base_req / agent_req:.1f}x requests, "
             f"{base_bytes / agent_bytes:.1f}x bytes"

@@ -23,7 +23,6 @@ import argparse
 import collections
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -35,18 +34,13 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.stats import median, percentile  # noqa: E402
 from edgefleet.cloud.set_store import SetStore  # noqa: E402
 from edgefleet.cloud.storage import Bucket, make_client  # noqa: E402
 from edgefleet.core import layout, manifest_set  # noqa: E402
 from edgefleet.localstack.stack import LocalStack, StackConfig  # noqa: E402
 
 TARGET_P95 = 1.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
-    return ordered[k]
 
 
 class FunctionLog:
@@ -193,8 +187,8 @@ def run(stack: LocalStack, args: argparse.Namespace) -> int:
             kind = "metadata"
         kinds[kind] += 1
 
-    p50, p95 = statistics.median(latencies), percentile(latencies, 95)
-    b50 = statistics.median(base)
+    p50, p95 = median(latencies), percentile(latencies, 95)
+    b50 = median(base)
     per_event = len(served) / args.cost_retags
     print(f"tag move -> set pinned in bucket, {args.retags} retags:")
     worst = max(latencies) * 1000

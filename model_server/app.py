@@ -163,7 +163,7 @@ class ModelServer:
                 batch=config.publish_batch,
                 interval=config.publish_interval,
                 backoff_max=config.backoff_max,
-                on_published=self.metrics.telemetry_published.inc,
+                on_published=self._published,
                 on_failure=lambda kind: self.metrics.telemetry_failures.labels(kind).inc(),
             )
         self.version_info = {
@@ -175,6 +175,8 @@ class ModelServer:
             "runtime": backend.runtime,
             "runtime_version": backend.runtime_version,
             "delegate": backend.delegate,
+            # absent | broken | no-device | loaded; "not probed" without an Edge TPU model.
+            "edgetpu": loaded.edgetpu or "not probed",
             "selected": self.predictor.choice,
             "task": self.predictor.task,
             "labels": len(self.package.labels),
@@ -183,6 +185,11 @@ class ModelServer:
         self.metrics.model.info({k: str(v) for k, v in self.version_info.items()})
         self.app = self._build_app()
         self._selftest_thread: threading.Thread | None = None
+
+    def _published(self, messages: int) -> None:
+        """One acknowledged publish request (a batch) carrying ``messages``."""
+        self.metrics.telemetry_batches.inc()
+        self.metrics.telemetry_published.inc(messages)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -256,7 +263,7 @@ class ModelServer:
         if ctype in IMAGE_TYPES:
             return self.predictor.predict_image(request.get_data(cache=False), k)
         if ctype == "application/json":
-            return self.predictor.predict_features(request.get_data(cache=False), k)
+            return self.predictor.predict_features(self._json_body(), k)
         raise RequestError(
             415,
             "unsupported_media_type",
@@ -264,6 +271,20 @@ class ModelServer:
             "'image' (curl -F image=@x.jpg), a raw body with Content-Type image/jpeg|png|bmp|"
             'gif|webp, or JSON {"features": [...]} for tabular models',
         )
+
+    def _json_body(self) -> bytes:
+        """The JSON body, refused with a 413 beyond ``max_json_bytes`` BEFORE it is read
+        into memory or parsed (from Content-Length, or while reading a chunked body)."""
+        limit = self.config.max_json_bytes
+        too_large = RequestError(
+            413, "too_large", f"JSON body larger than {limit} bytes: send one feature row"
+        )
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        body = request.stream.read(limit + 1)
+        if len(body) > limit:
+            raise too_large
+        return body
 
     def _record(self, pred: Prediction, total_s: float) -> str:
         top = pred.top1

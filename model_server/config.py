@@ -26,7 +26,9 @@ class ServerConfig:
     labels: Path | None = None
     model_dir: Path | None = None
     metadata: Path | None = None
-    host: str = "0.0.0.0"
+    # Loopback unless told otherwise: a pod with its own network namespace sets 0.0.0.0
+    # (its template does); on a host network nothing but the device itself may connect.
+    host: str = "127.0.0.1"
     port: int = 5000
     container_digest: str = ""
     device_id: str = ""
@@ -43,6 +45,8 @@ class ServerConfig:
     backoff_max: float = 60.0
     # Limits on what clients send.
     max_body_bytes: int = 10 * 1024 * 1024
+    # JSON bodies (feature rows) are refused beyond this many bytes before being read.
+    max_json_bytes: int = 64 * 1024
     max_pixels: int = 4096 * 4096
     default_top_k: int = 5
     # Concurrency: a pool of ``workers`` interpreters with ``interpreter_threads`` each.
@@ -125,7 +129,7 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("labels", Path, "labels file: one label per line, or 'N label' per line"),
     _Option("model_dir", Path, "model package directory (model.tflite|model.onnx, ...)"),
     _Option("metadata", Path, "metadata.json (name, version, golden inputs, drift reference)"),
-    _Option("host", str, "address to listen on"),
+    _Option("host", str, "address to listen on (default 127.0.0.1; 0.0.0.0 in a pod netns)"),
     _Option("port", _port, "TCP port to listen on"),
     _Option("container_digest", str, "image digest reported by /version/", ("CONTAINER_DIGEST",)),
     _Option("device_id", str, "device id sent with telemetry", ("DEVICE_ID",)),
@@ -145,6 +149,7 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("publish_timeout", _positive_float, "seconds one publish request may take"),
     _Option("backoff_max", _positive_float, "longest wait between failed publishes"),
     _Option("max_body_bytes", _positive_int, "largest request body accepted"),
+    _Option("max_json_bytes", _positive_int, "largest JSON (feature row) body accepted"),
     _Option("max_pixels", _positive_int, "largest image (width x height) decoded"),
     _Option("default_top_k", _positive_int, "top_k when the request gives none"),
     _Option("workers", _non_negative_int, "interpreters in the pool (0 = one per CPU)"),

@@ -68,6 +68,11 @@ class Metrics:
             "Telemetry messages acknowledged by Pub/Sub.",
             registry=r,
         )
+        self.telemetry_batches = Counter(
+            "edgefleet_telemetry_publish_requests",
+            "Publish requests (one batch each) acknowledged by Pub/Sub.",
+            registry=r,
+        )
         self.telemetry_dropped = Counter(
             "edgefleet_telemetry_dropped",
             "Oldest telemetry messages dropped because the outbox was full.",

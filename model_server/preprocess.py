@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,12 +147,46 @@ def top_k(scores: np.ndarray, k: int) -> list[tuple[int, float]]:
     return [(int(i), float(scores[i])) for i in order]
 
 
-def parse_features(body: bytes, n_features: int | None) -> np.ndarray:
-    """JSON ``{"features": [numbers]}`` -> a float64 row vector, validated."""
+# ``{"features": [...]}`` nests 2 deep; a little slack for clients that wrap it.
+MAX_JSON_DEPTH = 4
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_depth(body: bytes, limit: int) -> int:
+    """The deepest nesting of ``[``/``{`` in ``body`` outside strings, counted without
+    parsing (stops once past ``limit``), so a hostile ``[[[[…`` is refused before
+    ``json.loads`` can recurse on it. Unbalanced input is left to the parser."""
+    brackets = _JSON_STRING.sub(b'""', body).translate(None, _NOT_BRACKETS)
+    depth = deepest = 0
+    for c in brackets:
+        if c in b"[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    break
+        else:
+            depth -= 1
+    return deepest
+
+
+def parse_features(
+    body: bytes, n_features: int | None, max_depth: int = MAX_JSON_DEPTH
+) -> np.ndarray:
+    """JSON ``{"features": [numbers]}`` -> a float64 row vector, validated.
+
+    The caller bounds the body's size; the nesting depth is checked here before parsing.
+    """
+    if json_depth(body, max_depth) > max_depth:
+        raise RequestError(
+            400, "invalid_json", f"JSON nested deeper than {max_depth} levels: not a feature row"
+        )
     try:
         doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        reason = "too deeply nested" if isinstance(exc, RecursionError) else str(exc)
+        raise RequestError(400, "invalid_json", f"body is not valid JSON: {reason}") from None
     features = doc.get("features") if isinstance(doc, dict) else None
     if not isinstance(features, list) or not features:
         raise RequestError(

@@ -30,8 +30,21 @@ log = logging.getLogger(__name__)
 EDGETPU_LIB = "libedgetpu.so.1"
 
 
+# Why the Edge TPU delegate did not load. "absent" is normal on a CPU-only device; the
+# others mean an Edge TPU install that is there but does not work, and are logged as errors.
+ABSENT = "absent"  # no libedgetpu.so.1 on the loader's path (and no Coral pycoral)
+BROKEN = "broken"  # libedgetpu (or pycoral) present but failed to load
+NO_DEVICE = "no-device"  # the delegate loaded but no Edge TPU answered
+
+
 class DelegateUnavailable(Exception):
-    """The Edge TPU delegate did not load (no library, no device)."""
+    """The Edge TPU delegate did not load; ``state`` says whether it is absent, broken or
+    present without a device, so a broken install never passes for a missing one."""
+
+    def __init__(self, state: str, detail: str) -> None:
+        super().__init__(f"{state}: {detail}")
+        self.state = state
+        self.detail = detail
 
 
 class Backend(Protocol):
@@ -203,24 +216,85 @@ def _litert_interpreter_factory(
     return make
 
 
-def edgetpu_interpreter_factory(path: Path) -> Callable[[], Any]:
-    """What pycoral's ``make_interpreter`` does; pycoral itself when it is installed."""
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def _coral_pycoral() -> Any:
+    """Coral's pycoral.utils.edgetpu when it is installed; None when it is not (or the
+    name belongs to PyPI's unrelated package). Raises DelegateUnavailable(BROKEN) when
+    Coral's package is there but fails to import."""
     try:
-        from pycoral.utils import edgetpu as coral  # Coral's own package (not PyPI's)
-    except Exception:  # absent, or PyPI's unrelated "pycoral"
-        coral = None
-    if coral is not None and hasattr(coral, "make_interpreter"):
-        return lambda: coral.make_interpreter(str(path))
+        from pycoral.utils import edgetpu as coral
+    except ModuleNotFoundError as exc:
+        if exc.name in ("pycoral", "pycoral.utils", "pycoral.utils.edgetpu"):
+            return None  # absent, or PyPI's "pycoral" (no utils.edgetpu)
+        raise DelegateUnavailable(BROKEN, f"pycoral is installed but its import failed: "
+                                          f"{_one_line(exc)}") from None  # fmt: skip
+    except Exception as exc:  # e.g. its native module fails to load
+        raise DelegateUnavailable(
+            BROKEN, f"pycoral is installed but its import failed: {_one_line(exc)}"
+        ) from None
+    return coral if hasattr(coral, "make_interpreter") else None
+
+
+# The external-delegate entry points LiteRT's load_delegate calls.
+DELEGATE_SYMBOLS = ("tflite_plugin_create_delegate", "tflite_plugin_destroy_delegate")
+
+
+def _open_edgetpu_library() -> None:
+    """dlopen libedgetpu.so.1: absent (the loader found no such file) vs broken (found, but
+    the file or one of its dependencies did not load, e.g. a wrong architecture, a
+    truncated file, libusb missing; or it is no delegate library). The symbols are checked
+    here because LiteRT's Delegate object fails again in its finaliser when they lack."""
     try:
-        ctypes.CDLL(EDGETPU_LIB)
+        library = ctypes.CDLL(EDGETPU_LIB)
     except OSError as exc:
-        raise DelegateUnavailable(str(exc)) from None
+        message = _one_line(exc)
+        if message == f"{EDGETPU_LIB}: cannot open shared object file: No such file or directory":
+            raise DelegateUnavailable(ABSENT, f"{EDGETPU_LIB} is not installed") from None
+        raise DelegateUnavailable(
+            BROKEN, f"{EDGETPU_LIB} is installed but failed to load: {message}"
+        ) from None
+    missing = [name for name in DELEGATE_SYMBOLS if not hasattr(library, name)]
+    if missing:
+        raise DelegateUnavailable(
+            BROKEN,
+            f"{EDGETPU_LIB} is installed but is not a working delegate: "
+            f"{library._name} lacks {', '.join(missing)}",
+        )
+
+
+def edgetpu_interpreter_factory(path: Path) -> Callable[[], Any]:
+    """What pycoral's ``make_interpreter`` does; pycoral itself when it is installed.
+
+    The delegate is created here, once, so that every failure is classified up front
+    (:class:`DelegateUnavailable` with ``state`` absent, broken or no-device).
+    """
+    coral = _coral_pycoral()
+    if coral is not None:
+        try:
+            first = coral.make_interpreter(str(path))
+        except ValueError as exc:  # its load_delegate: the library loaded, no device
+            raise DelegateUnavailable(NO_DEVICE, _one_line(exc)) from None
+        except Exception as exc:
+            detail = f"pycoral make_interpreter: {_one_line(exc)}"
+            raise DelegateUnavailable(BROKEN, detail) from None
+        made = [first]
+        return lambda: made.pop() if made else coral.make_interpreter(str(path))
+    _open_edgetpu_library()
     from ai_edge_litert.interpreter import load_delegate
 
     try:
         delegate = load_delegate(EDGETPU_LIB)
-    except (ValueError, OSError) as exc:
-        raise DelegateUnavailable(f"{EDGETPU_LIB} found but no Edge TPU answered: {exc}") from None
+    except ValueError as exc:  # tflite_plugin_create_delegate returned no delegate
+        raise DelegateUnavailable(
+            NO_DEVICE, f"{EDGETPU_LIB} loaded but no Edge TPU answered: {_one_line(exc)}"
+        ) from None
+    except (AttributeError, OSError, RuntimeError) as exc:  # e.g. not a delegate library
+        raise DelegateUnavailable(
+            BROKEN, f"{EDGETPU_LIB} is installed but is not a working delegate: {_one_line(exc)}"
+        ) from None
     return _litert_interpreter_factory(path, 1, [delegate])
 
 
@@ -235,6 +309,9 @@ def cpu_count() -> int:
 class LoadedModel:
     backend: Backend
     choice: str  # why this file was picked, for /version/ and the start-up log
+    # The Edge TPU probe: "" (not probed: the package has no Edge TPU model), "loaded",
+    # or a DelegateUnavailable state (absent, broken, no-device).
+    edgetpu: str = ""
 
 
 def _edgetpu_failure(path: Path, reason: str) -> ModelLoadError:
@@ -259,11 +336,16 @@ def load_model(
         except DelegateUnavailable as exc:
             if package.cpu_model is None:
                 raise _edgetpu_failure(package.edgetpu_model, str(exc)) from None
-            log.warning(
-                "Edge TPU delegate unavailable; serving the CPU model",
-                extra=fields(reason=str(exc), model=str(package.cpu_model)),
+            # An install that is there but broken is an operator's problem to fix: an
+            # error, not the routine "no Edge TPU on this device".
+            level = logging.INFO if exc.state == ABSENT else logging.ERROR
+            log.log(
+                level,
+                f"Edge TPU delegate {exc.state}; serving the CPU model",
+                extra=fields(edgetpu=exc.state, reason=exc.detail, model=str(package.cpu_model)),
             )
             reason = f"Edge TPU unavailable ({exc}); CPU model"
+            edgetpu = exc.state
         else:
             # One interpreter: the Edge TPU runs one inference at a time anyway.
             backend = _build(
@@ -276,13 +358,13 @@ def load_model(
                 ),
                 package.edgetpu_model,
             )
-            return LoadedModel(backend, "Edge TPU delegate loaded; Edge TPU model")
+            return LoadedModel(backend, "Edge TPU delegate loaded; Edge TPU model", "loaded")
     else:
-        reason = "CPU model"
+        reason, edgetpu = "CPU model", ""
     path = package.cpu_model
     assert path is not None
     if path.suffix == ".onnx":
-        return LoadedModel(OnnxBackend(path, threads), reason)
+        return LoadedModel(OnnxBackend(path, threads), reason, edgetpu)
     make = _litert_interpreter_factory(path, threads)
     backend = _build(
         lambda: LiteRTBackend(
@@ -294,7 +376,7 @@ def load_model(
         ),
         path,
     )
-    return LoadedModel(backend, reason)
+    return LoadedModel(backend, reason, edgetpu)
 
 
 def _build(construct: Callable[[], LiteRTBackend], path: Path) -> LiteRTBackend:

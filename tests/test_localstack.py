@@ -174,3 +174,44 @@ def test_request_counting_can_keep_to_one_bucket(bucket, gcs):
     assert any(r.path.endswith(f"/b/{other}/o/x") for r in everything)
     assert mine and all(r.path.split("/")[4] == bucket.name for r in mine)
     assert len(mine) < len(everything)
+
+
+def test_readiness_timeout_says_why_the_check_kept_failing(tmp_path):
+    """A component that keeps answering 5xx (or refusing connections) times out with the
+    last reason, not silently."""
+    import http.server
+    import threading
+
+    class Unavailable(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/healthz"
+    try:
+        with pytest.raises(StackError, match=r"web not ready after 1s \(last check: .*HTTP 503\)"):
+            process.wait_for(lambda: process.http_ready(url), timeout=1, what="web")
+    finally:
+        server.shutdown()
+        server.server_close()
+    closed = f"http://127.0.0.1:{process.free_port()}/"
+    with pytest.raises(StackError, match=r"last check: .*Connection refused"):
+        process.wait_for(lambda: process.http_ready(closed), timeout=1, what="web")
+
+
+def test_a_broken_readiness_check_fails_at_once_naming_its_error(tmp_path):
+    proc = ManagedProcess(
+        "sleeper", [sys.executable, "-c", "import time; time.sleep(30)"], workdir=tmp_path
+    ).start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(StackError, match=r"sleeper: the readiness check failed: KeyError"):
+            proc.wait_ready(lambda: {}["port"], timeout=20)
+        assert time.monotonic() - started < 5
+    finally:
+        proc.stop()

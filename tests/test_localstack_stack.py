@@ -189,3 +189,29 @@ def test_device_ids_are_validated():
     for bad in ("", "UPPER", "x" * 12, "-lead", "a/b"):
         with pytest.raises(InvalidInput):
             netns.check_id(bad)
+
+
+@pytest.mark.podman
+def test_stop_failure_is_named_the_rest_stopped_and_down_finishes(pubsub, tmp_path):
+    """A component that cannot be stopped cleanly (here the podman service's socket path
+    was replaced by a directory, so removing it fails) is named in the error; every other
+    component is still stopped, and stack.json stays so 'edgefleet down' can finish."""
+    workdir = tmp_path / "stack"
+    s = LocalStack(StackConfig(workdir=workdir, functions=(), podman_service=True), pubsub=pubsub)
+    s.start()
+    assert s.podman_service is not None and s.gcs is not None
+    pids = [p["pid"] for p in read_state(workdir)["processes"]]
+    sock = s.podman_service.socket_path
+    sock.unlink()
+    sock.mkdir()
+    (sock / "keep").write_text("not a socket")
+    with pytest.raises(StackError) as failed:
+        s.stop()
+    message = str(failed.value)
+    assert "podman-service: IsADirectoryError" in message and "edgefleet down" in message
+    assert not any(process.pid_alive(pid) for pid in pids)
+    assert read_state(workdir) is not None  # kept for 'down'
+    (sock / "keep").unlink()
+    sock.rmdir()
+    assert down(workdir) == []  # nothing left running; the record is cleared
+    assert read_state(workdir) is None

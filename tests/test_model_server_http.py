@@ -3,6 +3,7 @@ Coral models of ../shared/testdata, ONNX Runtime on a scikit-learn model built h
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import json
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 import requests
 from PIL import Image
+from support.model_server_proc import ServerProcess
 
 from edgefleet.localstack.process import free_port
 from model_server.config import ServerConfig
@@ -357,6 +359,61 @@ def test_model_dir_without_tpu_picks_the_cpu_model_and_says_so(tmp_path: Path, c
         assert version["delegate"] == "xnnpack"
         assert "Edge TPU unavailable" in version["selected"]
         assert "libedgetpu.so.1" in version["selected"]
+        assert version["edgetpu"] == "absent"  # this machine has no libedgetpu at all
+
+
+def _loaded_library(soname: str) -> Path:
+    """The file the dynamic loader opens for ``soname`` here (from /proc/self/maps)."""
+    ctypes.CDLL(soname)
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.rstrip().endswith(soname) or f"/{soname}" in line:
+            return Path(line.split()[-1]).resolve()
+    raise AssertionError(f"{soname} not found in /proc/self/maps")
+
+
+def _broken_edgetpu_dirs(tmp_path: Path) -> dict[str, Path]:
+    """Two real broken installs of libedgetpu.so.1, each in its own LD_LIBRARY_PATH dir:
+    a file the loader rejects (no ELF header) and a real shared library that loads but is
+    no delegate (libz under the name), as a wrong or half-finished install would be."""
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "libedgetpu.so.1").write_bytes(b"\x7fELF but not really" + bytes(64))
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    shutil.copy(_loaded_library("libz.so.1"), wrong / "libedgetpu.so.1")
+    return {"garbage": garbage, "wrong": wrong}
+
+
+def test_broken_edgetpu_install_is_reported_as_broken_not_absent(
+    tmp_path: Path, coral: Path
+) -> None:
+    """A libedgetpu.so.1 that is present but does not load: the server still serves the
+    CPU model, and /version/ and an ERROR log line say the install is broken (and why)."""
+    pkg = _package(tmp_path, coral, golden_top1=401)
+    shutil.copy(coral / V1_TPU, pkg / "model_edgetpu.tflite")
+    for kind, libdir in _broken_edgetpu_dirs(tmp_path).items():
+        log = tmp_path / f"{kind}.log"
+        env = {"LD_LIBRARY_PATH": str(libdir), "EDGEFLEET_TELEMETRY": "off"}
+        with ServerProcess(["--model-dir", str(pkg), "--host", "127.0.0.1"], env, log) as srv:
+            version = requests.get(f"{srv.url}/version/").json()
+        assert (version["edgetpu"], version["delegate"]) == ("broken", "xnnpack"), kind
+        assert "is installed but" in version["selected"], version["selected"]
+        entries = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+        [error] = [e for e in entries if e["severity"] == "ERROR"]
+        assert error["edgetpu"] == "broken" and "libedgetpu.so.1" in error["reason"]
+
+
+def test_broken_edgetpu_install_without_cpu_model_fails_startup_saying_broken(
+    tmp_path: Path, coral: Path
+) -> None:
+    libdir = _broken_edgetpu_dirs(tmp_path)["wrong"]
+    proc = _run_cli(
+        ["--model", str(coral / V1_TPU), "--labels", str(coral / LABELS), "--port", "0"],
+        {"LD_LIBRARY_PATH": str(libdir), "EDGEFLEET_TELEMETRY": "off"},
+    )
+    assert proc.returncode == 1
+    [line] = proc.stderr.strip().splitlines()
+    assert "broken: libedgetpu.so.1 is installed but is not a working delegate" in line
 
 
 def test_drift_is_reported_when_predictions_leave_the_reference(
@@ -577,3 +634,79 @@ def test_create_app_factory_serves_under_waitress(coral: Path) -> None:
             assert post_image(http.url, coral / "cat_720p.jpg", multipart=True)["index"] == 283
     finally:
         server.close()
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses (IPv4, dotted) with a socket LISTENing on ``port``, from the kernel."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        address, hexport = fields[1].split(":")
+        if int(hexport, 16) == port and fields[3] == "0A":  # 0A = TCP_LISTEN
+            found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+    return found
+
+
+def test_server_listens_on_loopback_by_default_and_host_is_configurable(
+    tmp_path: Path, coral: Path
+) -> None:
+    args = ["--model", str(coral / V1), "--labels", str(coral / LABELS)]
+    env = {"EDGEFLEET_TELEMETRY": "off"}
+    with ServerProcess(args, env, tmp_path / "default.log") as srv:
+        assert _listening_addresses(srv.port) == {"127.0.0.1"}
+    with ServerProcess(args, {**env, "EDGEFLEET_HOST": "0.0.0.0"}, tmp_path / "all.log") as srv:
+        assert _listening_addresses(srv.port) == {"0.0.0.0"}
+
+
+def _vm_hwm_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_json_bodies_are_bounded_in_size_and_depth_before_parsing(
+    iris_model: tuple[Path, Any, Any], tmp_path: Path
+) -> None:
+    """A 10 MiB JSON feature list (which used to cost ~87 MiB and seconds before its 400)
+    gets a JSON 413 without being read into memory or parsed, also when sent chunked; deep
+    nesting gets a JSON 400, never a 500; the server keeps serving."""
+    pkg, _, x = iris_model
+    env = {"EDGEFLEET_TELEMETRY": "off"}
+    with ServerProcess(["--model-dir", str(pkg)], env, tmp_path / "server.log") as srv:
+        assert srv.proc is not None
+        url, json_type = f"{srv.url}/predict/", {"Content-Type": "application/json"}
+        big = b'{"features": [' + b"1.5, " * (10 * 2**20 // 5) + b"1.5]}"
+        assert len(big) > 10 * 2**20 - 1000
+        peak_before = _vm_hwm_mib(srv.proc.pid)
+        for _ in range(4):
+            r = requests.post(url, data=big, headers=json_type)
+            assert (r.status_code, r.json()["error"]) == (413, "too_large")
+        chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))
+        r = requests.post(url, data=chunks, headers=json_type)  # no Content-Length
+        assert (r.status_code, r.json()["error"]) == (413, "too_large")
+        assert _vm_hwm_mib(srv.proc.pid) - peak_before < 16, "the body was held in memory"
+
+        deep = b'{"features": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"  # under the size bound
+        r = requests.post(url, data=deep, headers=json_type)
+        assert (r.status_code, r.json()["error"]) == (400, "invalid_json")
+        assert "nested deeper" in r.json()["message"]
+        tricky = {"features": x[0].tolist(), "note": "[[[[[[[[{{{{{{ in a string"}
+        assert requests.post(url, json=tricky).status_code == 200
+        metrics = requests.get(f"{srv.url}/metrics").text
+        assert 'edgefleet_errors_total{kind="internal"}' not in metrics
+
+
+def test_depth_is_bounded_even_when_the_size_bound_is_raised(
+    iris_model: tuple[Path, Any, Any],
+) -> None:
+    pkg, _, _ = iris_model
+    cfg = ServerConfig(model_dir=pkg, telemetry="off", workers=1, max_json_bytes=2_000_000)
+    with serve_in_background(cfg) as (server, url):
+        assert server.wait_selftest() == "passed"
+        objects = b'{"features": ' + b'{"a": ' * 100_000 + b"1" + b"}" * 100_001
+        for deep in (b"[" * 200_000, objects):
+            r = requests.post(
+                f"{url}/predict/", data=deep, headers={"Content-Type": "application/json"}
+            )
+            assert (r.status_code, r.json()["error"]) == (400, "invalid_json")

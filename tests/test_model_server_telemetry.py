@@ -1,20 +1,25 @@
 """Telemetry from the model server to the real Pub/Sub emulator: batched publishing, the
-on-disk outbox across an emulator outage and across a server restart."""
+on-disk outbox across an emulator outage and across a crash (SIGKILL) and a new server
+process."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
+import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from support.model_server_proc import ServerProcess
 
 from edgefleet.localstack.process import free_port
 from edgefleet.localstack.pubsub import PubsubEmulator
@@ -86,7 +91,7 @@ def wait_until(check: Any, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def test_predictions_reach_pubsub_in_batches(pubsub: Any, tmp_path: Path) -> None:
+def test_predictions_reach_pubsub(pubsub: Any, tmp_path: Path) -> None:
     topic, sub = f"results-{uuid.uuid4().hex[:8]}", f"sub-{uuid.uuid4().hex[:8]}"
     pubsub.create_pull_subscription(topic, sub)
     cfg = telemetry_config(tmp_path / "outbox", pubsub.host, pubsub.project, topic)
@@ -104,6 +109,39 @@ def test_predictions_reach_pubsub_in_batches(pubsub: Any, tmp_path: Path) -> Non
         wait_until(lambda: len(server.outbox) == 0, 10, "empty outbox")
         assert metric(url, "edgefleet_telemetry_published_total") == 5
         assert metric(url, "edgefleet_telemetry_outbox_messages") == 0
+
+
+def test_predictions_reach_pubsub_in_batches(pubsub: Any, tmp_path: Path) -> None:
+    """Five predictions made between two publish rounds go out in publish requests of at
+    most ``publish_batch`` (2) messages each, not one request per prediction. The real
+    sender is wrapped to record the size of every publish request it makes."""
+    topic, sub = f"results-{uuid.uuid4().hex[:8]}", f"sub-{uuid.uuid4().hex[:8]}"
+    pubsub.create_pull_subscription(topic, sub)
+    cfg = replace(
+        telemetry_config(tmp_path / "outbox", pubsub.host, pubsub.project, topic),
+        publish_batch=2,
+        publish_interval=60.0,  # no round on its own during the test: only wake() starts one
+    )
+    with serve_in_background(cfg) as (server, url):
+        wait_until(lambda: server.selftest.passed, 30, "self-test passed")
+        sizes: list[int] = []
+        real_send = server.publisher.send
+
+        def recording_send(batch: list[Any]) -> None:
+            real_send(batch)
+            sizes.append(len(batch))
+
+        server.publisher.send = recording_send
+        ids = {predict(url) for _ in range(5)}
+        server.publisher.wake()
+        assert set(pull_ids(pubsub, sub, ids)) == ids
+        wait_until(lambda: len(server.outbox) == 0, 10, "empty outbox")
+        # Every request carried at most a batch, at least one a full batch of 2, and the 5
+        # messages took 3 requests (one stray round before the wake-up can split them
+        # 1 + 2 + 2 instead of 2 + 2 + 1; never one request per message).
+        assert sum(sizes) == 5 and max(sizes) == 2 and len(sizes) == 3, sizes
+        assert metric(url, "edgefleet_telemetry_publish_requests_total") == len(sizes)
+        assert metric(url, "edgefleet_telemetry_published_total") == 5
 
 
 class TcpRelay:
@@ -211,22 +249,48 @@ def test_message_produced_while_the_emulator_is_down_arrives_after_it_is_back(
         relay.stop()
 
 
-def test_outbox_survives_a_server_restart(pubsub: Any, tmp_path: Path) -> None:
+def outbox_rows(outbox: Path) -> int:
+    """Messages in the outbox file, read with sqlite3 itself (not the server's view)."""
+    with contextlib.closing(sqlite3.connect(outbox / "outbox.sqlite3")) as db:
+        return int(db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+
+def test_outbox_survives_a_server_crash_and_a_new_process_delivers_it(
+    pubsub: Any, tmp_path: Path
+) -> None:
+    """A server process that could not publish is killed with SIGKILL (no shutdown code
+    runs); a NEW process on the same outbox, now online, delivers what the dead one kept."""
     topic, sub = f"results-{uuid.uuid4().hex[:8]}", f"sub-{uuid.uuid4().hex[:8]}"
     pubsub.create_pull_subscription(topic, sub)
     outbox = tmp_path / "outbox"
+    args = ["--model", str(MODEL), "--labels", str(LABELS), "--host", "127.0.0.1"]
+    env = {
+        "EDGEFLEET_TELEMETRY": "on",
+        "PUBSUB_PROJECT": pubsub.project,
+        "PUBSUB_TOPIC": topic,
+        "OUTBOX_DIR": str(outbox),
+        "DEVICE_ID": "device-7",
+        "EDGEFLEET_PUBLISH_INTERVAL": "0.2",
+        "EDGEFLEET_PUBLISH_TIMEOUT": "2",
+        "EDGEFLEET_BACKOFF_MAX": "1",
+    }
     nobody = f"127.0.0.1:{free_port()}"  # offline: nothing listens there
-    with serve_in_background(telemetry_config(outbox, nobody, pubsub.project, topic)) as (
-        server,
-        url,
-    ):
-        offline_ids = {predict(url) for _ in range(3)}
-        assert len(server.outbox) == 3
-    # A new server process on the same outbox, now online, delivers what the old one kept.
-    with serve_in_background(telemetry_config(outbox, pubsub.host, pubsub.project, topic)) as (
-        server,
-        url,
-    ):
+    first = ServerProcess(args, {**env, "PUBSUB_EMULATOR_HOST": nobody}, tmp_path / "1.log")
+    with first:
+        offline_ids = {predict(first.url) for _ in range(3)}
+        wait_until(
+            lambda: metric(first.url, "edgefleet_telemetry_publish_failures_total") >= 1,
+            30,
+            "a failed publish attempt",
+        )
+        first.kill()
+    assert first.proc is not None and first.proc.returncode == -signal.SIGKILL
+    assert outbox_rows(outbox) == 3
+
+    second = ServerProcess(args, {**env, "PUBSUB_EMULATOR_HOST": pubsub.host}, tmp_path / "2.log")
+    with second:
         got = pull_ids(pubsub, sub, offline_ids)
         assert set(got) == offline_ids
-        wait_until(lambda: len(server.outbox) == 0, 10, "empty outbox")
+        assert {data["device_id"] for data, _ in got.values()} == {"device-7"}
+        wait_until(lambda: outbox_rows(outbox) == 0, 10, "empty outbox")
+        assert metric(second.url, "edgefleet_telemetry_published_total") == 3

@@ -31,6 +31,10 @@ ENV = {
     "IMAGE_REPOSITORY": "registry.example.internal/acme-fleet/edgefleet",
     "CLOUDBUILD_SOURCE": "gs://acme-fleet-edgefleet-build/source/edgefleet-src.tar.gz",
     "CLOUDBUILD_SERVICE_ACCOUNT": "edgefleet-builder@acme-fleet.iam.gserviceaccount.com",
+    "CLOUDBUILD_PYTHON_IMAGE": "mirror.example.internal/library/python:3.11-slim@sha256:"
+    + "1" * 64,
+    "CLOUDBUILD_DOCKER_IMAGE": "mirror.example.internal/library/docker:27-cli@sha256:" + "2" * 64,
+    "CLOUDBUILD_BINFMT_IMAGE": "mirror.example.internal/tonistiigi/binfmt@sha256:" + "3" * 64,
 }
 
 
@@ -74,13 +78,14 @@ def test_single_arch_request() -> None:
 
 
 def test_multi_arch_request_registers_emulators_and_builds_every_platform() -> None:
-    config = CloudBuildConfig.from_env({**ENV, "BASE_IMAGE": "localhost/base:1"})
+    base = "localhost/base:1@sha256:" + "4" * 64
+    config = CloudBuildConfig.from_env({**ENV, "BASE_IMAGE": base})
     body = cloudbuild.build_request_body(config, request(arches=("x86_64", "aarch64", "armv7l")))
     by_id = steps(body)
     assert by_id["binfmt"]["args"][-2:] == ["--install", "arm64,arm"]
     command = by_id["build"]["args"][1]
     assert "--platform linux/amd64,linux/arm64,linux/arm/v7" in command
-    assert "--build-arg=BASE_IMAGE=localhost/base:1" in command
+    assert f"--build-arg=BASE_IMAGE={base}" in command
     assert "binfmt" in by_id["build"]["waitFor"]
 
 
@@ -100,11 +105,24 @@ def test_request_is_validated_before_anything_is_submitted() -> None:
         ({"IMAGE_REPOSITORY": ""}, "IMAGE_REPOSITORY"),
         ({"CLOUDBUILD_SOURCE": "/tmp/src.tgz"}, "CLOUDBUILD_SOURCE"),
         ({"CLOUDBUILD_SERVICE_ACCOUNT": "someone@example.com"}, "invalid service account"),
+        ({"CLOUDBUILD_PYTHON_IMAGE": ""}, "CLOUDBUILD_PYTHON_IMAGE is not set"),
+        ({"CLOUDBUILD_DOCKER_IMAGE": "docker:27-cli"}, "CLOUDBUILD_DOCKER_IMAGE=.* not pinned"),
+        ({"CLOUDBUILD_BINFMT_IMAGE": "binfmt@sha256:abc"}, "CLOUDBUILD_BINFMT_IMAGE=.* not pinned"),
+        ({"BASE_IMAGE": "localhost/base:1"}, "BASE_IMAGE=.* not pinned"),
+        ({"CLOUDBUILD_EMULATOR_HOST": "http://x"}, "invalid CLOUDBUILD_EMULATOR_HOST"),
     ],
 )
 def test_config_errors_name_the_setting(change: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         CloudBuildConfig.from_env({**ENV, **change})
+
+
+def test_every_step_image_is_pinned_by_digest() -> None:
+    config = CloudBuildConfig.from_env(ENV)
+    body = cloudbuild.build_request_body(config, request(arches=("x86_64", "aarch64")))
+    images = {s["name"] for s in body["steps"]}
+    images |= {a for s in body["steps"] for a in s["args"] if "binfmt" in a and "@" in a}
+    assert images == {ENV[k] for k in ENV if k.endswith("_IMAGE") and k.startswith("CLOUDBUILD")}
 
 
 def test_builder_from_env_picks_cloud_build() -> None:

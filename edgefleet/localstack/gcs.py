@@ -24,7 +24,7 @@ from edgefleet.localstack.process import (
     MissingTool,
     StackError,
     free_port,
-    http_ok,
+    http_ready,
 )
 
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
@@ -122,7 +122,7 @@ class GcsEmulator:
     def start(self, timeout: float = 15.0) -> GcsEmulator:
         self.process.start()
         self.process.wait_ready(
-            lambda: http_ok(f"{self.endpoint}/storage/v1/b"),
+            lambda: http_ready(f"{self.endpoint}/storage/v1/b"),
             timeout=timeout,
             what="fake-gcs-server",
         )

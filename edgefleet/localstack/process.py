@@ -38,6 +38,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+class NotReady(Exception):
+    """A readiness check's "not yet", with the reason (shown if it never becomes ready)."""
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+
+
 def wait_for(
     check: Callable[[], bool],
     *,
@@ -46,19 +54,32 @@ def wait_for(
     interval: float = 0.05,
     on_timeout: Callable[[], str] | None = None,
 ) -> None:
-    """Poll ``check`` until it returns true; raise StackError naming ``what`` on timeout."""
+    """Poll ``check`` until it returns true; raise StackError naming ``what`` on timeout.
+
+    A check that raises :class:`NotReady` or an ``OSError`` (connection refused, a file not
+    there yet) means "not yet": the last such reason is part of the timeout message, so a
+    component that answers 503 or refuses connections for the whole wait says so instead
+    of timing out silently. Any other exception is a broken check: it fails at once.
+    """
     deadline = time.monotonic() + timeout
+    last = ""
     while True:
         try:
             if check():
                 return
+            last = ""
         except StackError:
             raise
-        except Exception:  # a check that errors is simply "not yet"
-            pass
+        except NotReady as exc:
+            last = str(exc)
+        except OSError as exc:
+            last = _reason(exc)
+        except Exception as exc:
+            raise StackError(f"{what}: the readiness check failed: {_reason(exc)}") from exc
         if time.monotonic() >= deadline:
+            why = f" (last check: {last})" if last else ""
             extra = on_timeout() if on_timeout else ""
-            raise StackError(f"{what} not ready after {timeout:.0f}s{extra}")
+            raise StackError(f"{what} not ready after {timeout:.0f}s{why}{extra}")
         time.sleep(interval)
 
 
@@ -68,14 +89,26 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     return False
 
 
+def http_ready(url: str, timeout: float = 1.0) -> bool:
+    """True when ``url`` answers with an HTTP status below 500; otherwise raises
+    :class:`NotReady` naming the status or the connection error (for :func:`wait_for`)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            status = int(resp.status)
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        raise NotReady(f"{url}: {_reason(getattr(exc, 'reason', exc) or exc)}") from exc
+    if status >= 500:
+        raise NotReady(f"{url} answered HTTP {status}")
+    return True
+
+
 def http_ok(url: str, timeout: float = 1.0) -> bool:
     """True when ``url`` answers with any HTTP status below 500."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return int(resp.status) < 500
-    except urllib.error.HTTPError as exc:
-        return exc.code < 500
-    except (urllib.error.URLError, OSError):
+        return http_ready(url, timeout)
+    except NotReady:
         return False
 
 
@@ -129,6 +162,12 @@ def stop_group(pgid: int, *, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + 5.0
     while _group_members(pgid) and time.monotonic() < deadline:
         time.sleep(0.05)
+    left = _group_members(pgid)
+    if left:  # e.g. stuck in uninterruptible I/O: say so rather than report it stopped
+        raise StackError(
+            f"process group {pgid} survived SIGKILL (pids {', '.join(map(str, left))}); "
+            f"see 'pgrep -a -g {pgid}' and stop them by hand"
+        )
 
 
 def stop_recorded(record: Mapping[str, Any], *, timeout: float = 5.0) -> bool:

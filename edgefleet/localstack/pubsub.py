@@ -20,7 +20,7 @@ from google.cloud import pubsub_v1
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
-from edgefleet.localstack.process import ManagedProcess, MissingTool, free_port, http_ok
+from edgefleet.localstack.process import ManagedProcess, MissingTool, free_port, http_ready
 
 PROJECT = "edgefleet-local"
 
@@ -96,7 +96,7 @@ class PubsubEmulator:
         self.process.start()
         # The emulator's HTTP front answers "Ok" on / once it serves.
         self.process.wait_ready(
-            lambda: http_ok(f"http://{self.host}/"), timeout=timeout, what="Pub/Sub emulator"
+            lambda: http_ready(f"http://{self.host}/"), timeout=timeout, what="Pub/Sub emulator"
         )
         return self
 

@@ -22,7 +22,7 @@ from edgefleet.localstack.process import (
     MissingTool,
     StackError,
     free_port,
-    http_ok,
+    http_ready,
 )
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -111,7 +111,7 @@ class Registry:
     def start(self, timeout: float = 15.0) -> Registry:
         self.process.start()
         self.process.wait_ready(
-            lambda: http_ok(f"{self.url}/v2/"), timeout=timeout, what="docker-registry"
+            lambda: http_ready(f"{self.url}/v2/"), timeout=timeout, what="docker-registry"
         )
         return self
 

@@ -234,11 +234,11 @@ class RegistryBridge:
         return f"http://127.0.0.1:{self.port}/events"
 
     def start(self, timeout: float = 20.0) -> RegistryBridge:
-        from edgefleet.localstack.process import http_ok
+        from edgefleet.localstack.process import http_ready
 
         self.process.start()
         self.process.wait_ready(
-            lambda: http_ok(f"http://127.0.0.1:{self.port}/healthz"),
+            lambda: http_ready(f"http://127.0.0.1:{self.port}/healthz"),
             timeout=timeout,
             what="registry bridge",
         )

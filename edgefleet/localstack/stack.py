@@ -16,10 +16,10 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edgefleet.localstack import process as proc
 from edgefleet.localstack.functions import DEFAULT_SOURCE, FunctionProcess
@@ -35,6 +35,7 @@ GCR_TOPIC = "gcr"
 MODEL_EVENTS_TOPIC = "gcs-model-events"
 DEFAULT_CHANNELS = "latest,alpha,beta,stable"
 FUNCTIONS = ("tag_monitor", "model_done_watcher")
+T = TypeVar("T")
 
 
 @dataclass
@@ -121,9 +122,12 @@ class LocalStack:
                 )
             try:
                 self._start_all()
-            except BaseException:
-                self._stop_owned()
-                (self.workdir / STATE_FILE).unlink(missing_ok=True)
+            except BaseException as exc:
+                failures = self._stop_owned()
+                for failure in failures:  # the start error stays the one raised
+                    exc.add_note(f"while stopping after the failed start: {failure}")
+                if not failures:
+                    (self.workdir / STATE_FILE).unlink(missing_ok=True)
                 raise
         return self
 
@@ -192,20 +196,26 @@ class LocalStack:
         self._save()
 
     def stop(self) -> None:
+        """Stop everything; when something could not be stopped, raise StackError naming
+        it and keep ``stack.json``, so ``edgefleet down`` can finish the job."""
         with _locked(self.workdir):
-            self._stop_owned()
+            failures = self._stop_owned()
+            if failures:
+                raise StackError(_stop_failed(self.workdir, failures))
             (self.workdir / STATE_FILE).unlink(missing_ok=True)
 
-    def _stop_owned(self) -> None:
+    def _stop_owned(self) -> list[str]:
+        """Stop devices, then components in reverse start order; every one is tried even
+        when an earlier one fails. Returns the failures, one line each."""
         from edgefleet.localstack import netns
 
-        for device in reversed(self.devices):
-            netns.teardown_recorded(device)
+        failures = [
+            *attempt_each(reversed(self.devices), netns.teardown_recorded, _device_label),
+            *attempt_each(reversed(self._owned), lambda c: c.stop(), _component_label),
+        ]
         self.devices.clear()
-        for component in reversed(self._owned):
-            with contextlib.suppress(Exception):
-                component.stop()
         self._owned.clear()
+        return failures
 
     def __enter__(self) -> LocalStack:
         return self.start()
@@ -319,8 +329,41 @@ class LocalStack:
         self._save()
 
 
+def attempt_each(
+    items: Iterable[T], action: Callable[[T], object], label: Callable[[T], str]
+) -> list[str]:
+    """Run ``action`` on every item, carrying on past failures; the failures, one line each
+    (``LABEL: ErrorType: message``). Stopping is best effort, but never silent."""
+    failures = []
+    for item in items:
+        try:
+            action(item)
+        except Exception as exc:
+            failures.append(f"{label(item)}: {type(exc).__name__}: {' '.join(str(exc).split())}")
+    return failures
+
+
+def _device_label(record: Mapping[str, Any]) -> str:
+    return f"device {record.get('name')}"
+
+
+def _component_label(component: Any) -> str:
+    name = getattr(getattr(component, "process", None), "name", None)
+    return str(name or type(component).__name__)
+
+
+def _stop_failed(workdir: Path, failures: Sequence[str]) -> str:
+    return (
+        f"could not stop all of the local stack in {workdir}: {'; '.join(failures)}; "
+        f"{STATE_FILE} is kept: fix the cause, then run 'edgefleet down --workdir {workdir}'"
+    )
+
+
 def down(workdir: str | os.PathLike[str]) -> list[str]:
-    """Stop what ``WORKDIR/stack.json`` records; returns what was stopped. Idempotent."""
+    """Stop what ``WORKDIR/stack.json`` records; returns what was stopped. Idempotent.
+
+    Every recorded device and process is tried; if any could not be stopped, StackError
+    names them and ``stack.json`` stays for the next ``down``."""
     from edgefleet.localstack import netns
 
     workdir = Path(workdir).resolve()
@@ -329,11 +372,20 @@ def down(workdir: str | os.PathLike[str]) -> list[str]:
         state = read_state(workdir)
         if state is None:
             return stopped
-        for device in reversed(state.get("devices", [])):
+
+        def teardown(device: Mapping[str, Any]) -> None:
             netns.teardown_recorded(device)
-            stopped.append(f"device {device.get('name')}")
-        for record in reversed(state.get("processes", [])):
+            stopped.append(_device_label(device))
+
+        def stop(record: Mapping[str, Any]) -> None:
             if proc.stop_recorded(record, timeout=10.0):
                 stopped.append(f"{record['name']} (pid {record['pid']})")
+
+        failures = [
+            *attempt_each(reversed(state.get("devices", [])), teardown, _device_label),
+            *attempt_each(reversed(state.get("processes", [])), stop, lambda r: str(r["name"])),
+        ]
+        if failures:
+            raise StackError(_stop_failed(workdir, failures))
         (workdir / STATE_FILE).unlink(missing_ok=True)
     return stopped

@@ -17,9 +17,15 @@ Steps, in the build's workspace (the edgefleet source tarball, ``CLOUDBUILD_SOUR
    pushed to Artifact Registry as ``REPO/MODEL:VERSION`` and ``REPO/MODEL:latest``, with
    its layer cache in ``REPO/MODEL:buildcache`` so that versions share their runtime layers.
 
-Step images are public short names by default (no registry host is written here) and can
-be overridden: ``CLOUDBUILD_PYTHON_IMAGE``, ``CLOUDBUILD_DOCKER_IMAGE``,
-``CLOUDBUILD_BINFMT_IMAGE``.
+Step images are pinned by digest: ``CLOUDBUILD_PYTHON_IMAGE``, ``CLOUDBUILD_DOCKER_IMAGE``
+and ``CLOUDBUILD_BINFMT_IMAGE`` must each be ``NAME[:TAG]@sha256:HEX`` (a moved tag on a
+public image would otherwise run new code with the builder's push rights); ``BASE_IMAGE``,
+when set, too. ``scripts/deploy-gcp.sh`` resolves them through a remote Artifact Registry
+repository at deploy time (no registry host is written here).
+
+``CLOUDBUILD_EMULATOR_HOST=HOST:PORT`` sends the request over plain HTTP to a local
+stand-in of the Cloud Build API instead, WITHOUT credentials (tests; like
+``STORAGE_EMULATOR_HOST``): Google credentials only ever go to Google's endpoint.
 """
 
 from __future__ import annotations
@@ -47,6 +53,13 @@ _SA_EMAIL = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z0-9.-]+\.iam\.gservic
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _REGION = re.compile(r"^(global|[a-z]+-[a-z]+[0-9])$")
 _GS_OBJECT = re.compile(r"^gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/(?P<obj>[^\s]+)$")
+_PINNED = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
+STEP_IMAGES = (
+    ("python_image", "CLOUDBUILD_PYTHON_IMAGE"),
+    ("docker_image", "CLOUDBUILD_DOCKER_IMAGE"),
+    ("binfmt_image", "CLOUDBUILD_BINFMT_IMAGE"),
+)
 
 
 @dataclass(frozen=True)
@@ -56,12 +69,14 @@ class CloudBuildConfig:
     image_repository: str  # e.g. the Artifact Registry repository's registryUri
     source: str  # gs://BUCKET/OBJECT.tar.gz: the edgefleet source tree
     service_account: str  # the build's least-privilege service account (email)
+    # Step images, each NAME[:TAG]@sha256:HEX (see the module docstring).
+    python_image: str
+    docker_image: str
+    binfmt_image: str
     base_image: str | None = None
-    python_image: str = "python:3.11-slim"
-    docker_image: str = "docker:27-cli"
-    binfmt_image: str = "tonistiigi/binfmt:latest"
     machine_type: str = "E2_HIGHCPU_8"
     timeout_seconds: int = 1800
+    emulator_host: str | None = None  # CLOUDBUILD_EMULATOR_HOST: a local stand-in
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> CloudBuildConfig:
@@ -85,16 +100,16 @@ class CloudBuildConfig:
                 "CLOUDBUILD_SERVICE_ACCOUNT", "the build service account (deploy-gcp.sh makes it)"
             ),
             base_image=(env.get("BASE_IMAGE") or "").strip() or None,
+            emulator_host=(env.get("CLOUDBUILD_EMULATOR_HOST") or "").strip() or None,
             **{
-                key: env[name].strip()
-                for key, name in (
-                    ("python_image", "CLOUDBUILD_PYTHON_IMAGE"),
-                    ("docker_image", "CLOUDBUILD_DOCKER_IMAGE"),
-                    ("binfmt_image", "CLOUDBUILD_BINFMT_IMAGE"),
-                    ("machine_type", "CLOUDBUILD_MACHINE_TYPE"),
-                )
-                if env.get(name, "").strip()
+                key: need(name, "a step image pinned by digest, NAME[:TAG]@sha256:HEX")
+                for key, name in STEP_IMAGES
             },
+            **(
+                {"machine_type": env["CLOUDBUILD_MACHINE_TYPE"].strip()}
+                if env.get("CLOUDBUILD_MACHINE_TYPE", "").strip()
+                else {}
+            ),
         )
         return config.check()
 
@@ -108,6 +123,17 @@ class CloudBuildConfig:
             raise ConfigError(f"invalid CLOUDBUILD_SOURCE {self.source!r}: gs://BUCKET/OBJECT")
         if not _SA_EMAIL.match(self.service_account):
             raise ConfigError(f"invalid service account {self.service_account!r}")
+        pinned = [(name, getattr(self, key)) for key, name in STEP_IMAGES]
+        if self.base_image:
+            pinned.append(("BASE_IMAGE", self.base_image))
+        for name, ref in pinned:
+            if not _PINNED.match(ref):
+                raise ConfigError(
+                    f"{name}={ref!r} is not pinned by digest: give NAME[:TAG]@sha256:HEX "
+                    "(scripts/deploy-gcp.sh resolves it)"
+                )
+        if self.emulator_host and not _HOST_PORT.match(self.emulator_host):
+            raise ConfigError(f"invalid CLOUDBUILD_EMULATOR_HOST {self.emulator_host!r}: HOST:PORT")
         return self
 
 
@@ -212,7 +238,8 @@ def build_request_body(config: CloudBuildConfig, request: BuildRequest) -> dict[
 
 
 def build_url(config: CloudBuildConfig) -> str:
-    return f"{API}/projects/{config.project}/locations/{config.region}/builds"
+    api = f"http://{config.emulator_host}/v1" if config.emulator_host else API
+    return f"{api}/projects/{config.project}/locations/{config.region}/builds"
 
 
 class CloudBuildBuilder:
@@ -228,7 +255,7 @@ class CloudBuildBuilder:
 
     def build(self, request: BuildRequest) -> BuildResult:
         body = build_request_body(self.config, request)
-        session = self._session or _authorized_session()
+        session = self._session or _session_for(self.config)
         try:
             resp = session.post(build_url(self.config), json=body, timeout=30)
         except Exception as exc:  # transport errors: Pub/Sub/Eventarc retries the event
@@ -240,6 +267,15 @@ class CloudBuildBuilder:
                                  f"{resp.text[:300]}")  # fmt: skip
         operation = resp.json().get("name", "")
         return BuildResult(images=image_tags(self.config, request), detail=operation)
+
+
+def _session_for(config: CloudBuildConfig) -> Any:
+    """No credentials for a stand-in (they go to Google's endpoint only)."""
+    if config.emulator_host:
+        import requests
+
+        return requests.Session()
+    return _authorized_session()
 
 
 def _authorized_session() -> Any:
