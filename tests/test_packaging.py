@@ -274,7 +274,7 @@ def test_pulled_by_digest_it_serves_version_and_predictions(built: Built, arch: 
     run = _podman(
         [
             "run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:5000",
-            "-e", f"CONTAINER_DIGEST={digest}", by_digest,
+            "-e", f"CONTAINER_DIGEST={digest}", "-e", "EDGEFLEET_HOST=0.0.0.0", by_digest,
         ],
         built.podman_env,
     )  # fmt: skip
