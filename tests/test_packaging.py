@@ -209,7 +209,7 @@ def test_model_versions_share_every_layer_but_the_model(
     first = built.platform(arch).layers
     second = built.platform(arch, other_version.images[0]).layers
     assert len(first) == len(second) >= 4
-    assert first[:-1] == second[:-1]  # base, dependencies, edgefleet, state: shared
+    assert first[:-1] == second[:-1]  # base, state dirs, dependencies, edgefleet: shared
     assert first[-1] != second[-1]
     new_bytes = second[-1][1]
     v1_file = TESTDATA / "mobilenet_v1_0.25_128_quant.tflite"
