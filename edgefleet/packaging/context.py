@@ -262,9 +262,10 @@ def assemble(
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(project_root / CONTAINERFILE, dest / "Containerfile")
     write_package(package, dest / "model")
-    reqs = wheelhouse.image_requirements(project_root / "pyproject.toml", package.runtime)
+    image_reqs = wheelhouse.image_requirements(project_root / "pyproject.toml", package.runtime)
     for arch in arches:
         goarch, variant = TARGET[arch]
+        reqs = wheelhouse.pinned(image_reqs, arch)
         deps = wheels(project_root, arch, cache_dir=cache_dir, progress=progress)
         tree = site.ensure_site(deps, reqs, arch, cache_dir=cache_dir, progress=progress)
         site.stage_tree(tree, dest / "site" / f"{goarch}{variant}")

@@ -109,6 +109,21 @@ def requirement_name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+# Per-arch bounds on top of pyproject's. LiteRT 2.x's aarch64 wheel dies with SIGSEGV in
+# allocate_tensors under qemu-user (Debian 12's qemu 7.2), the only arm64 this project can
+# run its tests on, even without the XNNPACK delegate; 1.4.0 (manylinux_2_17_aarch64)
+# classifies the golden image correctly there. Lift the bound once 2.x is shown to run.
+ARCH_PINS: dict[str, dict[str, str]] = {
+    "aarch64": {"ai-edge-litert": "ai-edge-litert>=1.2,<2"},
+}
+
+
+def pinned(reqs: Sequence[str], arch: str) -> list[str]:
+    """``reqs`` with the arch's bounds of :data:`ARCH_PINS` in place of pyproject's."""
+    pins = ARCH_PINS.get(arch, {})
+    return [pins.get(requirement_name(r), r) for r in reqs]
+
+
 def image_requirements(pyproject: Path, runtime: str) -> list[str]:
     """The requirements the model-server image installs for a model of ``runtime``.
 
@@ -139,6 +154,8 @@ def pick_requirements(pyproject: Path, names: Sequence[str]) -> list[str]:
 def cache_key(pyproject: Path, arch: str, extras: Sequence[str] = DEFAULT_EXTRAS) -> str:
     digest = hashlib.sha256(pyproject.read_bytes())
     digest.update(f"|{arch}|{PYTHON_VERSION}|{','.join(extras)}".encode())
+    for name, bound in sorted(ARCH_PINS.get(arch, {}).items()):
+        digest.update(f"|{name}={bound}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -158,7 +175,7 @@ def ensure_dependency_wheels(
     target = cache_dir / "wheelhouse" / f"{arch}-{cache_key(pyproject, arch, extras)}"
     if (target / _COMPLETE).is_file():
         return target
-    reqs = requirements(pyproject, extras)
+    reqs = pinned(requirements(pyproject, extras), arch)
     target.parent.mkdir(parents=True, exist_ok=True)
     progress(f"building the {arch} wheelhouse ({len(reqs)} requirements) into {target}")
     with tempfile.TemporaryDirectory(prefix=".tmp-", dir=target.parent) as tmp:
