@@ -162,8 +162,10 @@ def test_the_prepare_step_runs_against_the_emulator(bucket: storage.Bucket, tmp_
         "model.tflite",
     ]
     assert (ctx / "Containerfile").read_text() == (REPO / "model_server/Containerfile").read_text()
-    assert list((ctx / "app").glob("edgefleet-*.whl"))
-    assert (ctx / "wheels" / "amd64" / "requirements.txt").is_file()
+    # The server role's edgefleet, unpacked; each platform's installed dependencies.
+    assert (ctx / "app" / "model_server" / "__main__.py").is_file()
+    assert not (ctx / "app" / "edgefleet" / "cloud").exists()
+    assert (ctx / "site" / "amd64" / "flask").is_dir()
     args = (ctx / "build-args").read_text().split()
     assert f"--build-arg=MODEL_VERSION={VERSION}" in args
     sha = hashlib.sha256(model.read_bytes()).hexdigest()

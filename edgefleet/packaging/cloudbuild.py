@@ -38,8 +38,8 @@ from typing import Any
 
 from edgefleet.cloud.build import BuildRequest, BuildResult
 from edgefleet.core import layout, refs
-from edgefleet.core.errors import ConfigError, EdgefleetError, TransientError
-from edgefleet.packaging import context
+from edgefleet.core.errors import ConfigError, EdgefleetError, InvalidInput, TransientError
+from edgefleet.packaging import context, support
 
 API = "https://cloudbuild.googleapis.com/v1"
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -152,7 +152,9 @@ def cache_ref(config: CloudBuildConfig, request: BuildRequest) -> str:
 def build_request_body(config: CloudBuildConfig, request: BuildRequest) -> dict[str, Any]:
     """The Cloud Build ``Build`` resource that packages ``request`` (pure)."""
     context.check_request(request)
-    arches = tuple(dict.fromkeys(request.arches))
+    arches, skipped = support.plan_arches(tuple(dict.fromkeys(request.arches)))
+    if not arches:
+        raise InvalidInput(support.skipped_message(arches, skipped))
     platforms = ",".join(context.PLATFORM[a] for a in arches)
     foreign = [BINFMT_ARCH[a] for a in arches if a != "x86_64"]  # Cloud Build VMs are amd64
     version_tag, latest_tag = image_tags(config, request)
