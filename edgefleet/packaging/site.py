@@ -23,7 +23,6 @@ import compileall
 import hashlib
 import os
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -36,7 +35,7 @@ SITE_VERSION = "2"  # bump when the tree's recipe changes
 EPOCH = int(wheelhouse.REPRODUCIBLE_EPOCH)
 # pip's records of one install: they name temporary paths or the installer, not content.
 _INSTALL_RECORDS = ("direct_url.json", "INSTALLER", "REQUESTED")
-_COMPLETE = ".complete"
+_COMPLETE = wheelhouse.COMPLETE
 # Where the Containerfiles put the trees (PYTHONPATH=APP_DIR:LIB_DIR).
 LIB_DIR = "/opt/edgefleet/lib"
 APP_DIR = "/opt/edgefleet/app"
@@ -61,18 +60,14 @@ def ensure_site(
     target = (cache_dir or wheelhouse.default_cache_dir()) / "site" / f"{arch}-{key}"
     if (target / _COMPLETE).is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     progress(f"installing {len(reqs)} requirements for {arch} into {target}")
-    with tempfile.TemporaryDirectory(prefix=".tmp-", dir=target.parent) as tmp:
-        req_file = Path(tmp) / "requirements.txt"
-        req_file.write_text("\n".join(reqs) + "\n")
-        out = Path(tmp) / "site"
-        wheelhouse.run_pip(install_argv(wheel_dir, req_file, out, arch), f"installing for {arch}")
-        finish_tree(out, prune, LIB_DIR)
-        (out / _COMPLETE).write_text("\n".join(reqs) + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        out.rename(target)
-    return target
+    return wheelhouse.fill_cache_entry(
+        target,
+        reqs,
+        lambda req_file, out: install_argv(wheel_dir, req_file, out, arch),
+        f"installing for {arch}",
+        finish=lambda out: finish_tree(out, prune, LIB_DIR),
+    )
 
 
 def install_argv(wheel_dir: Path, req_file: Path, out: Path, arch: str) -> list[str]:

@@ -32,7 +32,8 @@ _NOT_SOURCE_ANYWHERE = shutil.ignore_patterns(
     "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", "*.pyc"
 )
 DEFAULT_EXTRAS: tuple[str, ...] = ("server",)
-_COMPLETE = ".complete"
+COMPLETE = ".complete"  # marks a finished cache entry
+_COMPLETE = COMPLETE
 # The images' glibc (Debian bookworm): a manylinux_2_X wheel runs there when X <= 36.
 GLIBC_MINOR = 36
 
@@ -176,20 +177,37 @@ def ensure_dependency_wheels(
     if (target / _COMPLETE).is_file():
         return target
     reqs = pinned(requirements(pyproject, extras), arch)
-    target.parent.mkdir(parents=True, exist_ok=True)
     progress(f"building the {arch} wheelhouse ({len(reqs)} requirements) into {target}")
+
+    def pip_args(req_file: Path, out: Path) -> list[str]:
+        if arch == host_arch():
+            return ["wheel", "--wheel-dir", str(out), "--prefer-binary", "-r", str(req_file)]
+        argv = ["download", "--dest", str(out), "--only-binary=:all:"]
+        argv += [f"--platform={p}" for p in PIP_PLATFORMS[arch]]
+        argv += [f"--python-version={PYTHON_VERSION}", "--implementation=cp"]
+        return [*argv, "-r", str(req_file)]
+
+    return fill_cache_entry(target, reqs, pip_args, f"fetching wheels for {arch}")
+
+
+def fill_cache_entry(
+    target: Path,
+    reqs: Sequence[str],
+    pip_args: Callable[[Path, Path], list[str]],
+    what: str,
+    finish: Callable[[Path], None] | None = None,
+) -> Path:
+    """Make cache entry ``target`` with one pip run (``pip_args(requirements_file, out)``)
+    into a temporary directory beside it, then ``finish(out)``, the completion mark and a
+    rename: a half-made entry is never used, a completed one is reused as is."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".tmp-", dir=target.parent) as tmp:
         req_file = Path(tmp) / "requirements.txt"
         req_file.write_text("\n".join(reqs) + "\n")
-        out = Path(tmp) / "wheels"
-        if arch == host_arch():
-            argv = ["wheel", "--wheel-dir", str(out), "--prefer-binary", "-r", str(req_file)]
-        else:
-            argv = ["download", "--dest", str(out), "--only-binary=:all:"]
-            argv += [f"--platform={p}" for p in PIP_PLATFORMS[arch]]
-            argv += [f"--python-version={PYTHON_VERSION}", "--implementation=cp"]
-            argv += ["-r", str(req_file)]
-        run_pip(argv, f"fetching wheels for {arch}")
+        out = Path(tmp) / "out"
+        run_pip(pip_args(req_file, out), what)
+        if finish is not None:
+            finish(out)
         (out / _COMPLETE).write_text("\n".join(reqs) + "\n")
         shutil.rmtree(target, ignore_errors=True)
         out.rename(target)
