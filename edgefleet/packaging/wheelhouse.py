@@ -246,16 +246,17 @@ def build_project_wheel(project_root: Path, out_dir: Path, role: str | None = No
 
 
 def copy_role(project_root: Path, dest: Path, role: str) -> None:
-    """The source tree of one role's wheel: pyproject (without console scripts), README and
-    the role's packages; setuptools' package discovery then finds only those."""
+    """The source tree of one role's wheel: pyproject (without console scripts or readme)
+    and the role's packages; setuptools' package discovery then finds only those."""
     if role not in ROLES:
         raise ConfigError(f"unknown wheel role {role!r}: use one of {', '.join(ROLES)}")
     dest.mkdir(parents=True)
-    pyproject = (project_root / "pyproject.toml").read_text()
-    (dest / "pyproject.toml").write_text(_without_table(pyproject, "project.scripts"))
-    for name in ("README.md", "LICENSE"):
-        if (project_root / name).is_file():
-            shutil.copyfile(project_root / name, dest / name)
+    pyproject = _without_table((project_root / "pyproject.toml").read_text(), "project.scripts")
+    # No README as the long description: a docs change must not change the code layer.
+    pyproject = "".join(
+        line for line in pyproject.splitlines(keepends=True) if not line.startswith("readme =")
+    )
+    (dest / "pyproject.toml").write_text(pyproject)
     ignore = shutil.ignore_patterns(
         "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", "*.pyc"
     )
