@@ -31,8 +31,10 @@ test: install lint
 demo: install
 	$(VENV)/bin/edgefleet demo
 
+# Every benchmark with quick settings; BENCH="model_server rollout" picks some,
+# BENCH_ARGS=--full uses each benchmark's own defaults (bench/__main__.py).
 bench: install
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS) $(BENCH)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

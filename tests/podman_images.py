@@ -90,3 +90,42 @@ def push_multiarch(
         for image in images:
             subprocess.run(["podman", "rmi", "-f", image], capture_output=True, env=_env())
         tar.unlink(missing_ok=True)
+
+
+BUSYBOX = Path("/bin/busybox")
+
+
+def push_busybox(
+    registry_host: str,
+    repository: str,
+    *,
+    workdir: Path,
+    env: dict[str, str],
+    pages: Sequence[str] = ("v1", "v2"),
+) -> str:
+    """Push an image of Debian's static busybox (applets sh, httpd, sleep, true) with
+    ``/www/PAGE/index.html`` saying PAGE for each of ``pages``; returns the image pinned by
+    digest. The local copy is removed, so a device has to pull it by digest."""
+    if not BUSYBOX.is_file():
+        raise RuntimeError("/bin/busybox is missing: apt install busybox-static (make install)")
+    root = workdir / "bbroot"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
+    for applet in ("sh", "httpd", "sleep", "true"):
+        (root / "bin" / applet).symlink_to("busybox")
+    for page in pages:
+        (root / "www" / page).mkdir(parents=True)
+        (root / "www" / page / "index.html").write_text(page)
+    tar = workdir / "bbroot.tar"
+    with tarfile.open(tar, "w") as tf:
+        for entry in sorted(root.iterdir()):
+            tf.add(entry, arcname=entry.name)
+    repo = f"{registry_host}/{repository}"
+    run = lambda *a: subprocess.run(  # noqa: E731
+        ["podman", *a], env=env, check=True, capture_output=True, text=True, timeout=120
+    )
+    run("import", "-q", str(tar), f"{repo}:test")
+    digest_file = workdir / "bbroot.digest"
+    run("push", "-q", "--tls-verify=false", "--digestfile", str(digest_file), f"{repo}:test")
+    run("rmi", f"{repo}:test")
+    return f"{repo}@{digest_file.read_text().strip()}"

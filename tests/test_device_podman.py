@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import tarfile
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from google.api_core.retry import Retry
+from podman_images import push_busybox
 from support.sync import SetPublisher, entries, pod_yaml
 
 from device.podman import PodmanRuntime, adapt_for_podman
@@ -28,7 +26,6 @@ from edgefleet.localstack.process import free_port
 from sync_pod.agent import APPLIED, OFFLINE, ROLLED_BACK, Agent
 from sync_pod.config import from_env
 
-BUSYBOX = Path("/bin/busybox")
 # busybox as PID 1 ignores SIGTERM: without this every replace/down waits 10 s.
 QUICK_STOP = {"terminationGracePeriodSeconds": 1}
 
@@ -66,29 +63,14 @@ def podman_env(device_registry, tmp_path_factory) -> dict[str, str]:  # type: ig
 def busybox_image(device_registry, podman_env, tmp_path_factory) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """A busybox image with /www/v1 and /www/v2, pushed; yields the digest-pinned ref and
     removes what the agents pulled of it afterwards (the storage outlives the test)."""
-    if not BUSYBOX.is_file():
-        pytest.fail("/bin/busybox is missing: apt install busybox-static (make install)")
-    root = tmp_path_factory.mktemp("bbroot")
-    (root / "bin").mkdir()
-    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
-    for applet in ("sh", "httpd", "sleep", "true"):
-        (root / "bin" / applet).symlink_to("busybox")
-    for version in ("v1", "v2"):
-        (root / "www" / version).mkdir(parents=True)
-        (root / "www" / version / "index.html").write_text(version)
-    tar = root.parent / f"{root.name}.tar"
-    with tarfile.open(tar, "w") as tf:
-        for entry in sorted(root.iterdir()):
-            tf.add(entry, arcname=entry.name)
-    repo = f"{device_registry.host}/edgefleet/bb-{uuid.uuid4().hex[:8]}"
-    run = lambda *a: subprocess.run(  # noqa: E731
-        ["podman", *a], env=podman_env, check=True, capture_output=True, text=True, timeout=120
-    )
-    run("import", "-q", str(tar), f"{repo}:test")
-    digest_file = root.parent / "digest"
-    run("push", "-q", "--tls-verify=false", "--digestfile", str(digest_file), f"{repo}:test")
-    run("rmi", f"{repo}:test")  # the device has to pull it by digest
-    pinned = f"{repo}@{digest_file.read_text().strip()}"
+    workdir = tmp_path_factory.mktemp("bbroot")
+    try:
+        pinned = push_busybox(
+            device_registry.host, f"edgefleet/bb-{uuid.uuid4().hex[:8]}", workdir=workdir,
+            env=podman_env,
+        )  # fmt: skip
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
     yield pinned
     subprocess.run(["podman", "rmi", "-f", pinned], env=podman_env, capture_output=True, timeout=60)
 

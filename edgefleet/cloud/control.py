@@ -259,6 +259,7 @@ class ModelDoneWatcher:
     def handle_cloud_event(self, cloud_event: Any) -> BuildResult | None:
         event_id = _event_id(cloud_event)
         obj = None
+        request = None
         try:
             obj = finalized_object(cloud_event)
             if obj is None:
@@ -305,7 +306,12 @@ class ModelDoneWatcher:
         except EdgefleetError as exc:
             log.error(
                 "build failed",
-                extra=fields(event="build-failed", event_id=event_id, error=str(exc)),
+                extra=fields(
+                    event="build-failed",
+                    event_id=event_id,
+                    version=request.version if request else None,
+                    error=str(exc),
+                ),
             )
             return None
         log.info(

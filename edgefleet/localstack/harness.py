@@ -6,6 +6,11 @@ model package and, last, ``TRAINER-DONE`` (:func:`train`), wait for model_done_w
 image (:func:`wait_built`), move a channel tag (:func:`promote`), wait until every
 device of the channel serves a digest (:func:`wait_serving`), ask devices what they run
 (:func:`observe`).
+
+Waits fail fast with the reason, not at their timeout: :func:`wait_built` stops when
+model_done_watcher logged that it rejected or failed the version (:func:`build_failure`),
+:func:`wait_serving` when a device reported that it rejected or rolled back the set
+carrying the digest (:func:`check_refusals`, the same rule as ``edgefleet rollout wait``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from edgefleet.cloud import storage
 from edgefleet.core import refs
 from edgefleet.core.errors import ConfigError, EdgefleetError
 from edgefleet.localstack import devices as dev
+from edgefleet.operator.fleet import one_line
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The demo's own data, in the repository (demo/coral/README.md says what and whose).
@@ -159,6 +165,7 @@ def wait_built(fleet: Fleet, version: str, *, timeout: float = 900.0, say: Say =
 
     ref = refs.parse(f"{fleet.repo}:{version}")
     client = fleet.registry()
+    log = fleet.stack.workdir / "logs" / "function-model_done_watcher.log"
     start = time.monotonic()
     last = start
     while time.monotonic() - start < timeout:
@@ -168,12 +175,36 @@ def wait_built(fleet: Fleet, version: str, *, timeout: float = 900.0, say: Say =
             pass
         except EdgefleetError:
             pass  # the repository does not exist yet
+        failed = build_failure(log, version)
+        if failed:
+            raise StepError(f"{failed}; see {log}")
         if time.monotonic() - last >= 30:
             say(f"  … still building {version} ({time.monotonic() - start:.0f} s)")
             last = time.monotonic()
         time.sleep(1.0)
-    log = fleet.stack.workdir / "logs" / "function-model_done_watcher.log"
     raise StepError(f"{ref} was not pushed within {timeout:.0f} s; see {log}")
+
+
+def build_failure(log: Path, version: str) -> str | None:
+    """Why model_done_watcher did not build ``version``, from its structured log (the
+    ``build-failed`` and ``model-done-rejected`` entries), or None while it has not said."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict):
+            continue
+        event, error = entry.get("event"), one_line(str(entry.get("error") or "no reason given"))
+        if event == "build-failed" and entry.get("version") == version:
+            return f"model_done_watcher failed to build {version}: {error}"
+        if event == "model-done-rejected" and f"/{version}/" in str(entry.get("object") or ""):
+            return f"model_done_watcher rejected {version}: {error}"
+    return None
 
 
 def promote(fleet: Fleet, digest: str, channel: str) -> float:
@@ -213,16 +244,26 @@ def wait_serving(
     since: float,
     timeout: float = 300.0,
     interval: float = 0.1,
+    refusal_interval: float = 1.0,
 ) -> dict[str, float]:
     """Seconds from ``since`` until each device's ``/version/`` reports ``digest`` (its
     arch's image of it, for an index) and its ``/readyz`` passes (``/version/`` answers
-    before the golden self-test is done)."""
+    before the golden self-test is done). Stops at once, with the device's reason, when
+    one of them reports that it rejected or rolled back the set carrying it (checked
+    every ``refusal_interval`` s)."""
     from edgefleet.localstack.arm64 import expected_digest, platform_digests
 
     digests = platform_digests(fleet, digest)
     done: dict[str, float] = {}
     deadline = since + timeout
+    next_check = time.monotonic()
     while len(done) < len(devices):
+        if time.monotonic() >= next_check:
+            pending = [d for d in devices if d["id"] not in done]
+            for want in sorted({expected_digest(d, digests, digest) for d in pending}):
+                on = [d for d in pending if expected_digest(d, digests, digest) == want]
+                check_refusals(fleet, on, want)
+            next_check = time.monotonic() + refusal_interval
         for d in devices:
             if d["id"] in done:
                 continue
@@ -240,6 +281,26 @@ def wait_serving(
             )
         time.sleep(interval)
     return done
+
+
+def check_refusals(fleet: Fleet, devices: Sequence[Mapping[str, Any]], digest: str) -> None:
+    """Raise StepError naming each of ``devices`` that reported it refused ``digest``
+    (rejected or rolled back the set carrying it): device, reason, runtime's message."""
+    from edgefleet.operator import watch
+
+    ids = {str(d["id"]) for d in devices}
+    bucket = fleet.bucket(fleet.stack.config.deploy_bucket)
+    refused = []
+    for channel in sorted({str(d.get("channel")) for d in devices}):
+        seen = watch.look(bucket, channel, digest)
+        refused += [r for r in seen.refusals if r.device_id in ids]
+    if refused:
+        logs = fleet.stack.workdir / "logs"
+        raise StepError(
+            f"rollout of {digest[:19]}… failed: "
+            + "; ".join(r.line() for r in refused)
+            + f" (see {logs}/agent-*.log)"
+        )
 
 
 @dataclass(frozen=True)
@@ -299,12 +360,16 @@ def wait_reported(fleet: Fleet, channel: str, digest: str, timeout: float = 120.
     arch: its image of the index), healthy (reports lag serving by up to a gate round)."""
     from edgefleet.localstack.arm64 import platform_digests
     from edgefleet.operator import cli
+    from edgefleet.operator.commands.fleet import EXIT_REFUSED
 
     digests = platform_digests(fleet, digest)
     for arch in sorted({str(d.get("arch")) for d in fleet.on(channel)}):
         want = digests.get(arch, digest)
         argv = ["rollout", "wait", "--channel", channel, "--digest", want, "--arch", arch]
-        if cli.main([*argv, "--timeout", f"{timeout:g}"]) != 0:
+        code = cli.main([*argv, "--timeout", f"{timeout:g}"])
+        if code == EXIT_REFUSED:
+            raise StepError(f"a device of {channel} refused {want[:19]}… (its reason is above)")
+        if code != 0:
             raise StepError(f"{arch} devices of {channel} did not report {want[:19]}…")
 
 

@@ -3,12 +3,14 @@
 A device's report (``status/DEVICE_ID.json``, written by the sync agent) says which set
 it applied, which pods run with which image digests, its health and when it last
 reported. This module turns reports into rows an operator reads, decides which devices
-are unhealthy or stale, and whether a rollout to a digest has completed.
+are unhealthy or stale, whether a rollout to a digest has completed, and which devices
+refused it (rejected or rolled back the set that carries it: :func:`rollout_refusals`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -18,6 +20,21 @@ from edgefleet.core import layout
 from edgefleet.core.errors import InvalidInput
 
 DEFAULT_STALE_SECONDS = 300.0
+# A report lists its last rejections; more, or longer texts, are cut (reports are untrusted).
+MAX_REJECTIONS = 10
+MAX_TEXT = 400
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A set the device refused: rejected before applying it, or rolled back after its
+    health gate failed. ``set_digest`` names the manifest set (its content digest), not
+    an image; ``detail`` carries the runtime's message."""
+
+    reason: str
+    detail: str
+    at: str
+    set_digest: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +52,7 @@ class DeviceRow:
     # How often the device promised to report (heartbeat + one poll); 0 when unknown.
     report_interval: float = 0.0
     images: tuple[str, ...] = field(default_factory=tuple)  # digest-pinned refs running
+    rejections: tuple[Rejection, ...] = field(default_factory=tuple)
 
     def age(self, now: datetime) -> float | None:
         return None if self.last_seen is None else (now - self.last_seen).total_seconds()
@@ -85,6 +103,7 @@ def parse_report(data: bytes, object_name: str) -> DeviceRow:
             images=tuple(images),
             report_interval=_seconds(doc.get("heartbeatSeconds"))
             + _seconds(doc.get("pollSeconds")),
+            rejections=_rejections(doc),
         )
     except (ValueError, KeyError, TypeError, AttributeError, InvalidInput) as exc:
         raise InvalidInput(f"status object {object_name} is malformed: {exc}") from exc
@@ -136,6 +155,48 @@ def rollout_progress(
     done = tuple(sorted(r.device_id for r in members if r.runs(digest) and r.healthy()))
     pending = tuple(sorted(r.device_id for r in members if r.device_id not in done))
     return RolloutProgress(channel, digest, len(members), done, pending)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Device ``device_id`` refused the set that would make it run the rollout's digest."""
+
+    device_id: str
+    rejection: Rejection
+
+    def line(self) -> str:
+        """One line: device, reason and the runtime's message."""
+        r = self.rejection
+        return f"device {self.device_id} refused set {r.set_digest[:12]} ({r.reason}): {r.detail}"
+
+
+def rollout_refusals(
+    rows: Iterable[DeviceRow],
+    channel: str,
+    digest: str,
+    set_digests: Mapping[str, str],
+    arch: str | None = None,
+) -> list[Refusal]:
+    """Devices of ``channel`` (and ``arch``) that do not run ``digest`` healthily and
+    refused the set now published for their arch, ``set_digests[arch]``, which carries
+    ``digest``. A refusal of an older set does not count: a device retries a newer one."""
+    out = []
+    for r in rows:
+        if r.channel != channel or (arch is not None and r.arch != arch):
+            continue
+        if (r.runs(digest) and r.healthy()) or r.arch not in set_digests:
+            continue
+        mine = [j for j in r.rejections if j.set_digest == set_digests[r.arch]]
+        if mine:
+            out.append(Refusal(r.device_id, mine[-1]))
+    return sorted(out, key=lambda f: f.device_id)
+
+
+def one_line(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` safe to print on one line: control characters and runs of whitespace
+    become single spaces, cut at ``limit`` characters."""
+    flat = re.sub(r"[\x00-\x20\x7f-\x9f]+", " ", text).strip()
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def table(rows: Iterable[DeviceRow], now: datetime, stale_after: float) -> str:
@@ -191,6 +252,26 @@ def _error_text(doc: Mapping[str, Any]) -> str | None:
     if isinstance(error, dict):
         return f"{error.get('reason', 'error')}: {error.get('detail', '')}".strip()
     return str(error) if error else None
+
+
+def _rejections(doc: Mapping[str, Any]) -> tuple[Rejection, ...]:
+    """The report's last rejections, oldest first; malformed entries are left out."""
+    raw = doc.get("rejections")
+    if not isinstance(raw, list):
+        raw = [doc["lastRejection"]] if isinstance(doc.get("lastRejection"), dict) else []
+    out = []
+    for item in raw[-MAX_REJECTIONS:]:
+        if not isinstance(item, dict) or not isinstance(item.get("digest"), str):
+            continue
+        out.append(
+            Rejection(
+                reason=one_line(str(item.get("reason") or "rejected"), 64),
+                detail=one_line(str(item.get("detail") or "")),
+                at=one_line(str(item.get("at") or ""), 40),
+                set_digest=one_line(item["digest"], 80),
+            )
+        )
+    return tuple(out)
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from edgefleet.core import layout, refs
 from edgefleet.core.errors import ConfigError, InvalidInput, InvalidReference
-from edgefleet.operator import context, fleet
+from edgefleet.operator import context, fleet, watch
 
 if TYPE_CHECKING:
     from edgefleet.cloud.storage import Bucket
@@ -50,7 +50,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     rollout = sub.add_parser("rollout", help="follow a rollout")
     verbs = rollout.add_subparsers(dest="verb", metavar="VERB", required=True)
     wait = verbs.add_parser(
-        "wait", help="wait until every device of a channel runs a digest, healthy"
+        "wait",
+        help="wait until every device of a channel runs a digest, healthy",
+        description="Wait until every device of CHANNEL reports DIGEST running and healthy. "
+        "Stops at once when a device reports that it rejected or rolled back the set that "
+        "carries DIGEST, printing the device, its reason and the runtime's message.",
+        epilog=f"exit codes: 0 complete; 1 error (bad argument, bucket unreachable); "
+        f"2 usage; {EXIT_TIMEOUT} not complete within --timeout; {EXIT_REFUSED} a device "
+        "rejected or rolled back the digest",
     )
     _bucket_arg(wait)
     wait.add_argument("--channel", required=True)
@@ -64,6 +71,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fail unless at least this many devices are on the channel (default 1)",
     )
     wait.set_defaults(handler=_rollout_wait)
+
+
+# `rollout wait` exit codes besides 0 (complete), 1 (error) and 2 (usage).
+EXIT_TIMEOUT = 4
+EXIT_REFUSED = 5
 
 
 def _bucket_arg(parser: argparse.ArgumentParser) -> None:
@@ -97,7 +109,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    rows = fleet.with_versions(_read_reports(_deploy_bucket(args.bucket)), VersionLookup())
+    rows = fleet.with_versions(watch.read_reports(_deploy_bucket(args.bucket)), VersionLookup())
     if args.channel:
         rows = [r for r in rows if r.channel == args.channel]
     now = datetime.now(UTC)
@@ -131,8 +143,8 @@ def _rollout_wait(args: argparse.Namespace) -> int:
     start = time.monotonic()
     last_line = ""
     while True:
-        rows = _read_reports(bucket)
-        progress = fleet.rollout_progress(rows, channel, digest, args.arch)
+        seen = watch.look(bucket, channel, digest, args.arch)
+        progress = seen.progress
         line = (
             f"{channel}: {len(progress.done)}/{progress.total} devices run {digest[:19]}… healthy"
         )
@@ -145,6 +157,13 @@ def _rollout_wait(args: argparse.Namespace) -> int:
                 f"in {time.monotonic() - start:.1f}s"
             )
             return 0
+        if seen.refusals:
+            for refusal in seen.refusals:
+                print(
+                    f"edgefleet: rollout of {digest[:19]}… to {channel} failed: {refusal.line()}",
+                    file=sys.stderr,
+                )
+            return EXIT_REFUSED
         if time.monotonic() >= deadline:
             pending = ", ".join(progress.pending) or f"fewer than {args.min_devices} devices"
             print(
@@ -152,7 +171,7 @@ def _rollout_wait(args: argparse.Namespace) -> int:
                 f"{args.timeout:.0f}s; waiting on: {pending} (see `edgefleet status`)",
                 file=sys.stderr,
             )
-            return 4
+            return EXIT_TIMEOUT
         time.sleep(1.0)
 
 
@@ -177,19 +196,6 @@ def _deploy_bucket(bucket_name: str | None) -> Bucket:
             "no deploy bucket: pass --bucket, set DEPLOY_BUCKET or run `edgefleet up`"
         )
     return Bucket(make_client(), name)
-
-
-def _read_reports(bucket: Bucket) -> list[fleet.DeviceRow]:
-    rows = []
-    for object_name in bucket.list("status/"):
-        blob = bucket.read(object_name, max_bytes=256 * 1024)
-        if blob is None:
-            continue
-        try:
-            rows.append(fleet.parse_report(blob.data, object_name))
-        except InvalidInput as exc:
-            print(f"edgefleet: skipping {exc}", file=sys.stderr)
-    return rows
 
 
 VERSION_LABEL = "org.opencontainers.image.version"
