@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -135,6 +136,12 @@ def wipe(devices: list[dict[str, Any]]) -> None:
                 raise SystemExit(f"bench: podman {args[0]} on {d['id']} failed: {done.stderr}")
 
 
+# Promotions land at a random phase of the devices' poll cycle: after each commit the bench
+# waits one poll (settling) plus a uniform random fraction of another, so the sync time
+# samples the whole 0..poll wait instead of one fixed offset from the last poll.
+PHASE = random.Random(1101)
+
+
 def promote_once(fleet: harness.Fleet, digest: str, timeout: float) -> Sample:
     bucket = fleet.bucket(fleet.stack.config.deploy_bucket)
     set_name = layout.set_object(dev.host_arch(), CHANNEL)
@@ -154,8 +161,8 @@ def promote_once(fleet: harness.Fleet, digest: str, timeout: float) -> Sample:
         sample.sync.append(applied - set_at)
         sample.runtime.append(serving[d["id"]] - applied)
     # Serving is not the end of the agent's work: its health gate commits the set a few
-    # seconds later. The next promotion waits for that (and a poll's worth of settling),
-    # else its sync time would include the tail of this one.
+    # seconds later. The next promotion waits for that, a poll's worth of settling (else
+    # its sync time would include the tail of this one), and a random phase.
     deadline = time.time() + timeout
     for d in on:
         log = logs / f"agent-{d['name']}.log"
@@ -163,7 +170,8 @@ def promote_once(fleet: harness.Fleet, digest: str, timeout: float) -> Sample:
             if time.time() > deadline:
                 raise SystemExit(f"bench: {d['id']} never committed sequence {sequence}")
             time.sleep(0.2)
-    time.sleep(fleet_poll(fleet))
+    poll = fleet_poll(fleet)
+    time.sleep(poll + PHASE.uniform(0, poll))
     return sample
 
 

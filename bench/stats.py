@@ -38,6 +38,11 @@ def percentile(values: Iterable[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
 
 
+def fmt_bytes(nbytes: float) -> str:
+    """A byte count in both units a reader may expect: ``143.4 MiB (150.4 MB)``."""
+    return f"{nbytes / MiB:.1f} MiB ({nbytes / MB:.1f} MB)"
+
+
 def median(values: Iterable[float]) -> float:
     """:func:`percentile` at 50 (equal to ``statistics.median``)."""
     return percentile(values, 50)

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Deploy edgefleet to a GCP project: buckets, topics, Artifact Registry, service accounts
-# (least privilege), the signing-key secret, and the two gen2 functions with their
-# Eventarc triggers. Idempotent: every create is guarded by a describe.
+# Deploy edgefleet to a GCP project: buckets, topics, Artifact Registry (and a remote
+# repository that pins build-step images by digest), one service account per function
+# (least privilege), a workload identity pool giving each device its own identity (X.509,
+# CN = device id; each device may write only status/ITS_ID.json), the signing-key secret,
+# and the two gen2 functions with their Eventarc triggers. Idempotent: every create is
+# guarded by a describe.
 #
+#   scripts/deploy-gcp.sh --project P [--region R] --device-ca ca.pem --devices-file fleet.txt
 #   scripts/deploy-gcp.sh --project P [--region R] [--dry-run] [...]
 #   PROJECT=P REGION=R scripts/deploy-gcp.sh --dry-run
 #

@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.stats import MB, MiB, percentile, summarize
+from bench.stats import MB, MiB, fmt_bytes, percentile, summarize
 
 
 def test_percentile_interpolates_linearly_between_ranks() -> None:
@@ -53,3 +53,4 @@ def test_summary_and_units() -> None:
         summarize([])
     # 143.4 MiB is 150.4 MB: over a 150 MB target.
     assert 143.4 * MiB / MB == pytest.approx(150.36, abs=0.01)
+    assert fmt_bytes(143.4 * MiB) == "143.4 MiB (150.4 MB)"

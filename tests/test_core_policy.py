@@ -94,11 +94,17 @@ def test_all_violations_listed_together() -> None:
 
 
 def test_workload_host_paths_allowed_sync_paths_only_for_sync_pod() -> None:
-    ok = pod(volumes=[{"name": "spool", "hostPath": {"path": "/var/spool/edgefleet/out"}}])
-    policy.check_manifest(text(ok), policy.Policy())
-    sync = copy.deepcopy(pod(volumes=[{"name": "m", "hostPath": {"path": "/opt/device/pods"}}]))
+    spool = {"name": "spool", "hostPath": {"path": "/var/spool/edgefleet/out"}}
+    checked = policy.check_manifest(text(pod(volumes=[spool])), policy.Policy())
+    assert checked["spec"]["volumes"] == [spool]
+    manifests = {"name": "m", "hostPath": {"path": "/opt/device/pods"}}
+    workload = pod(volumes=[manifests])
+    assert any("/opt/device/pods" in v and "not allowed" in v for v in violations_of(workload))
+    sync = copy.deepcopy(workload)
     sync["metadata"]["name"] = layout.SYNC_POD_NAME
-    policy.check_manifest(text(sync), policy.Policy())
+    checked = policy.check_manifest(text(sync), policy.Policy())
+    assert checked["metadata"]["name"] == layout.SYNC_POD_NAME
+    assert checked["spec"]["volumes"] == [manifests]
 
 
 def test_registry_allowlist() -> None:

@@ -22,9 +22,21 @@ def sa(name: str) -> str:
     return f"serviceAccount:{name}@{P}.iam.gserviceaccount.com"
 
 
+DEVICES = ("pi-0001", "pi-0002")
+POOL = (
+    "iam.googleapis.com/projects/${PROJECT_NUMBER}/locations/global/"
+    "workloadIdentityPools/edgefleet-devices"
+)
+ALL_DEVICES = f"principalSet://{POOL}/*"
+
+
+def device(device_id: str) -> str:
+    return f"principal://{POOL}/subject/{device_id}"
+
+
 @pytest.fixture(scope="module")
 def steps() -> list[Step]:
-    return gcp_plan.plan(GcpConfig(project=P, region="europe-west1"))
+    return gcp_plan.plan(GcpConfig(project=P, region="europe-west1", devices=DEVICES))
 
 
 def bindings(steps: list[Step]) -> set[tuple[str, str, str, str]]:
@@ -48,55 +60,34 @@ def test_no_primitive_or_admin_roles(steps: list[Step]) -> None:
 
 def test_each_identity_gets_exactly_its_bindings(steps: list[Step]) -> None:
     deploy, models, build = (f"gs://{P}-edgefleet-{x}" for x in ("deploy", "models", "build"))
+    status_role = f"projects/{P}/roles/edgefleetDeviceStatusWriter"
+    repo = "artifacts repositories"
     expected = {
-        ("storage buckets", deploy, sa("edgefleet-fn"), "roles/storage.objectAdmin"),
-        ("storage buckets", deploy, sa("edgefleet-device"), "roles/storage.objectViewer"),
-        (
-            "storage buckets",
-            deploy,
-            sa("edgefleet-device"),
-            f"projects/{P}/roles/edgefleetDeviceStatusWriter",
-        ),
+        ("storage buckets", deploy, sa("edgefleet-tag-monitor"), "roles/storage.objectAdmin"),
+        ("storage buckets", deploy, ALL_DEVICES, "roles/storage.objectViewer"),
+        ("storage buckets", deploy, device("pi-0001"), status_role),
+        ("storage buckets", deploy, device("pi-0002"), status_role),
         ("storage buckets", models, sa("edgefleet-builder"), "roles/storage.objectViewer"),
         ("storage buckets", build, sa("edgefleet-builder"), "roles/storage.objectViewer"),
-        (
-            "artifacts repositories",
-            "edgefleet",
-            sa("edgefleet-fn"),
-            "roles/artifactregistry.reader",
-        ),
-        (
-            "artifacts repositories",
-            "edgefleet",
-            sa("edgefleet-builder"),
-            "roles/artifactregistry.writer",
-        ),
-        (
-            "artifacts repositories",
-            "edgefleet",
-            sa("edgefleet-device"),
-            "roles/artifactregistry.reader",
-        ),
-        (
-            "pubsub topics",
-            "edge-inference-results",
-            sa("edgefleet-device"),
-            "roles/pubsub.publisher",
-        ),
+        (repo, "edgefleet", sa("edgefleet-tag-monitor"), "roles/artifactregistry.reader"),
+        (repo, "edgefleet", sa("edgefleet-builder"), "roles/artifactregistry.writer"),
+        (repo, "edgefleet", ALL_DEVICES, "roles/artifactregistry.reader"),
+        (repo, "edgefleet-upstream", sa("edgefleet-builder"), "roles/artifactregistry.reader"),
+        ("pubsub topics", "edge-inference-results", ALL_DEVICES, "roles/pubsub.publisher"),
         (
             "iam service-accounts",
             f"edgefleet-builder@{P}.iam.gserviceaccount.com",
-            sa("edgefleet-fn"),
+            sa("edgefleet-model-done"),
             "roles/iam.serviceAccountUser",
         ),
-        ("projects", P, sa("edgefleet-fn"), "roles/cloudbuild.builds.editor"),
+        ("projects", P, sa("edgefleet-model-done"), "roles/cloudbuild.builds.editor"),
         ("projects", P, sa("edgefleet-builder"), "roles/logging.logWriter"),
         ("projects", P, sa("edgefleet-trigger"), "roles/eventarc.eventReceiver"),
         ("projects", P, "serviceAccount:${GCS_AGENT}", "roles/pubsub.publisher"),
         (
             "secrets",
             "edgefleet-signing-key",
-            sa("edgefleet-fn"),
+            sa("edgefleet-tag-monitor"),
             "roles/secretmanager.secretAccessor",
         ),
         ("run services", "tag-monitor", sa("edgefleet-trigger"), "roles/run.invoker"),
@@ -105,18 +96,74 @@ def test_each_identity_gets_exactly_its_bindings(steps: list[Step]) -> None:
     assert bindings(steps) == expected
 
 
-def test_devices_read_only_sets_and_write_only_status(steps: list[Step]) -> None:
-    device = [s for s in steps if s.member == sa("edgefleet-device") and "storage" in s.argv]
-    assert len(device) == 2
-    conditions = {s.role: gcp_plan._flag(s.argv, "--condition") for s in device}
-    bucket = f"projects/_/buckets/{P}-edgefleet-deploy/objects/"
-    assert f'startsWith("{bucket}sets/")' in conditions["roles/storage.objectViewer"]
+def test_the_two_functions_run_as_separate_least_privilege_accounts(steps: list[Step]) -> None:
+    """tag_monitor cannot start builds or act as the builder; model_done_watcher cannot
+    touch the deploy bucket, the repository or the signing key."""
+    deploys = {s.argv[3]: s.argv for s in steps if s.argv[1:3] == ("functions", "deploy")}
+    accounts = {fn: gcp_plan._flag(argv, "--service-account") for fn, argv in deploys.items()}
+    assert accounts == {
+        "tag-monitor": f"edgefleet-tag-monitor@{P}.iam.gserviceaccount.com",
+        "model-done-watcher": f"edgefleet-model-done@{P}.iam.gserviceaccount.com",
+    }
+    granted: dict[str, set[str]] = {}
+    for kind, resource, member, role in bindings(steps):
+        granted.setdefault(member, set()).add(f"{role} on {kind} {resource}")
+    assert granted[sa("edgefleet-model-done")] == {
+        f"roles/iam.serviceAccountUser on iam service-accounts "
+        f"edgefleet-builder@{P}.iam.gserviceaccount.com",
+        f"roles/cloudbuild.builds.editor on projects {P}",
+    }
+    assert not any("cloudbuild" in g or "serviceAccountUser" in g
+                   for g in granted[sa("edgefleet-tag-monitor")])  # fmt: skip
+
+
+def test_each_device_may_write_only_its_own_status(steps: list[Step]) -> None:
+    """One principal per device (its certificate's CN), bound to exactly its own
+    status object; the pool as a whole may only read sets/."""
+    objects = f"projects/_/buckets/{P}-edgefleet-deploy/objects/"
     status_role = f"projects/{P}/roles/edgefleetDeviceStatusWriter"
-    assert f'startsWith("{bucket}status/")' in conditions[status_role]
+    writes = [s for s in steps if s.role == status_role]
+    assert {s.member: gcp_plan._flag(s.argv, "--condition") for s in writes} == {
+        device(d): f'expression=resource.name == "{objects}status/{d}.json",title=status-{d}'
+        for d in DEVICES
+    }
+    [read] = [s for s in steps if s.member == ALL_DEVICES and "storage" in s.argv]
+    assert read.role == "roles/storage.objectViewer"
+    assert f'startsWith("{objects}sets/")' in (gcp_plan._flag(read.argv, "--condition") or "")
     role = next(s for s in steps if "roles" in s.argv and "create" in s.argv)
     assert gcp_plan._flag(role.argv, "--permissions") == (
         "storage.objects.create,storage.objects.delete"
     )
+    provider = next(s for s in steps if "create-x509" in s.argv)
+    assert "--attribute-mapping=google.subject=assertion.subject.dn.cn" in provider.argv
+    assert not any(s.argv[1:4] == ("iam", "service-accounts", "keys") for s in steps)
+
+
+def test_cloud_build_step_images_are_pinned_by_digest(steps: list[Step]) -> None:
+    captured = {s.capture: s.argv for s in steps if s.capture}
+    for _, digest_var, image in gcp_plan.STEP_IMAGES:
+        assert captured[digest_var][1:5] == ("artifacts", "docker", "images", "describe")
+        assert captured[digest_var][5] == f"${{UPSTREAM}}/{image}"
+    upstream = next(s for s in steps if "edgefleet-upstream" in s.argv and "create" in s.argv)
+    assert "--mode=remote-repository" in upstream.argv
+    deploys = {s.argv[3]: s.argv for s in steps if s.argv[1:3] == ("functions", "deploy")}
+    watcher = deploys["model-done-watcher"]
+    value = gcp_plan._flag(watcher, "--set-env-vars") or ""
+    env = dict(kv.split("=", 1) for kv in value[3:].split(";"))
+    assert env["CLOUDBUILD_PYTHON_IMAGE"] == "${UPSTREAM}/library/python@${PYTHON_DIGEST}"
+    # As the script expands them, CloudBuildBuilder accepts them (and only pinned refs).
+    from edgefleet.packaging.cloudbuild import CloudBuildConfig
+
+    expanded = {
+        k: v.replace("${UPSTREAM}", "registry.example.internal/p/up")
+        .replace("${IMAGE_REPOSITORY}", "registry.example.internal/p/r")
+        .replace("${PYTHON_DIGEST}", "sha256:" + "1" * 64)
+        .replace("${DOCKER_DIGEST}", "sha256:" + "2" * 64)
+        .replace("${BINFMT_DIGEST}", "sha256:" + "3" * 64)
+        for k, v in env.items()
+    }
+    config = CloudBuildConfig.from_env(expanded)
+    assert config.docker_image == "registry.example.internal/p/up/library/docker@sha256:" + "2" * 64
 
 
 def test_functions_are_gen2_with_eventarc_triggers(steps: list[Step]) -> None:
@@ -129,7 +176,6 @@ def test_functions_are_gen2_with_eventarc_triggers(steps: list[Step]) -> None:
             "--no-allow-unauthenticated",
             "--ingress-settings=internal-only",
             "--runtime=python311",
-            f"--service-account=edgefleet-fn@{P}.iam.gserviceaccount.com",
             f"--trigger-service-account=edgefleet-trigger@{P}.iam.gserviceaccount.com",
         ):
             assert flag in argv
@@ -156,10 +202,73 @@ def test_functions_are_gen2_with_eventarc_triggers(steps: list[Step]) -> None:
     assert wenv["BUILDER"] == "cloudbuild" and wenv["IMAGE_REPOSITORY"] == "${IMAGE_REPOSITORY}"
     assert wenv["CLOUDBUILD_SERVICE_ACCOUNT"] == f"edgefleet-builder@{P}.iam.gserviceaccount.com"
     assert wenv["CLOUDBUILD_SOURCE"] == f"gs://{P}-edgefleet-build/source/edgefleet-src.tar.gz"
-    # The watcher's env is what CloudBuildBuilder reads: it must accept it.
-    from edgefleet.packaging.cloudbuild import CloudBuildConfig
 
-    CloudBuildConfig.from_env({**wenv, "IMAGE_REPOSITORY": "registry.example.internal/p/r"})
+
+def _ca_and_device_cert(tmp_path: Path) -> tuple[Path, Path]:
+    """A real CA and a device certificate it issued (CN = device id), as PEM files."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def cert(subject: str, issuer: str, key, signer, ca: bool):  # type: ignore[no-untyped-def]
+        now = datetime.now(UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .sign(signer, hashes.SHA256())
+        )
+
+    ca_key, dev_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca = cert("edgefleet device CA", "edgefleet device CA", ca_key, ca_key, True)
+    dev = cert("pi-0001", "edgefleet device CA", dev_key, ca_key, False)
+    paths = tmp_path / "ca.pem", tmp_path / "pi-0001.pem"
+    for path, c in zip(paths, (ca, dev), strict=True):
+        path.write_bytes(c.public_bytes(serialization.Encoding.PEM))
+    return paths
+
+
+def test_trust_store_trusts_only_the_device_ca(tmp_path: Path) -> None:
+    import yaml
+    from cryptography import x509
+
+    ca, device_cert = _ca_and_device_cert(tmp_path)
+    out = tmp_path / "store.yaml"
+    assert gcp_plan.main(["trust-store", f"--ca={ca}", f"--out={out}"], env={}) == 0
+    [anchor] = yaml.safe_load(out.read_text())["trustStore"]["trustAnchors"]
+    assert x509.load_pem_x509_certificate(anchor["pemCertificate"].encode()) == (
+        x509.load_pem_x509_certificate(ca.read_bytes())
+    )
+    with pytest.raises(ConfigError, match="not a CA certificate"):
+        gcp_plan.trust_store(device_cert)
+    with pytest.raises(ConfigError, match="no device CA"):
+        gcp_plan.trust_store(tmp_path / "missing.pem")
+
+
+def test_devices_come_from_flags_and_a_file_and_are_validated(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.txt"
+    fleet.write_text("# line comments\npi-0003\n\npi-0004  # the lab one\n")
+    assert gcp_plan.read_devices("pi-0001, pi-0002", str(fleet)) == (
+        "pi-0001",
+        "pi-0002",
+        "pi-0003",
+        "pi-0004",
+    )
+    with pytest.raises(InvalidInput):
+        gcp_plan.plan(GcpConfig(project=P, devices=("pi 1",)))
+    with pytest.raises(ConfigError, match="twice"):
+        gcp_plan.plan(GcpConfig(project=P, devices=("pi-1", "pi-1")))
 
 
 def test_resources_and_idempotent_creates(steps: list[Step]) -> None:

@@ -8,8 +8,10 @@ asserts only on its own entries.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import random
+import socket
 import threading
 import time
 import uuid
@@ -23,6 +25,7 @@ from podman_images import push_multiarch
 
 from edgefleet.cloud.storage import Bucket, make_client
 from edgefleet.core import layout, manifest_set
+from edgefleet.localstack.functions import FunctionProcess
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -173,61 +176,127 @@ def test_multiarch_index_yields_one_manifest_per_arch_and_delete_removes_them(
     wait_until(all_gone, "the manifests of the deleted image to disappear")
 
 
-def test_duplicated_shuffled_concurrent_events_converge(stack_functions, deploy) -> None:
+class TailLatencyProxy:
+    """A loopback TCP proxy in front of the storage emulator that holds a random
+    ``slow_fraction`` of what clients send for ``slow_seconds`` before forwarding it: a
+    storage service with tail latency, so concurrent handlers' reads and writes land in
+    a shuffled order for real (a read sent before another handler's write can be served
+    after it)."""
+
+    def __init__(self, target_port: int, slow_fraction: float, slow_seconds: float, seed: int):
+        self.target_port = target_port
+        self.slow_fraction, self.slow_seconds = slow_fraction, slow_seconds
+        self._rng, self._lock = random.Random(seed), threading.Lock()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, delay: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if delay:
+                    with self._lock:
+                        slow = self._rng.random() < self.slow_fraction
+                    if slow:
+                        time.sleep(self.slow_seconds)
+                dst.sendall(data)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def test_duplicated_shuffled_concurrent_events_converge_while_the_registry_moves(
+    stack_functions, deploy, tmp_path
+) -> None:
     """200 events (old digests, duplicates, untagged pushes, deletes of unknown digests),
-    shuffled and published from 8 threads: the set ends at the registry's final state."""
-    reg, pubsub = stack_functions.registry, stack_functions.pubsub
+    shuffled and sent by 8 clients WHILE the tag really moves between five images in the
+    registry (each move followed by its event); then 10 rounds in which the tag moves while
+    8 handlers are in flight. Storage has tail latency. After each round the set
+    holds what the registry names now: a tag_monitor that resolved the tag before reading
+    the set's generation writes what it resolved before the move over the move's write.
+
+    The function is a tag_monitor of its own (channel ``storm``, which the stack's
+    tag_monitor ignores) behind the slow-tailed storage, fed push requests directly."""
+    reg = stack_functions.registry
     repo, name = new_repo()
     digests = [reg.push_minimal_image(repo, f"v{i}", arch="amd64", salt=f"c{i}") for i in range(5)]
-    for digest in digests:  # real tag moves, each with its own event
-        retag(reg, repo, digest, "alpha")
-    final = f"{reg.host}/{repo}@{digests[-1]}"
-
+    proxy = TailLatencyProxy(stack_functions.gcs.port, slow_fraction=0.15, slow_seconds=0.8, seed=5)
+    env = {
+        **stack_functions.function_env(),
+        "STORAGE_EMULATOR_HOST": proxy.endpoint,
+        "CHANNELS": "storm",
+    }
+    tag = f"{reg.host}/{repo}:storm"
     rng = random.Random(7)
-    events = []
-    for _ in range(200):
-        d = rng.choice(digests)
+
+    def event_for(d: str) -> bytes:
         kind = rng.random()
         if kind < 0.6:
-            doc = {"action": "INSERT", "digest": f"{reg.host}/{repo}@{d}",
-                   "tag": f"{reg.host}/{repo}:alpha"}  # fmt: skip
+            doc = {"action": "INSERT", "digest": f"{reg.host}/{repo}@{d}", "tag": tag}
         elif kind < 0.75:
             doc = {"action": "INSERT", "digest": f"{reg.host}/{repo}@{d}"}
         elif kind < 0.9:
-            doc = {"action": "DELETE", "tag": f"{reg.host}/{repo}:alpha"}
+            doc = {"action": "DELETE", "tag": tag}
         else:
             doc = {"action": "DELETE", "digest": f"{reg.host}/{repo}@sha256:{uuid.uuid4().hex * 2}"}
-        events.append(json.dumps(doc).encode())
-    rng.shuffle(events)
+        return json.dumps(doc).encode()
 
-    publisher = pubsub.publisher
-    topic = pubsub.topic_path("gcr")
-    ids: list[str] = []
-    lock = threading.Lock()
+    with FunctionProcess(tmp_path, "tag_monitor", env=env) as fn:
 
-    def publish(chunk: list[bytes]) -> None:
-        futures = [publisher.publish(topic, data) for data in chunk]
-        got = [f.result(timeout=30) for f in futures]
-        with lock:
-            ids.extend(got)
+        def send(data: bytes) -> None:
+            resp = requests.post(fn.url, json=push_body(data, uuid.uuid4().hex), timeout=120)
+            assert resp.status_code in (200, 500), resp.text  # 500: Pub/Sub would redeliver
+            if resp.status_code == 500:  # redeliver, as Pub/Sub does
+                send(data)
 
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(publish, [events[i::8] for i in range(8)]))
-    assert len(ids) == 200
+        def move(i: int) -> None:
+            retag(reg, repo, digests[i], "storm")
+            send(json.dumps({"action": "INSERT", "digest": f"{reg.host}/{repo}@{digests[i]}",
+                             "tag": tag}).encode())  # fmt: skip
 
-    def all_handled() -> bool:
-        seen = {e.get("event_id") for e in function_log(stack_functions)
-                if e.get("event") in ("tag-event", "tag-event-rejected")}  # fmt: skip
-        return set(ids) <= seen
+        def serving() -> str | None:
+            e = set_entry(deploy, "x86_64", "storm", name)
+            return image_of(e.yaml) if e else None
 
-    wait_until(all_handled, "tag_monitor to handle all 200 events", timeout=120)
-    e = set_entry(deploy, "x86_64", "alpha", name)
-    assert e is not None and image_of(e.yaml) == final
-    assert image_of(mirror(deploy, "x86_64", "alpha", name).decode()) == final
-    for arch in ("aarch64", "armv7l"):
-        assert set_entry(deploy, arch, "alpha", name) is None
-    handled = [e for e in function_log(stack_functions) if e.get("event_id") in set(ids)]
-    assert not [e for e in handled if e.get("event") == "tag-event-rejected"]
+        move(0)
+        storm = [event_for(rng.choice(digests)) for _ in range(200)]
+        moves = [rng.randrange(5) for _ in range(20)]
+        with ThreadPoolExecutor(9) as pool:
+            mover = pool.submit(lambda: [move(i) for i in moves])
+            list(pool.map(send, storm))
+            mover.result()
+        assert serving() == f"{reg.host}/{repo}@{digests[moves[-1]]}"
+
+        current = moves[-1]
+        for _ in range(10):  # the tag moves while 8 handlers that resolved it are in flight
+            target = (current + 1 + rng.randrange(4)) % 5
+            with ThreadPoolExecutor(9) as pool:
+                inflight = [pool.submit(send, event_for(digests[current])) for _ in range(8)]
+                time.sleep(0.03)
+                pool.submit(move, target).result()
+                for f in inflight:
+                    f.result()
+            current = target
+            assert serving() == f"{reg.host}/{repo}@{digests[current]}"
+        assert image_of(mirror(deploy, "x86_64", "storm", name).decode()) == serving()
+        for arch in ("aarch64", "armv7l"):
+            assert set_entry(deploy, arch, "storm", name) is None
+        rejected = [e for e in fn.log_entries() if e.get("event") == "tag-event-rejected"]
+        assert not rejected
+    proxy.close()
 
 
 def push_body(data: bytes | str, message_id: str) -> dict:

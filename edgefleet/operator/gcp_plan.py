@@ -11,16 +11,24 @@ script, otherwise it is run with ``bash -euo pipefail``.
 
 Least privilege, per identity:
 
-* ``edgefleet-fn`` (both functions): objectAdmin on the deploy bucket only; reader on the
-  Artifact Registry repository; accessor of the signing-key secret only; submits Cloud
-  Builds and may act as the builder account, nothing else.
+* ``edgefleet-tag-monitor`` (tag_monitor): objectAdmin on the deploy bucket only; reader
+  on the Artifact Registry repository; accessor of the signing-key secret only.
+* ``edgefleet-model-done`` (model_done_watcher): submits Cloud Builds and may act as the
+  builder account; no bucket, repository or secret access at all.
 * ``edgefleet-trigger`` (Eventarc): receives events, may invoke the two functions.
 * ``edgefleet-builder`` (Cloud Build): reads the model and build buckets, writes the
-  repository, writes build logs.
-* ``edgefleet-device`` (devices): reads ``sets/`` of the deploy bucket (conditional
-  binding), creates/replaces objects under ``status/`` only (custom role, conditional),
-  pulls from the repository, publishes to ``edge-inference-results``.
+  repository, pulls step images through the upstream remote repository, writes logs.
+* Devices: each device is its OWN principal, federated from its X.509 client certificate
+  (Workload Identity Federation, pool ``edgefleet-devices``, ``google.subject`` = the
+  certificate's CN = the device id; no service-account keys on devices). The whole pool
+  reads ``sets/`` of the deploy bucket, pulls from the repository and publishes telemetry;
+  each device alone may create/replace exactly ``status/DEVICE_ID.json`` (custom role,
+  one conditional binding per device, ``--devices``/``--devices-file``).
 No primitive role (owner/editor/viewer) is granted to anyone.
+
+Cloud Build step images are pinned by digest: the plan creates a remote Artifact Registry
+repository in front of the public images, resolves each step image's digest there at
+deploy time and gives model_done_watcher ``NAME@sha256:…`` references only.
 """
 
 from __future__ import annotations
@@ -40,11 +48,21 @@ from pathlib import Path
 from edgefleet.core import layout
 from edgefleet.core.errors import ConfigError, EdgefleetError
 
-FUNCTIONS_SA = "edgefleet-fn"
+TAG_MONITOR_SA = "edgefleet-tag-monitor"
+MODEL_DONE_SA = "edgefleet-model-done"
 TRIGGER_SA = "edgefleet-trigger"
 BUILDER_SA = "edgefleet-builder"
-DEVICE_SA = "edgefleet-device"
 STATUS_ROLE_ID = "edgefleetDeviceStatusWriter"
+DEVICE_POOL = "edgefleet-devices"
+DEVICE_PROVIDER = "edgefleet-device-ca"
+TRUST_STORE = "device-trust-store.yaml"
+UPSTREAM_REPOSITORY = "edgefleet-upstream"
+# Step images, by their path in the upstream remote repository, and the env naming each.
+STEP_IMAGES = (
+    ("CLOUDBUILD_PYTHON_IMAGE", "PYTHON_DIGEST", "library/python:3.11-slim"),
+    ("CLOUDBUILD_DOCKER_IMAGE", "DOCKER_DIGEST", "library/docker:27-cli"),
+    ("CLOUDBUILD_BINFMT_IMAGE", "BINFMT_DIGEST", "tonistiigi/binfmt:latest"),
+)
 GCR_TOPIC = "gcr"
 RESULTS_TOPIC = "edge-inference-results"
 TAG_MONITOR = "tag-monitor"
@@ -61,6 +79,7 @@ SERVICES = (
     "run.googleapis.com",
     "secretmanager.googleapis.com",
     "storage.googleapis.com",
+    "sts.googleapis.com",
 )
 PRIMITIVE_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})
 # Sources that go into the Cloud Build source tarball (the prepare step installs it).
@@ -95,6 +114,10 @@ class GcpConfig:
     signing_secret: str = "edgefleet-signing-key"
     signing_key: str = "edgefleet-signing.pem"
     stage_dir: str = "build/gcp"
+    # The CA (PEM) that issues device client certificates (CN = device id), and the
+    # devices allowed to write their own status.
+    device_ca: str = "edgefleet-device-ca.pem"
+    devices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name, suffix in (
@@ -120,6 +143,10 @@ class GcpConfig:
             layout.check_channel(channel)
         for arch in (*self.arches, *self.build_arches):
             layout.check_arch(arch)
+        for device in self.devices:
+            layout.check_device_id(device)
+        if len(set(self.devices)) != len(self.devices):
+            raise ConfigError("a device id is listed twice in --devices/--devices-file")
         return self
 
     def sa(self, name: str) -> str:
@@ -128,6 +155,19 @@ class GcpConfig:
     @property
     def secret_version(self) -> str:
         return f"projects/{self.project}/secrets/{self.signing_secret}/versions/latest"
+
+    @property
+    def pool_path(self) -> str:
+        """The device pool; ``${PROJECT_NUMBER}`` is captured by the script."""
+        return f"projects/${{PROJECT_NUMBER}}/locations/global/workloadIdentityPools/{DEVICE_POOL}"
+
+    @property
+    def all_devices(self) -> str:
+        return f"principalSet://iam.googleapis.com/{self.pool_path}/*"
+
+    def device(self, device_id: str) -> str:
+        """One device's principal: the pool subject mapped from its certificate's CN."""
+        return f"principal://iam.googleapis.com/{self.pool_path}/subject/{device_id}"
 
 
 @dataclass(frozen=True)
@@ -176,7 +216,8 @@ def plan(config: GcpConfig) -> list[Step]:
     """Every command of a deployment, in order."""
     c = config.check()
     p = _Plan(c)
-    sa = {name: c.sa(name) for name in (FUNCTIONS_SA, TRIGGER_SA, BUILDER_SA, DEVICE_SA)}
+    sa = {name: c.sa(name) for name in (TAG_MONITOR_SA, MODEL_DONE_SA, TRIGGER_SA, BUILDER_SA)}
+    member = {name: f"serviceAccount:{email}" for name, email in sa.items()}
 
     p.gcloud("services", "enable", *SERVICES, comment="APIs edgefleet uses")
 
@@ -232,12 +273,62 @@ def plan(config: GcpConfig) -> list[Step]:
         capture="IMAGE_REPOSITORY",
         comment="HOST/PROJECT/REPO of the repository",
     )
+    p.gcloud(
+        "artifacts",
+        "repositories",
+        "create",
+        UPSTREAM_REPOSITORY,
+        "--repository-format=docker",
+        f"--location={c.region}",
+        "--mode=remote-repository",
+        "--remote-docker-repo=DOCKER-HUB",
+        "--description=public build-step images, pulled through and pinned by digest",
+        comment="remote repository in front of the public step images",
+        unless=(
+            "artifacts",
+            "repositories",
+            "describe",
+            UPSTREAM_REPOSITORY,
+            f"--location={c.region}",
+        ),
+    )
+    p.gcloud(
+        "artifacts",
+        "repositories",
+        "describe",
+        UPSTREAM_REPOSITORY,
+        f"--location={c.region}",
+        "--format=value(registryUri)",
+        capture="UPSTREAM",
+        comment="HOST/PROJECT/REPO of the upstream remote repository",
+    )
+    for _, digest_var, image in STEP_IMAGES:
+        p.gcloud(
+            "artifacts",
+            "docker",
+            "images",
+            "describe",
+            f"${{UPSTREAM}}/{image}",
+            "--format=value(image_summary.digest)",
+            capture=digest_var,
+            comment=f"pin build step {image} to the digest it has now",
+            project=False,
+        )
+    p.gcloud(
+        "projects",
+        "describe",
+        c.project,
+        "--format=value(projectNumber)",
+        capture="PROJECT_NUMBER",
+        comment="workload identity principals are named by project number",
+        project=False,
+    )
 
     for name, title in (
-        (FUNCTIONS_SA, "edgefleet functions"),
+        (TAG_MONITOR_SA, "edgefleet tag_monitor"),
+        (MODEL_DONE_SA, "edgefleet model_done_watcher"),
         (TRIGGER_SA, "edgefleet triggers"),
         (BUILDER_SA, "edgefleet image builds"),
-        (DEVICE_SA, "edgefleet devices"),
     ):
         p.gcloud(
             "iam",
@@ -256,9 +347,10 @@ def plan(config: GcpConfig) -> list[Step]:
         "--title=edgefleet device status writer",
         "--permissions=storage.objects.create,storage.objects.delete",
         "--stage=GA",
-        comment="create/replace objects, nothing else (scoped to status/ by a condition)",
+        comment="create/replace objects, nothing else (one object per device, by a condition)",
         unless=("iam", "roles", "describe", STATUS_ROLE_ID),
     )
+    _device_pool(p, c)
 
     def bucket_binding(bucket: str, who: str, role: str, condition: str | None = None) -> None:
         args = [
@@ -266,54 +358,55 @@ def plan(config: GcpConfig) -> list[Step]:
             "buckets",
             "add-iam-policy-binding",
             f"gs://{bucket}",
-            f"--member=serviceAccount:{sa[who]}",
+            f"--member={who}",
             f"--role={role}",
         ]
         if condition:
             args.append(f"--condition={condition}")
         p.gcloud(*args, comment=f"{who}: {role} on gs://{bucket}")
 
-    def prefix_condition(bucket: str, prefix: str, title: str) -> str:
-        start = f"projects/_/buckets/{bucket}/objects/{prefix}"
-        return f'expression=resource.name.startsWith("{start}"),title={title}'
-
-    bucket_binding(c.deploy_bucket, FUNCTIONS_SA, "roles/storage.objectAdmin")
+    objects = f"projects/_/buckets/{c.deploy_bucket}/objects/"
+    bucket_binding(c.deploy_bucket, member[TAG_MONITOR_SA], "roles/storage.objectAdmin")
     bucket_binding(
         c.deploy_bucket,
-        DEVICE_SA,
+        c.all_devices,
         "roles/storage.objectViewer",
-        prefix_condition(c.deploy_bucket, "sets/", "device-read-sets"),
+        f'expression=resource.name.startsWith("{objects}sets/"),title=device-read-sets',
     )
-    bucket_binding(
-        c.deploy_bucket,
-        DEVICE_SA,
-        f"projects/{c.project}/roles/{STATUS_ROLE_ID}",
-        prefix_condition(c.deploy_bucket, "status/", "device-write-status"),
-    )
-    bucket_binding(c.model_bucket, BUILDER_SA, "roles/storage.objectViewer")
-    bucket_binding(c.build_bucket, BUILDER_SA, "roles/storage.objectViewer")
+    for device in c.devices:
+        # Exactly this device's status object: no device can write (or delete) another's.
+        status = objects + layout.status_object(device)
+        bucket_binding(
+            c.deploy_bucket,
+            c.device(device),
+            f"projects/{c.project}/roles/{STATUS_ROLE_ID}",
+            f'expression=resource.name == "{status}",title=status-{device}',
+        )
+    bucket_binding(c.model_bucket, member[BUILDER_SA], "roles/storage.objectViewer")
+    bucket_binding(c.build_bucket, member[BUILDER_SA], "roles/storage.objectViewer")
 
-    for who, role in (
-        (FUNCTIONS_SA, "roles/artifactregistry.reader"),
-        (BUILDER_SA, "roles/artifactregistry.writer"),
-        (DEVICE_SA, "roles/artifactregistry.reader"),
+    for repository, who, role in (
+        (c.repository, member[TAG_MONITOR_SA], "roles/artifactregistry.reader"),
+        (c.repository, member[BUILDER_SA], "roles/artifactregistry.writer"),
+        (c.repository, c.all_devices, "roles/artifactregistry.reader"),
+        (UPSTREAM_REPOSITORY, member[BUILDER_SA], "roles/artifactregistry.reader"),
     ):
         p.gcloud(
             "artifacts",
             "repositories",
             "add-iam-policy-binding",
-            c.repository,
+            repository,
             f"--location={c.region}",
-            f"--member=serviceAccount:{sa[who]}",
+            f"--member={who}",
             f"--role={role}",
-            comment=f"{who}: {role} on repository {c.repository}",
+            comment=f"{who}: {role} on repository {repository}",
         )
     p.gcloud(
         "pubsub",
         "topics",
         "add-iam-policy-binding",
         RESULTS_TOPIC,
-        f"--member=serviceAccount:{sa[DEVICE_SA]}",
+        f"--member={c.all_devices}",
         "--role=roles/pubsub.publisher",
         comment="devices publish inference results",
     )
@@ -322,12 +415,12 @@ def plan(config: GcpConfig) -> list[Step]:
         "service-accounts",
         "add-iam-policy-binding",
         sa[BUILDER_SA],
-        f"--member=serviceAccount:{sa[FUNCTIONS_SA]}",
+        f"--member={member[MODEL_DONE_SA]}",
         "--role=roles/iam.serviceAccountUser",
         comment="model-done-watcher starts builds that run as the builder account",
     )
     for who, role in (
-        (FUNCTIONS_SA, "roles/cloudbuild.builds.editor"),
+        (MODEL_DONE_SA, "roles/cloudbuild.builds.editor"),
         (BUILDER_SA, "roles/logging.logWriter"),
         (TRIGGER_SA, "roles/eventarc.eventReceiver"),
     ):
@@ -335,7 +428,7 @@ def plan(config: GcpConfig) -> list[Step]:
             "projects",
             "add-iam-policy-binding",
             c.project,
-            f"--member=serviceAccount:{sa[who]}",
+            f"--member={member[who]}",
             f"--role={role}",
             "--condition=None",
             comment=f"{who}: {role} (no narrower scope exists)",
@@ -396,9 +489,9 @@ def plan(config: GcpConfig) -> list[Step]:
         "secrets",
         "add-iam-policy-binding",
         c.signing_secret,
-        f"--member=serviceAccount:{sa[FUNCTIONS_SA]}",
+        f"--member={member[TAG_MONITOR_SA]}",
         "--role=roles/secretmanager.secretAccessor",
-        comment="only the functions read the signing key",
+        comment="only tag_monitor reads the signing key",
     )
 
     stage = c.stage_dir
@@ -424,7 +517,6 @@ def plan(config: GcpConfig) -> list[Step]:
         f"--region={c.region}",
         f"--runtime={RUNTIME}",
         f"--source={stage}/functions",
-        f"--service-account={sa[FUNCTIONS_SA]}",
         f"--trigger-service-account={sa[TRIGGER_SA]}",
         "--retry",
         "--ingress-settings=internal-only",
@@ -446,6 +538,7 @@ def plan(config: GcpConfig) -> list[Step]:
         TAG_MONITOR,
         *common,
         "--entry-point=tag_monitor",
+        f"--service-account={sa[TAG_MONITOR_SA]}",
         f"--trigger-topic={GCR_TOPIC}",
         f"--set-env-vars={env_flag(tag_env)}",
         comment="registry tag events -> signed manifest sets",
@@ -459,6 +552,10 @@ def plan(config: GcpConfig) -> list[Step]:
         "CLOUDBUILD_REGION": c.region,
         "CLOUDBUILD_SOURCE": f"gs://{c.build_bucket}/{SOURCE_OBJECT}",
         "CLOUDBUILD_SERVICE_ACCOUNT": sa[BUILDER_SA],
+        **{
+            env: f"${{UPSTREAM}}/{image.rsplit(':', 1)[0]}@${{{digest_var}}}"
+            for env, digest_var, image in STEP_IMAGES
+        },
     }
     p.gcloud(
         "functions",
@@ -466,6 +563,7 @@ def plan(config: GcpConfig) -> list[Step]:
         MODEL_DONE_WATCHER,
         *common,
         "--entry-point=model_done_watcher",
+        f"--service-account={sa[MODEL_DONE_SA]}",
         "--trigger-event-filters=type=google.cloud.storage.object.v1.finalized",
         f"--trigger-event-filters=bucket={c.model_bucket}",
         f"--set-env-vars={env_flag(watcher_env)}",
@@ -483,6 +581,44 @@ def plan(config: GcpConfig) -> list[Step]:
             comment=f"Eventarc may invoke {fn}, nobody else",
         )
     return p.steps
+
+
+def _device_pool(p: _Plan, c: GcpConfig) -> None:
+    """The devices' workload identity pool and its X.509 provider: a device presents its
+    client certificate (issued by the fleet's device CA, CN = device id) and becomes the
+    principal ``…/subject/DEVICE_ID``; no service-account key is ever put on a device."""
+    where = ("--location=global", f"--workload-identity-pool={DEVICE_POOL}")
+    p.local(
+        sys.executable,
+        "-m",
+        "edgefleet.operator.gcp_plan",
+        "trust-store",
+        f"--ca={c.device_ca}",
+        f"--out={c.stage_dir}/{TRUST_STORE}",
+        comment="the provider trusts the device CA only",
+    )
+    p.gcloud(
+        "iam",
+        "workload-identity-pools",
+        "create",
+        DEVICE_POOL,
+        "--location=global",
+        "--display-name=edgefleet devices",
+        comment="one federated identity per device",
+        unless=("iam", "workload-identity-pools", "describe", DEVICE_POOL, "--location=global"),
+    )
+    p.gcloud(
+        "iam",
+        "workload-identity-pools",
+        "providers",
+        "create-x509",
+        DEVICE_PROVIDER,
+        *where,
+        "--attribute-mapping=google.subject=assertion.subject.dn.cn",
+        f"--trust-store-config-path={c.stage_dir}/{TRUST_STORE}",
+        comment="device client certificates -> principal subject = CN = device id",
+        unless=("iam", "workload-identity-pools", "providers", "describe", DEVICE_PROVIDER, *where),
+    )
 
 
 def env_flag(env: Mapping[str, str]) -> str:
@@ -548,6 +684,52 @@ def stage(root: Path, out: Path) -> None:
                 tar.add(root / rel, arcname=rel, filter=keep)
 
 
+def trust_store(ca_path: Path) -> str:
+    """The X.509 provider's trust-store config (YAML) trusting the CA certificates in
+    ``ca_path`` only; refuses a file that holds no CA certificate."""
+    from cryptography import x509
+
+    try:
+        certs = x509.load_pem_x509_certificates(ca_path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no device CA at {ca_path}: create the CA that issues device certificates "
+            "(CN = device id; docs/operations.md) or pass --device-ca"
+        ) from None
+    except ValueError as exc:
+        raise ConfigError(f"{ca_path} holds no PEM certificate: {exc}") from None
+    for cert in certs:
+        try:
+            ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            ca = False
+        if not ca:
+            raise ConfigError(
+                f"{ca_path}: {cert.subject.rfc4514_string()} is not a CA certificate "
+                "(basicConstraints CA:TRUE): give the device CA, not a device certificate"
+            )
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    lines = ["trustStore:", "  trustAnchors:"]
+    for cert in certs:
+        lines.append("  - pemCertificate: |")
+        pem = cert.public_bytes(Encoding.PEM).decode()
+        lines.extend(f"      {line}" for line in pem.splitlines())
+    return "\n".join(lines) + "\n"
+
+
+def read_devices(inline: str, path: str | None) -> tuple[str, ...]:
+    """Device ids from ``--devices a,b`` and ``--devices-file F`` (one per line, # comments)."""
+    ids = [v.strip() for v in inline.split(",") if v.strip()]
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"--devices-file {path}: {exc.strerror or exc}") from None
+        ids += [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    return tuple(i for i in ids if i)
+
+
 def config_from(args: argparse.Namespace) -> GcpConfig:
     def split(value: str) -> tuple[str, ...]:
         return tuple(v.strip() for v in value.split(",") if v.strip())
@@ -565,6 +747,8 @@ def config_from(args: argparse.Namespace) -> GcpConfig:
         signing_secret=args.signing_secret,
         signing_key=args.signing_key,
         stage_dir=args.stage_dir,
+        device_ca=args.device_ca,
+        devices=read_devices(args.devices, args.devices_file),
     )
 
 
@@ -572,7 +756,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     d = GcpConfig(project="placeholder-project")
     parser = argparse.ArgumentParser(prog="deploy-gcp.sh", description="Deploy edgefleet to GCP.")
-    parser.add_argument("command", nargs="?", default="deploy", choices=("deploy", "stage"))
+    parser.add_argument(
+        "command", nargs="?", default="deploy", choices=("deploy", "stage", "trust-store")
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument(
         "--project", default=env.get("PROJECT") or env.get("GOOGLE_CLOUD_PROJECT", "")
@@ -588,7 +774,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     parser.add_argument("--signing-secret", default=env.get("SIGNING_SECRET", d.signing_secret))
     parser.add_argument("--signing-key", default=env.get("SIGNING_KEY_FILE", d.signing_key))
     parser.add_argument("--stage-dir", default=env.get("STAGE_DIR", d.stage_dir))
-    parser.add_argument("--out", help="stage: output directory")
+    parser.add_argument("--device-ca", default=env.get("DEVICE_CA", d.device_ca))
+    parser.add_argument("--devices", default=env.get("DEVICES", ""), help="device ids a,b,…")
+    parser.add_argument("--devices-file", default=env.get("DEVICES_FILE"), help="one id a line")
+    parser.add_argument("--ca", help="trust-store: the device CA (PEM)")
+    parser.add_argument("--out", help="stage: output directory; trust-store: output file")
     args = parser.parse_args(argv)
     try:
         if args.command == "stage":
@@ -596,12 +786,20 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
             stage(find_project_root(env), Path(args.out or args.stage_dir))
             return 0
+        if args.command == "trust-store":
+            out = Path(args.out or f"{args.stage_dir}/{TRUST_STORE}")
+            text = trust_store(Path(args.ca or args.device_ca))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+            return 0
         if not args.project:
             raise ConfigError("no project: pass --project or set PROJECT")
-        script = render(plan(config_from(args)))
+        config = config_from(args)
+        script = render(plan(config))
         if args.dry_run:
             sys.stdout.write(script)
             return 0
+        trust_store(Path(config.device_ca))  # fail before anything is created
         with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as f:
             f.write(script)
         print(f"edgefleet: deploying to {args.project} (plan: {f.name})", file=sys.stderr)
