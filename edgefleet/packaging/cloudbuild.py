@@ -9,9 +9,12 @@ the registry's tag events report the result).
 Steps, in the build's workspace (the edgefleet source tarball, ``CLOUDBUILD_SOURCE``):
 
 1. ``prepare`` (Python image): ``python -m edgefleet.packaging prepare`` fetches and
-   validates the model package from GCS and lays out the context: model/, wheels per
-   platform, app/, Containerfile, build-args — the code PodmanBuilder runs locally.
-2. ``binfmt`` (only for foreign platforms): registers qemu emulators on the build VM.
+   validates the model package from GCS and lays out the context: model/, the
+   dependencies installed per platform (site/GOARCH/), app/, Containerfile, build-args —
+   the code PodmanBuilder runs locally. Only arches with an image (``support``) are built.
+2. ``binfmt`` (only for foreign platforms): registers qemu emulators on the build VM. The
+   Containerfile is COPY-only, so the build itself runs nothing emulated; the step is kept
+   for Containerfiles (a BASE_IMAGE's ONBUILD, custom templates) that do.
 3. ``buildx``: a docker-container buildx builder, for multi-platform builds.
 4. ``build``: ``docker buildx build`` of model_server/Containerfile for every platform,
    pushed to Artifact Registry as ``REPO/MODEL:VERSION`` and ``REPO/MODEL:latest``, with
