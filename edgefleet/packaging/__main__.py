@@ -3,7 +3,8 @@
 
 ``prepare`` runs inside the build's Python step with the edgefleet source at hand: fetches and
 validates the model package with the build's credentials and lays out the build context
-(model, dependency trees per platform, the server's edgefleet, Containerfile, build-args), exactly as the local builder does.
+(model, dependency trees per platform, the server's edgefleet, Containerfile,
+build-args), exactly as the local builder does.
 """
 
 from __future__ import annotations
