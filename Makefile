@@ -4,12 +4,16 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export CONTAINERS_CONF := $(CURDIR)/deploy/podman/containers.conf
 
-.PHONY: install system-deps test lint demo bench clean
+.PHONY: install system-deps qemu test lint demo bench clean
 
-install: system-deps $(VENV)/.installed
+install: system-deps qemu $(VENV)/.installed
 
 system-deps:
 	@scripts/install-system-deps.sh
+
+# arm64 emulation (qemu binfmt) for arm64 image builds and the emulated arm64 device.
+qemu:
+	@scripts/install-qemu.sh
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

@@ -58,6 +58,7 @@ from edgefleet.cloud import storage  # noqa: E402
 from edgefleet.core import layout, manifest_set  # noqa: E402
 from edgefleet.localstack import devices as dev  # noqa: E402
 from edgefleet.localstack import harness  # noqa: E402
+from edgefleet.localstack.arm64 import platform_digests  # noqa: E402
 
 CHANNEL = "beta"
 SETTLE_MAX = 2.0  # --mqtt: seconds between promotions (the commit is already waited for)
@@ -153,6 +154,8 @@ def promote_once(fleet: harness.Fleet, digest: str, timeout: float) -> Sample:
     set_name = layout.set_object(dev.host_arch(), CHANNEL)
     harness.promote(fleet, digest, CHANNEL)
     moved = time.time()
+    # The tag names an index; the host arch's set and devices run its image of it.
+    digest = platform_digests(fleet, digest).get(dev.host_arch(), digest)
     set_at, sequence = wait_set(bucket, set_name, digest, timeout)
     on = fleet.on(CHANNEL)
     serving = serving_times(on, digest, timeout)

@@ -21,6 +21,7 @@ from edgefleet.cloud import storage
 from edgefleet.core import layout, manifest_set
 from edgefleet.localstack import devices as dev
 from edgefleet.localstack import harness
+from edgefleet.localstack.arm64 import platform_digests
 
 pytestmark = [pytest.mark.stack, pytest.mark.podman, pytest.mark.slow]
 
@@ -64,10 +65,14 @@ def test_promote_converge_rollback(story: tuple[harness.Fleet, Path]) -> None:
     [latest] = fleet.on("latest")
     [stable] = fleet.on("stable")
 
+    def own(digest: str) -> str:
+        """The host arch's image of an index digest: what an x86_64 device runs."""
+        return platform_digests(fleet, digest).get(dev.host_arch(), digest)
+
     # v1 trained: the builder pushes :VERSION and :latest; only the latest device runs it.
     d1 = harness.wait_built(fleet, harness.train(fleet, 1, data=data), say=lambda _m: None)
     harness.wait_serving(fleet, [latest], d1, since=time.monotonic())
-    assert harness.version_of(latest)["version"] == d1
+    assert harness.version_of(latest)["version"] == own(d1)
     assert harness.predict_of(latest, image)["label"].startswith("academic gown")
     assert harness.version_of(stable) is None  # nothing on stable yet: its own localhost:5000
 
@@ -76,7 +81,7 @@ def test_promote_converge_rollback(story: tuple[harness.Fleet, Path]) -> None:
     blob = deploy.read(layout.set_object(dev.host_arch(), "latest"))
     signed = manifest_set.decode(blob.data)
     assert signed.signatures, "the local stack signs its sets"
-    assert any(d1 in e.yaml for e in signed.manifest_set.effective().values())
+    assert any(own(d1) in e.yaml for e in signed.manifest_set.effective().values())
 
     # Each device has its own podman storage: both run a pod named after the model.
     t = harness.promote(fleet, d1, "stable")
@@ -88,7 +93,7 @@ def test_promote_converge_rollback(story: tuple[harness.Fleet, Path]) -> None:
     assert d2 != d1
     harness.wait_serving(fleet, [latest], d2, since=time.monotonic())
     assert harness.predict_of(latest, image)["label"] == "military uniform"
-    assert harness.version_of(stable)["version"] == d1
+    assert harness.version_of(stable)["version"] == own(d1)
 
     # Promote v2 to stable, then roll back.
     t = harness.promote(fleet, d2, "stable")
@@ -97,7 +102,7 @@ def test_promote_converge_rollback(story: tuple[harness.Fleet, Path]) -> None:
     t = harness.promote(fleet, d1, "stable")
     harness.wait_serving(fleet, [stable], d1, since=t)
     assert harness.version_of(stable)["model_version"].startswith("mobilenet_1_")
-    assert harness.version_of(latest)["version"] == d2
+    assert harness.version_of(latest)["version"] == own(d2)
 
     # The devices' reports agree (what `edgefleet status` and `rollout wait` read).
     harness.wait_reported(fleet, "stable", d1, timeout=60)

@@ -122,3 +122,21 @@ def test_version_column_comes_from_the_running_images() -> None:
     assert "mobilenet_2_1764000000" in fleet.table([row], datetime.now(UTC), 300)
     [unknown] = fleet.with_versions([row], lambda _i: None)
     assert unknown.versions == row.versions  # unchanged when nothing is known
+
+
+def test_arm64_devices_need_qemu_and_say_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgefleet.packaging import podman_builder
+
+    monkeypatch.setattr(podman_builder, "runnable_arches", lambda: frozenset({"x86_64"}))
+    with pytest.raises(StackError, match=r"qemu-aarch64 is not enabled.*make install"):
+        dev.check_emulation("aarch64")
+    monkeypatch.setattr(podman_builder, "runnable_arches", lambda: frozenset({"x86_64", "aarch64"}))
+    assert dev.check_emulation("aarch64") == "aarch64"
+
+
+def test_up_bounds_the_number_of_emulated_devices(capsys: pytest.CaptureFixture[str]) -> None:
+    from edgefleet.operator.cli import main
+
+    assert main(["up", "--arm64-devices", "9", "--workdir", "/nonexistent/x"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["edgefleet: --arm64-devices 9: choose 0 to 8 (emulated)"]

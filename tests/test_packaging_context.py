@@ -15,13 +15,8 @@ from edgefleet.cloud import storage
 from edgefleet.cloud.build import BuildRequest, builder_from_env
 from edgefleet.core.errors import ConfigError, InvalidInput
 from edgefleet.packaging import context, wheelhouse
-from edgefleet.packaging.podman_builder import (
-    PodmanBuilder,
-    PodmanConfig,
-    plan_arches,
-    runnable_arches,
-    skipped_message,
-)
+from edgefleet.packaging.podman_builder import PodmanBuilder, PodmanConfig, runnable_arches
+from edgefleet.packaging.support import plan_arches, skipped_message
 
 REPO = Path(__file__).resolve().parent.parent
 TFLITE = b"\x1c\x00\x00\x00TFL3" + b"\x00" * 64
@@ -142,23 +137,25 @@ def test_builder_refuses_a_package_without_model_before_building(bucket: storage
     config = PodmanConfig(
         image_repository="127.0.0.1:1/edgefleet",
         socket="unix:///nonexistent/podman.sock",  # never reached
-        runnable=frozenset({"x86_64"}),
     )
     builder = PodmanBuilder(config, progress=lambda _m: None)
     with pytest.raises(InvalidInput, match="has no model"):
         builder.build(request(source=f"gs://{bucket.name}/{prefix}"))
 
 
-def test_arch_plan_builds_what_the_host_can_run(tmp_path: Path) -> None:
+def test_runnable_arches_are_the_host_and_enabled_qemu_handlers(tmp_path: Path) -> None:
     assert runnable_arches(tmp_path, host="x86_64") == {"x86_64"}
     (tmp_path / "qemu-aarch64").write_text("enabled\ninterpreter /usr/bin/qemu-aarch64-static\n")
     (tmp_path / "qemu-arm").write_text("disabled\ninterpreter /usr/bin/qemu-arm-static\n")
-    runnable = runnable_arches(tmp_path, host="x86_64")
-    assert runnable == {"x86_64", "aarch64"}
-    built, skipped = plan_arches(("x86_64", "aarch64", "armv7l"), runnable)
+    assert runnable_arches(tmp_path, host="x86_64") == {"x86_64", "aarch64"}
+
+
+def test_arch_plan_builds_x86_64_and_aarch64_and_says_why_not_armv7l() -> None:
+    built, skipped = plan_arches(("x86_64", "aarch64", "armv7l"))
     assert (built, skipped) == (("x86_64", "aarch64"), ("armv7l",))
     message = skipped_message(built, skipped)
-    assert "x86_64, aarch64 only" in message and "armv7l" in message
+    assert message.startswith("built x86_64, aarch64; left out armv7l: ")
+    assert "no LiteRT" in message and "64-bit" in message
 
 
 def test_image_requirements_follow_the_model_runtime() -> None:

@@ -15,6 +15,13 @@ hostNetwork pods played from inside the namespace (the agent runs under ``nsente
 bind the device's own ``localhost:5000``. The agent never plays its own sync pod (it runs
 as a service here, as on a podman device).
 
+An emulated arm64 device (``edgefleet up --arm64-devices N``) is the same with
+``ARCH=aarch64``: its agent applies the ``aarch64`` set, whose pods pin the arm64 image of
+each index, and its podman runs those images under qemu (qemu-aarch64 in binfmt_misc with
+flag F, set up by ``make install``). Only the model server runs emulated; the agent is the
+host's Python, as it would be the device's own. It is slow (LiteRT ~1 s per invoke under
+qemu) but it runs the bytes an arm64 device runs.
+
 Teardown (:func:`teardown_storage`) removes every pod, container and image of the device's
 storage with explicit ``--root``/``--runroot`` flags (never the host's default storage),
 unmounts what is left and deletes the device's directory.
@@ -47,6 +54,9 @@ KEYS_DIR = "keys"
 SIGNING_KEY_FILE = "signing.pem"
 DEFAULT_POLL_SECONDS = 2.0
 DEFAULT_DEVICE_CHANNELS = ("latest", "beta", "stable")
+DEFAULT_ARM64_CHANNELS = ("beta",)
+ARM64 = "aarch64"
+ARM64_PREFIX = "arm"
 MODEL_SERVER_PORT = 5000
 CLONE_NEWNET = 0x40000000
 RUNROOT_BASE = Path("/run/edgefleet-dev")
@@ -209,12 +219,17 @@ def start_devices(
     trusted_keys: str = "",
     extra_env: Mapping[str, str] | None = None,
     prefix: str = "dev",
+    arch: str | None = None,
+    board: str | None = None,
 ) -> list[dict[str, Any]]:
     """Create ``count`` device namespaces (ids PREFIX1..N; namespace names are global, so
-    concurrent stacks need different prefixes) and start their agents."""
+    concurrent stacks need different prefixes) and start their agents. ``arch`` other than
+    the host's makes emulated devices (:func:`check_emulation`); ``board`` names what they
+    stand for (shown by the demo)."""
     registry = stack.registry
     if registry is None:
         raise StackError("the local stack is not started")
+    arch = check_emulation(layout.check_arch(arch or host_arch()))
     records = stack.add_devices(count, prefix=prefix)
     for record, channel in zip(records, assign_channels(count, channels), strict=True):
         paths = DevicePaths.of(stack.workdir, record["id"])
@@ -225,20 +240,38 @@ def start_devices(
             registry_host=registry.host,
             poll_seconds=poll_seconds,
             trusted_keys=trusted_keys,
+            arch=arch,
         )
         env.update(extra_env or {})
         record.update(
             channel=channel, arch=env["ARCH"], device_dir=str(paths.root), poll_seconds=poll_seconds
         )
+        if board:
+            record["board"] = board
         stack.save()
         stack.start_device_agent(record, env)
     return records
+
+
+def check_emulation(arch: str) -> str:
+    """``arch`` when this host runs its images (natively or under qemu), else a StackError
+    naming the fix."""
+    from edgefleet.packaging.podman_builder import runnable_arches
+
+    if arch not in runnable_arches():
+        raise StackError(
+            f"cannot run {arch} devices on this {host_arch()} host: qemu-{arch} is not "
+            "enabled in binfmt_misc; run `make install` (scripts/install-qemu.sh)"
+        )
+    return arch
 
 
 def launch(
     workdir: str | os.PathLike[str],
     *,
     devices: int = 0,
+    arm64_devices: int = 0,
+    arm64_channels: Sequence[str] = DEFAULT_ARM64_CHANNELS,
     channels: Sequence[str] = DEFAULT_DEVICE_CHANNELS,
     poll_seconds: float = DEFAULT_POLL_SECONDS,
     signing_on: bool = True,
@@ -250,12 +283,15 @@ def launch(
     device_env: Mapping[str, str] | None = None,
 ) -> Any:
     """Start a LocalStack with the functions, the podman build service, a signing key
-    (functions get SIGNING_KEY, devices TRUSTED_KEYS) and ``devices`` devices.
+    (functions get SIGNING_KEY, devices TRUSTED_KEYS), ``devices`` devices of the host's
+    arch and ``arm64_devices`` emulated arm64 devices (ids ``arm1``…, on ``arm64_channels``).
 
     Everything is recorded in WORKDIR/stack.json; a failure stops what was started."""
     from edgefleet.localstack.stack import FUNCTIONS, LocalStack, StackConfig
 
     say = progress or (lambda _m: None)
+    if arm64_devices:
+        check_emulation(ARM64)  # before anything starts
     env = dict(function_env or {})
     trusted = ""
     if signing_on:
@@ -283,6 +319,17 @@ def launch(
                 trusted_keys=trusted,
                 prefix=prefix,
                 extra_env=device_env,
+            )
+        if arm64_devices:
+            say(f"starting {arm64_devices} emulated arm64 device(s) on {', '.join(arm64_channels)}")
+            start_devices(
+                stack,
+                arm64_devices,
+                channels=arm64_channels,
+                poll_seconds=poll_seconds,
+                trusted_keys=trusted,
+                prefix=f"{prefix}{ARM64_PREFIX}" if prefix != "dev" else ARM64_PREFIX,
+                arch=ARM64,
             )
     except BaseException:
         stack.stop()

@@ -261,22 +261,30 @@ def wait_serving(
     interval: float = 0.1,
     refusal_interval: float = 1.0,
 ) -> dict[str, float]:
-    """Seconds from ``since`` until each device's ``/version/`` reports ``digest`` and its
-    ``/readyz`` passes (``/version/`` answers before the golden self-test is done).
-    Stops at once, with the device's reason, when one of them reports that it rejected
-    or rolled back the set carrying ``digest`` (checked every ``refusal_interval`` s)."""
+    """Seconds from ``since`` until each device's ``/version/`` reports ``digest`` (its
+    arch's image of it, for an index) and its ``/readyz`` passes (``/version/`` answers
+    before the golden self-test is done). Stops at once, with the device's reason, when
+    one of them reports that it rejected or rolled back the set carrying it (checked
+    every ``refusal_interval`` s)."""
+    from edgefleet.localstack.arm64 import expected_digest, platform_digests
+
+    digests = platform_digests(fleet, digest)
     done: dict[str, float] = {}
     deadline = since + timeout
     next_check = time.monotonic()
     while len(done) < len(devices):
         if time.monotonic() >= next_check:
-            check_refusals(fleet, [d for d in devices if d["id"] not in done], digest)
+            pending = [d for d in devices if d["id"] not in done]
+            for want in sorted({expected_digest(d, digests, digest) for d in pending}):
+                on = [d for d in pending if expected_digest(d, digests, digest) == want]
+                check_refusals(fleet, on, want)
             next_check = time.monotonic() + refusal_interval
         for d in devices:
             if d["id"] in done:
                 continue
             info = version_of(d)
-            if info and info.get("version") == digest and is_ready(d):
+            want = expected_digest(d, digests, digest)
+            if info and info.get("version") == want and is_ready(d):
                 done[d["id"]] = time.monotonic() - since
         if len(done) == len(devices):
             break
@@ -363,17 +371,21 @@ def stop(fleet: Fleet | None, workdir: Path) -> None:
 
 
 def wait_reported(fleet: Fleet, channel: str, digest: str, timeout: float = 120.0) -> None:
-    """``edgefleet rollout wait``: every device of the channel reported ``digest``, healthy
-    (reports lag serving by up to a health-gate round)."""
+    """``edgefleet rollout wait``: every device of the channel reported ``digest`` (per
+    arch: its image of the index), healthy (reports lag serving by up to a gate round)."""
+    from edgefleet.localstack.arm64 import platform_digests
     from edgefleet.operator import cli
     from edgefleet.operator.commands.fleet import EXIT_REFUSED
 
-    argv = ["rollout", "wait", "--channel", channel, "--digest", digest]
-    code = cli.main([*argv, "--timeout", f"{timeout:g}"])
-    if code == EXIT_REFUSED:
-        raise StepError(f"a device of {channel} refused {digest[:19]}… (its reason is above)")
-    if code != 0:
-        raise StepError(f"devices of {channel} did not report {digest[:19]}… in {timeout:.0f} s")
+    digests = platform_digests(fleet, digest)
+    for arch in sorted({str(d.get("arch")) for d in fleet.on(channel)}):
+        want = digests.get(arch, digest)
+        argv = ["rollout", "wait", "--channel", channel, "--digest", want, "--arch", arch]
+        code = cli.main([*argv, "--timeout", f"{timeout:g}"])
+        if code == EXIT_REFUSED:
+            raise StepError(f"a device of {channel} refused {want[:19]}… (its reason is above)")
+        if code != 0:
+            raise StepError(f"{arch} devices of {channel} did not report {want[:19]}…")
 
 
 def print_status(fleet: Fleet) -> None:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from edgefleet.localstack import arm64, mosquitto
 from edgefleet.localstack import devices as dev
 from edgefleet.localstack import harness as h
-from edgefleet.localstack import mosquitto
 from edgefleet.localstack.harness import Fleet, Say
 from edgefleet.operator.dashboard import serve
 
@@ -74,6 +74,8 @@ def run(
         for channel in ("beta", "stable"):
             step(f"promoting v2 to {channel}: edgefleet promote {fleet.repo}@{d2[:19]}…")
             converge(channel, d2, h.promote(fleet, d2, channel), f"v2 -> {channel}")
+        step(f"an emulated arm64 {arm64.BOARD} joins beta: same tag, its arm64 image, under qemu")
+        arm64.coral_board_step(fleet, "beta", d2, image, wait_serving=h.wait_serving, say=say)
 
         step("rolling stable back to v1")
         converge("stable", d1, h.promote(fleet, d1, "stable"), "stable rolled back to v1")

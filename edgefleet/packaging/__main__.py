@@ -3,7 +3,8 @@
 
 ``prepare`` runs inside the build's Python step with the edgefleet source at hand: fetches and
 validates the model package with the build's credentials and lays out the build context
-(model, wheels per platform, Containerfile, build-args), exactly as the local builder does.
+(model, dependency trees per platform, the server's edgefleet, Containerfile,
+build-args), exactly as the local builder does.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     prep.add_argument("--revision", default="")
     sync = sub.add_parser(
         "sync-image",
-        help="build the sync agent image for this host's arch, push it, print its pinned ref",
+        help="build the sync agent image for x86_64 and aarch64 (one index), push it, print its "
+        "pinned ref",
         description="Flags override the environment (IMAGE_REPOSITORY, PODMAN_SOCKET, "
         "BASE_IMAGE, INSECURE_REGISTRIES, EDGEFLEET_CACHE_DIR, EDGEFLEET_SOURCE, CONTAINERS_*).",
     )

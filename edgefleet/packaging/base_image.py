@@ -1,13 +1,26 @@
-"""The local Python base image: Debian bookworm + python3, built without any image registry.
+"""The local Python base image: Debian bookworm's python3.11 and the libraries it loads,
+nothing else. Built without any image registry, once per arch, then cached.
 
 No public image registry is reachable from the machines edgefleet is developed on, so the
-model-server Containerfile takes its base as a build argument. Locally that base is built
-once from the host's apt sources with ``mmdebstrap`` and ``podman import`` (~25 s) and then
-reused: :func:`ensure_base_image` returns at once when the tag is present.
+Containerfiles take their base as a build argument. Locally that base is made with
+``mmdebstrap --variant=extract`` from the host's apt sources and ``podman import``.
+
+Why this base (docs/operations.md, "Image size"): a device pulls its first image over a
+cellular link or writes it to an SD card, and it runs one Python program. ``extract``
+unpacks the listed packages and their dependencies without installing them: no dpkg,
+apt, perl, shell or maintainer scripts end up in the image (a distroless-style root), and
+since nothing runs, the arm64 root is built on an x86_64 host without emulation in the
+same ~20 s. The hooks then do what the skipped maintainer scripts would have done and the
+image needs: the CA bundle (update-ca-certificates' concatenation), ``/usr/bin/python3``,
+``/etc/passwd`` with the unprivileged ``edgefleet`` user (uid 10001), ``/tmp``; and drop
+what a Python program never loads (dpkg, debconf, perl, gconv modules, docs).
+
+The tag carries a hash of the recipe: a changed recipe is a new tag, never a stale cache.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import shutil
@@ -20,9 +33,66 @@ from pathlib import Path
 
 from edgefleet.core.errors import ConfigError, EdgefleetError
 
-DEFAULT_TAG = "localhost/edgefleet/python-base:bookworm"
 SUITE = "bookworm"
-PACKAGES = ("python3", "python3-venv", "ca-certificates")
+# python3.11's interpreter + standard library (their dependencies come along), the C++
+# runtime that manylinux wheels (numpy, LiteRT) link against, and the CA certificates.
+PACKAGES = ("python3.11", "libstdc++6", "ca-certificates")
+# Extracted but never used by a Python program: removed from the root (relative paths).
+PRUNE = (
+    "usr/share/doc",
+    "usr/share/ca-certificates",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "usr/share/lintian",
+    "usr/share/bug",
+    "usr/share/bash-completion",
+    "usr/share/perl5",
+    "usr/share/debconf",
+    "usr/share/dpkg",
+    "usr/share/polkit-1",
+    "usr/share/applications",
+    "usr/share/pixmaps",
+    "usr/share/binfmts",
+    "usr/lib/binfmt.d",
+    "usr/lib/mime",
+    "usr/lib/*-linux-gnu*/gconv",
+    "usr/lib/python3.11/pydoc_data",
+    "usr/lib/python3.11/lib2to3",
+    "usr/lib/python3.11/ensurepip",
+    "usr/lib/python3.11/idlelib",
+    "usr/lib/python3.11/turtledemo",
+    "usr/bin/dpkg*",
+    "usr/bin/debconf*",
+    "usr/bin/update-alternatives",
+    "usr/bin/openssl",
+    "usr/bin/c_rehash",
+    "usr/bin/pdb3.11",
+    "usr/bin/pydoc3.11",
+    "usr/bin/pygettext3.11",
+    "usr/libexec/dpkg",
+    "usr/sbin/dpkg*",
+    "sbin/start-stop-daemon",
+    "bin/tar",
+    "etc/cron.daily",
+    "etc/logrotate.d",
+    "lib/systemd",
+    "var/lib/dpkg",
+    "var/lib/apt",
+    "var/cache",
+    "var/log",
+)
+PASSWD = (
+    "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    "edgefleet:x:10001:10001:edgefleet:/var/lib/edgefleet:/usr/sbin/nologin\n"
+)
+GROUP = "root:x:0:\nnogroup:x:65534:\nedgefleet:x:10001:\n"
+RECIPE_VERSION = "2"  # bump when finish_root changes
+RECIPE = hashlib.sha256(
+    "|".join((RECIPE_VERSION, SUITE, *PACKAGES, *PRUNE, PASSWD, GROUP)).encode()
+).hexdigest()[:8]
+DEFAULT_TAG = f"localhost/edgefleet/python-base:{SUITE}-{RECIPE}"
 
 # uname -m -> Debian architecture and OCI (GOARCH, variant).
 _DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf"}
@@ -56,6 +126,44 @@ def image_exists(tag: str, env: Mapping[str, str] | None = None) -> bool:
     return result.returncode == 0
 
 
+def mmdebstrap_argv(mmdebstrap: str, arch: str, root: Path) -> list[str]:
+    """The mmdebstrap command line that extracts the base root for ``arch`` into ``root``."""
+    return [
+        mmdebstrap,
+        "--variant=extract",
+        "--format=directory",
+        f"--architectures={_DEBIAN_ARCH[arch]}",
+        "--include=" + ",".join(PACKAGES),
+        SUITE,
+        str(root),
+    ]
+
+
+def finish_root(root: Path) -> None:
+    """What the skipped maintainer scripts would have done, and the pruning (the variant
+    runs no hooks): CA bundle, ``python3``, users, ``/tmp``; then drop :data:`PRUNE`."""
+    mozilla = sorted((root / "usr/share/ca-certificates/mozilla").glob("*.crt"))
+    if not mozilla:
+        raise EdgefleetError(f"no CA certificates extracted into {root}: ca-certificates?")
+    certs = root / "etc/ssl/certs"
+    certs.mkdir(parents=True, exist_ok=True)
+    (certs / "ca-certificates.crt").write_bytes(b"".join(c.read_bytes() for c in mozilla))
+    python3 = root / "usr/bin/python3"
+    if not python3.is_symlink():
+        python3.symlink_to("python3.11")
+    (root / "etc/passwd").write_text(PASSWD)
+    (root / "etc/group").write_text(GROUP)
+    for name, mode in (("tmp", 0o1777), ("root", 0o700)):
+        (root / name).mkdir(exist_ok=True)
+        (root / name).chmod(mode)
+    for pattern in PRUNE:
+        for path in sorted(root.glob(pattern), reverse=True):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
 def ensure_base_image(
     tag: str = DEFAULT_TAG,
     *,
@@ -75,24 +183,12 @@ def ensure_base_image(
         raise ConfigError("mmdebstrap is missing: run `make install` (apt-get install mmdebstrap)")
     podman = _podman()
     started = time.monotonic()
-    progress(f"building base image {tag} ({SUITE}, {arch}) with mmdebstrap, ~30 s")
+    progress(f"building base image {tag} ({SUITE}, {arch}) with mmdebstrap, ~20 s")
     with tempfile.TemporaryDirectory(prefix="edgefleet-base-") as tmp:
-        rootfs = Path(tmp) / "rootfs.tar"
-        argv = [
-            mmdebstrap,
-            "--variant=apt",
-            f"--architectures={_DEBIAN_ARCH[arch]}",
-            "--include=" + ",".join(PACKAGES),
-            # Keep the image small: no apt lists, docs or man pages.
-            "--dpkgopt=path-exclude=/usr/share/doc/*",
-            "--dpkgopt=path-exclude=/usr/share/man/*",
-            "--dpkgopt=path-exclude=/usr/share/locale/*",
-            "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-            "--customize-hook=rm -rf $1/var/lib/apt/lists/* $1/var/cache/apt/*",
-            SUITE,
-            str(rootfs),
-        ]
-        _run(argv, env, "mmdebstrap")
+        root, rootfs = Path(tmp) / "root", Path(tmp) / "rootfs.tar"
+        _run(mmdebstrap_argv(mmdebstrap, arch, root), env, "mmdebstrap")
+        finish_root(root)
+        _run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(rootfs), "."], env, "tar")
         progress(f"importing {rootfs.stat().st_size // 2**20} MiB root file system as {tag}")
         goarch, variant = _OCI_ARCH[arch]
         import_argv = [
@@ -103,7 +199,7 @@ def ensure_base_image(
             "--change",
             "ENV LANG=C.UTF-8",
             "--message",
-            f"edgefleet python base ({SUITE}, mmdebstrap)",
+            f"edgefleet python base ({SUITE}, mmdebstrap extract, recipe {RECIPE})",
             "--arch",
             goarch,
         ]

@@ -9,9 +9,12 @@ the registry's tag events report the result).
 Steps, in the build's workspace (the edgefleet source tarball, ``CLOUDBUILD_SOURCE``):
 
 1. ``prepare`` (Python image): ``python -m edgefleet.packaging prepare`` fetches and
-   validates the model package from GCS and lays out the context: model/, wheels per
-   platform, app/, Containerfile, build-args — the code PodmanBuilder runs locally.
-2. ``binfmt`` (only for foreign platforms): registers qemu emulators on the build VM.
+   validates the model package from GCS and lays out the context: model/, the
+   dependencies installed per platform (site/GOARCH/), app/, Containerfile, build-args —
+   the code PodmanBuilder runs locally. Only arches with an image (``support``) are built.
+2. ``binfmt`` (only for foreign platforms): registers qemu emulators on the build VM. The
+   Containerfile is COPY-only, so the build itself runs nothing emulated; the step is kept
+   for Containerfiles (a BASE_IMAGE's ONBUILD, custom templates) that do.
 3. ``buildx``: a docker-container buildx builder, for multi-platform builds.
 4. ``build``: ``docker buildx build`` of model_server/Containerfile for every platform,
    pushed to Artifact Registry as ``REPO/MODEL:VERSION`` and ``REPO/MODEL:latest``, with
@@ -38,8 +41,8 @@ from typing import Any
 
 from edgefleet.cloud.build import BuildRequest, BuildResult
 from edgefleet.core import layout, refs
-from edgefleet.core.errors import ConfigError, EdgefleetError, TransientError
-from edgefleet.packaging import context
+from edgefleet.core.errors import ConfigError, EdgefleetError, InvalidInput, TransientError
+from edgefleet.packaging import context, support
 
 API = "https://cloudbuild.googleapis.com/v1"
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -152,7 +155,9 @@ def cache_ref(config: CloudBuildConfig, request: BuildRequest) -> str:
 def build_request_body(config: CloudBuildConfig, request: BuildRequest) -> dict[str, Any]:
     """The Cloud Build ``Build`` resource that packages ``request`` (pure)."""
     context.check_request(request)
-    arches = tuple(dict.fromkeys(request.arches))
+    arches, skipped = support.plan_arches(tuple(dict.fromkeys(request.arches)))
+    if not arches:
+        raise InvalidInput(support.skipped_message(arches, skipped))
     platforms = ",".join(context.PLATFORM[a] for a in arches)
     foreign = [BINFMT_ARCH[a] for a in arches if a != "x86_64"]  # Cloud Build VMs are amd64
     version_tag, latest_tag = image_tags(config, request)

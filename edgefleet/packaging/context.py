@@ -14,16 +14,20 @@ objects such as TRAINER-DONE or training logs are left out of the image), every 
 a size limit, and the metadata's golden files must be part of the package. A package that
 breaks a rule is refused with :class:`InvalidInput` and nothing is built.
 
-The build context holds ``Containerfile``, ``model/`` (the package), ``wheels/GOARCH/``
-(dependency wheels per target platform) and ``app/`` (the edgefleet wheel).
+The build context holds ``Containerfile``, ``model/`` (the package), ``site/GOARCH/``
+(the dependencies installed for each target platform, see :mod:`.site`), ``app/`` (the
+edgefleet wheel of the ``server`` role, unpacked: core + model_server) and ``state/``
+(the empty directories the server may write, owned by its user).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +36,7 @@ from typing import Any
 from edgefleet.cloud.build import BuildRequest
 from edgefleet.core import layout, refs
 from edgefleet.core.errors import InvalidInput
-from edgefleet.packaging import wheelhouse
+from edgefleet.packaging import site, wheelhouse
 from edgefleet.packaging.base_image import Progress, stderr_progress
 
 MiB = 1024 * 1024
@@ -258,13 +262,32 @@ def assemble(
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(project_root / CONTAINERFILE, dest / "Containerfile")
     write_package(package, dest / "model")
+    image_reqs = wheelhouse.image_requirements(project_root / "pyproject.toml", package.runtime)
     for arch in arches:
         goarch, variant = TARGET[arch]
+        reqs = wheelhouse.pinned(image_reqs, arch)
         deps = wheels(project_root, arch, cache_dir=cache_dir, progress=progress)
-        reqs = wheelhouse.image_requirements(project_root / "pyproject.toml", package.runtime)
-        wheelhouse.stage_wheels(dest / "wheels" / f"{goarch}{variant}", deps.glob("*.whl"), reqs)
-    wheelhouse.build_project_wheel(project_root, dest / "app")
+        tree = site.ensure_site(deps, reqs, arch, cache_dir=cache_dir, progress=progress)
+        site.stage_tree(tree, dest / "site" / f"{goarch}{variant}")
+    stage_app(project_root, dest, "server")
     return BuildContext(dest, package, tuple(arches))
+
+
+def stage_app(project_root: Path, dest: Path, role: str) -> None:
+    """``app/`` (the role's edgefleet wheel, unpacked) and ``state/`` (empty directories the
+    image's program may write) of a build context: the layout both Containerfiles read."""
+    with tempfile.TemporaryDirectory(prefix="edgefleet-wheel-") as tmp:
+        wheel = wheelhouse.build_project_wheel(project_root, Path(tmp), role=role)
+        site.unpack_wheel(wheel, dest / "app")
+    for rel in STATE_DIRS:
+        (dest / "state" / rel).mkdir(parents=True, exist_ok=True)
+    for directory, dirs, _files in os.walk(dest / "state"):
+        for name in dirs:
+            os.utime(os.path.join(directory, name), (site.EPOCH, site.EPOCH))
+
+
+# Below the context's state/: the spool (outbox) and the state directory of the image's user.
+STATE_DIRS = ("spool/outbox", "lib")
 
 
 BUILD_ARGS_FILE = "build-args"

@@ -6,9 +6,11 @@ SDK), exactly as they would against a Docker daemon. The image is tagged
 manifest through the registry API, so both tags carry one digest and the registry's tag
 events (VERSION, then ``latest``) reach tag_monitor in a useful order.
 
-Several architectures are built only when the host can run them (qemu-user-static
-registered with binfmt_misc); they are pushed as one OCI index with ``podman manifest``.
-Without emulation only the host architecture is built, and the result says so.
+Every arch edgefleet has images for (:mod:`.support`: x86_64 and aarch64) is built and the
+images are pushed as one OCI index under the one tag (``podman manifest``); an arch without
+an image (armv7l) is left out and the result says why. No build step runs inside the image
+(see model_server/Containerfile), so building arm64 on an x86_64 host needs no emulation;
+*running* it does (:func:`runnable_arches`: qemu-user-static in binfmt_misc).
 
 Configuration (``from_env``): ``IMAGE_REPOSITORY`` (e.g. ``127.0.0.1:5000/edgefleet``),
 ``PODMAN_SOCKET`` (``unix:///…/podman.sock``; ``DOCKER_HOST`` is accepted),
@@ -24,7 +26,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +38,7 @@ from edgefleet.cloud.registry import RegistryClient, parse_insecure
 from edgefleet.core import refs
 from edgefleet.core.errors import ConfigError, EdgefleetError, TransientError
 from edgefleet.core.logs import fields
-from edgefleet.packaging import context, wheelhouse
+from edgefleet.packaging import context, support, wheelhouse
 from edgefleet.packaging.base_image import (
     Progress,
     ensure_base_image,
@@ -58,7 +60,8 @@ class BuildFailed(EdgefleetError):
 
 
 def runnable_arches(binfmt_dir: Path = BINFMT_DIR, host: str | None = None) -> frozenset[str]:
-    """The host arch plus every arch whose qemu binfmt handler is registered and enabled."""
+    """The arches whose images run here: the host's, plus every arch whose qemu binfmt
+    handler is registered and enabled (``make install`` enables qemu-aarch64)."""
     found = {host or host_arch()}
     for arch, entry in QEMU_BINFMT.items():
         try:
@@ -67,23 +70,6 @@ def runnable_arches(binfmt_dir: Path = BINFMT_DIR, host: str | None = None) -> f
         except OSError:
             continue
     return frozenset(found)
-
-
-def plan_arches(
-    requested: Sequence[str], runnable: Iterable[str]
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Split the requested arches into (buildable here, skipped for lack of emulation)."""
-    can = set(runnable)
-    build = tuple(a for a in requested if a in can)
-    skipped = tuple(a for a in requested if a not in can)
-    return build, skipped
-
-
-def skipped_message(built: Sequence[str], skipped: Sequence[str]) -> str:
-    return (
-        f"building {', '.join(built)} only: no emulation for {', '.join(skipped)} on this host "
-        "(install qemu-user-static and binfmt-support to build them too)"
-    )
 
 
 @dataclass(frozen=True)
@@ -95,7 +81,6 @@ class PodmanConfig:
     cache_dir: Path | None = None
     project_root: Path | None = None
     podman_env: Mapping[str, str] = field(default_factory=dict)
-    runnable: frozenset[str] | None = None  # None: detect from binfmt_misc
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> PodmanConfig:
@@ -148,14 +133,15 @@ class PodmanBuilder:
     def build(self, request: BuildRequest) -> BuildResult:
         context.check_request(request)
         started = time.monotonic()
-        runnable = self.config.runnable or runnable_arches()
-        arches, skipped = plan_arches(request.arches, runnable)
+        arches, skipped = support.plan_arches(request.arches)
         if not arches:
             raise BuildFailed(
-                f"cannot build any of {', '.join(request.arches)} on this {host_arch()} host: "
-                "install qemu-user-static and binfmt-support"
+                f"no image for {', '.join(request.arches)}: "
+                + support.skipped_message(arches, skipped)
             )
-        detail = skipped_message(arches, skipped) if skipped else f"built {', '.join(arches)}"
+        detail = (
+            support.skipped_message(arches, skipped) if skipped else f"built {', '.join(arches)}"
+        )
         if skipped:
             self._say(detail, level=logging.WARNING)
         bucket_name, _ = context.parse_source(request.source)
@@ -173,29 +159,10 @@ class PodmanBuilder:
                 cache_dir=self.config.cache_dir,
                 progress=self._progress,
             )
-            client = self._client()
-            try:
-                local_tags = []
-                for arch in arches:
-                    goarch, variant = context.TARGET[arch]
-                    tag = str(repo) if len(arches) == 1 else f"{repo}-{goarch}{variant}"
-                    base = self.config.base_image or ensure_base_image(
-                        tag_for(arch), arch=arch, env=self._podman_env(), progress=self._progress
-                    )
-                    build_args = {
-                        **args,
-                        "BASE_IMAGE": base,
-                        "TARGETARCH": goarch,
-                        "TARGETVARIANT": variant,
-                    }
-                    self._build_one(client, ctx.path, tag, build_args, context.PLATFORM[arch])
-                    local_tags.append(tag)
-                if len(arches) == 1:
-                    self._push(client, repo)
-                else:
-                    self._push_index(repo, local_tags)
-            finally:
-                client.close()
+            base_for = self._base_for
+            build_platforms(
+                self.config, repo, arches, ctx.path, args, base_for, progress=self._progress
+            )
         images = point_latest(self._registry, repo)
         self._say(
             f"pushed {images[0]} and :latest in {time.monotonic() - started:.0f} s",
@@ -203,36 +170,10 @@ class PodmanBuilder:
         )
         return BuildResult(images=images, detail=detail)
 
-    # -- steps ---------------------------------------------------------------------
-
-    def _client(self) -> Any:
-        return docker_client(self.config.socket)
-
-    def _build_one(
-        self, client: Any, path: Path, tag: str, build_args: dict[str, str], platform: str
-    ) -> None:
-        self._say(f"building {tag} for {platform}")
-        build_image(client, path, tag, build_args, platform, progress=self._progress)
-
-    def _push(self, client: Any, repo: refs.ImageRef) -> None:
-        self._say(f"pushing {repo}")
-        push_image(client, repo)
-
-    def _push_index(self, repo: refs.ImageRef, local_tags: Sequence[str]) -> None:
-        """Assemble the per-arch images into one index and push it (podman manifest)."""
-        podman = shutil.which("podman")
-        if podman is None:
-            raise ConfigError("podman is missing: run `make install`")
-        index = f"localhost/edgefleet-index/{repo.last_component}:{repo.tag}"
-        env = self._podman_env()
-        subprocess.run([podman, "manifest", "rm", index], env=env, capture_output=True)
-        _run([podman, "manifest", "create", index], env)
-        for tag in local_tags:
-            _run([podman, "manifest", "add", index, f"containers-storage:{tag}"], env)
-        tls = ["--tls-verify=false"] if repo.registry in self.config.insecure_registries else []
-        self._say(f"pushing index {repo} ({len(local_tags)} platforms)")
-        _run([podman, "manifest", "push", *tls, "--all", index, f"docker://{repo}"], env)
-        subprocess.run([podman, "manifest", "rm", index], env=env, capture_output=True)
+    def _base_for(self, arch: str) -> str:
+        return self.config.base_image or ensure_base_image(
+            tag_for(arch), arch=arch, env=self._podman_env(), progress=self._progress
+        )
 
     def _podman_env(self) -> dict[str, str]:
         return {**os.environ, **self.config.podman_env}
@@ -243,6 +184,66 @@ class PodmanBuilder:
 
 
 # -- steps shared by every local image build (model server, sync agent) ----------------
+
+
+def build_platforms(
+    config: PodmanConfig,
+    repo: refs.ImageRef,
+    arches: Sequence[str],
+    path: Path,
+    build_args: Mapping[str, str],
+    base_for: Callable[[str], str],
+    *,
+    progress: Progress = stderr_progress,
+) -> None:
+    """Build ``path``/Containerfile for every arch and push ``repo``: a plain image for one
+    arch, else one OCI index under the one tag (per-arch images go in as ``repo-GOARCH``
+    locally and are pushed by digest with the index)."""
+    client = docker_client(config.socket)  # a missing socket fails before any work
+    try:
+        local_tags = []
+        for arch in arches:
+            goarch, variant = context.TARGET[arch]
+            tag = str(repo) if len(arches) == 1 else f"{repo}-{goarch}{variant}"
+            args = {
+                **build_args,
+                "BASE_IMAGE": base_for(arch),
+                "TARGETARCH": goarch,
+                "TARGETVARIANT": variant,
+            }
+            progress(f"building {tag} for {context.PLATFORM[arch]} on {args['BASE_IMAGE']}")
+            build_image(client, path, tag, args, context.PLATFORM[arch], progress=progress)
+            local_tags.append(tag)
+        if len(arches) == 1:
+            progress(f"pushing {repo}")
+            push_image(client, repo)
+        else:
+            push_index(config, repo, local_tags, progress=progress)
+    finally:
+        client.close()
+
+
+def push_index(
+    config: PodmanConfig,
+    repo: refs.ImageRef,
+    local_tags: Sequence[str],
+    *,
+    progress: Progress = stderr_progress,
+) -> None:
+    """Assemble the per-arch images into one index and push it (``podman manifest``)."""
+    podman = shutil.which("podman")
+    if podman is None:
+        raise ConfigError("podman is missing: run `make install`")
+    index = f"localhost/edgefleet-index/{repo.last_component}:{repo.tag}"
+    env = {**os.environ, **config.podman_env}
+    subprocess.run([podman, "manifest", "rm", index], env=env, capture_output=True)
+    _run([podman, "manifest", "create", index], env)
+    for tag in local_tags:
+        _run([podman, "manifest", "add", index, f"containers-storage:{tag}"], env)
+    tls = ["--tls-verify=false"] if repo.registry in config.insecure_registries else []
+    progress(f"pushing index {repo} ({len(local_tags)} platforms)")
+    _run([podman, "manifest", "push", *tls, "--all", index, f"docker://{repo}"], env)
+    subprocess.run([podman, "manifest", "rm", index], env=env, capture_output=True)
 
 
 def docker_client(socket: str) -> Any:

@@ -11,7 +11,6 @@ pyproject changing. Foreign architectures get binary wheels only (``pip download
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -19,9 +18,8 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from edgefleet.core.errors import ConfigError, EdgefleetError
 from edgefleet.packaging.base_image import Progress, host_arch, stderr_progress
@@ -34,12 +32,32 @@ _NOT_SOURCE_ANYWHERE = shutil.ignore_patterns(
     "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", "*.pyc"
 )
 DEFAULT_EXTRAS: tuple[str, ...] = ("server",)
-_COMPLETE = ".complete"
+COMPLETE = ".complete"  # marks a finished cache entry
+_COMPLETE = COMPLETE
+# The images' glibc (Debian bookworm): a manylinux_2_X wheel runs there when X <= 36.
+GLIBC_MINOR = 36
+
+
+def manylinux_tags(machine: str, glibc_minor: int = GLIBC_MINOR) -> tuple[str, ...]:
+    """Every manylinux platform tag a wheel for ``machine`` may carry and still run on the
+    image's glibc, named one by one: ``pip download --platform`` takes a tag literally (the
+    current pip does not match ``manylinux2014_aarch64`` against a wheel tagged
+    ``manylinux_2_17_aarch64``, and LiteRT's aarch64 wheels carry only the latter)."""
+    perennial = tuple(f"manylinux_2_{m}_{machine}" for m in range(glibc_minor, 16, -1))
+    return (*perennial, f"manylinux2014_{machine}")
+
+
 # Device arch -> pip platform tags of the binary wheels that run there.
 PIP_PLATFORMS: dict[str, tuple[str, ...]] = {
-    "x86_64": ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64"),
-    "aarch64": ("manylinux2014_aarch64", "manylinux_2_28_aarch64", "manylinux_2_34_aarch64"),
-    "armv7l": ("manylinux2014_armv7l", "manylinux_2_31_armv7l", "linux_armv7l"),
+    "x86_64": manylinux_tags("x86_64"),
+    "aarch64": manylinux_tags("aarch64"),
+    "armv7l": (*manylinux_tags("armv7l"), "linux_armv7l"),
+}
+# What runs in each image, by role: the device image's wheel carries the shared core and the
+# device side only (no cloud functions, operator CLI, local stack or test helpers).
+ROLES: dict[str, tuple[str, ...]] = {
+    "device": ("edgefleet/__init__.py", "edgefleet/core", "device", "sync_pod"),
+    "server": ("edgefleet/__init__.py", "edgefleet/core", "model_server"),
 }
 
 
@@ -92,6 +110,21 @@ def requirement_name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+# Per-arch bounds on top of pyproject's. LiteRT 2.x's aarch64 wheel dies with SIGSEGV in
+# allocate_tensors under qemu-user (Debian 12's qemu 7.2), the only arm64 this project can
+# run its tests on, even without the XNNPACK delegate; 1.4.0 (manylinux_2_17_aarch64)
+# classifies the golden image correctly there. Lift the bound once 2.x is shown to run.
+ARCH_PINS: dict[str, dict[str, str]] = {
+    "aarch64": {"ai-edge-litert": "ai-edge-litert>=1.2,<2"},
+}
+
+
+def pinned(reqs: Sequence[str], arch: str) -> list[str]:
+    """``reqs`` with the arch's bounds of :data:`ARCH_PINS` in place of pyproject's."""
+    pins = ARCH_PINS.get(arch, {})
+    return [pins.get(requirement_name(r), r) for r in reqs]
+
+
 def image_requirements(pyproject: Path, runtime: str) -> list[str]:
     """The requirements the model-server image installs for a model of ``runtime``.
 
@@ -122,6 +155,8 @@ def pick_requirements(pyproject: Path, names: Sequence[str]) -> list[str]:
 def cache_key(pyproject: Path, arch: str, extras: Sequence[str] = DEFAULT_EXTRAS) -> str:
     digest = hashlib.sha256(pyproject.read_bytes())
     digest.update(f"|{arch}|{PYTHON_VERSION}|{','.join(extras)}".encode())
+    for name, bound in sorted(ARCH_PINS.get(arch, {}).items()):
+        digest.update(f"|{name}={bound}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -141,29 +176,49 @@ def ensure_dependency_wheels(
     target = cache_dir / "wheelhouse" / f"{arch}-{cache_key(pyproject, arch, extras)}"
     if (target / _COMPLETE).is_file():
         return target
-    reqs = requirements(pyproject, extras)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    reqs = pinned(requirements(pyproject, extras), arch)
     progress(f"building the {arch} wheelhouse ({len(reqs)} requirements) into {target}")
+
+    def pip_args(req_file: Path, out: Path) -> list[str]:
+        if arch == host_arch():
+            return ["wheel", "--wheel-dir", str(out), "--prefer-binary", "-r", str(req_file)]
+        argv = ["download", "--dest", str(out), "--only-binary=:all:"]
+        argv += [f"--platform={p}" for p in PIP_PLATFORMS[arch]]
+        argv += [f"--python-version={PYTHON_VERSION}", "--implementation=cp"]
+        return [*argv, "-r", str(req_file)]
+
+    return fill_cache_entry(target, reqs, pip_args, f"fetching wheels for {arch}")
+
+
+def fill_cache_entry(
+    target: Path,
+    reqs: Sequence[str],
+    pip_args: Callable[[Path, Path], list[str]],
+    what: str,
+    finish: Callable[[Path], None] | None = None,
+) -> Path:
+    """Make cache entry ``target`` with one pip run (``pip_args(requirements_file, out)``)
+    into a temporary directory beside it, then ``finish(out)``, the completion mark and a
+    rename: a half-made entry is never used, a completed one is reused as is."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".tmp-", dir=target.parent) as tmp:
         req_file = Path(tmp) / "requirements.txt"
         req_file.write_text("\n".join(reqs) + "\n")
-        out = Path(tmp) / "wheels"
-        if arch == host_arch():
-            argv = ["wheel", "--wheel-dir", str(out), "--prefer-binary", "-r", str(req_file)]
-        else:
-            argv = ["download", "--dest", str(out), "--only-binary=:all:"]
-            argv += [f"--platform={p}" for p in PIP_PLATFORMS[arch]]
-            argv += [f"--python-version={PYTHON_VERSION}", "--implementation=cp"]
-            argv += ["-r", str(req_file)]
-        _pip(argv, f"fetching wheels for {arch}")
+        out = Path(tmp) / "out"
+        run_pip(pip_args(req_file, out), what)
+        if finish is not None:
+            finish(out)
         (out / _COMPLETE).write_text("\n".join(reqs) + "\n")
         shutil.rmtree(target, ignore_errors=True)
         out.rename(target)
     return target
 
 
-def build_project_wheel(project_root: Path, out_dir: Path) -> Path:
+def build_project_wheel(project_root: Path, out_dir: Path, role: str | None = None) -> Path:
     """Build the edgefleet wheel (pure Python, any arch) from the source tree into out_dir.
+
+    With ``role`` (a key of :data:`ROLES`) the wheel holds only that role's packages and
+    no console script (the CLI is not part of it): what an image of that role runs.
 
     The wheel is built from a copy without build outputs: setuptools reuses an in-tree
     ``build/lib``, which keeps modules deleted from the source and would ship them. It is
@@ -175,8 +230,11 @@ def build_project_wheel(project_root: Path, out_dir: Path) -> Path:
         old.unlink()
     with tempfile.TemporaryDirectory(prefix="edgefleet-src-") as tmp:
         source = Path(tmp) / "src"
-        shutil.copytree(project_root, source, ignore=_not_source(project_root), symlinks=True)
-        _pip(
+        if role is None:
+            shutil.copytree(project_root, source, ignore=_not_source(project_root), symlinks=True)
+        else:
+            copy_role(project_root, source, role)
+        run_pip(
             ["wheel", "--no-deps", "--wheel-dir", str(out_dir), str(source)],
             "edgefleet wheel",
             env={"SOURCE_DATE_EPOCH": REPRODUCIBLE_EPOCH},
@@ -185,6 +243,41 @@ def build_project_wheel(project_root: Path, out_dir: Path) -> Path:
     if len(wheels) != 1:
         raise EdgefleetError(f"expected one edgefleet wheel in {out_dir}, found {len(wheels)}")
     return wheels[0]
+
+
+def copy_role(project_root: Path, dest: Path, role: str) -> None:
+    """The source tree of one role's wheel: pyproject (without console scripts or readme)
+    and the role's packages; setuptools' package discovery then finds only those."""
+    if role not in ROLES:
+        raise ConfigError(f"unknown wheel role {role!r}: use one of {', '.join(ROLES)}")
+    dest.mkdir(parents=True)
+    pyproject = _without_table((project_root / "pyproject.toml").read_text(), "project.scripts")
+    # No README as the long description: a docs change must not change the code layer.
+    pyproject = "".join(
+        line for line in pyproject.splitlines(keepends=True) if not line.startswith("readme =")
+    )
+    (dest / "pyproject.toml").write_text(pyproject)
+    ignore = shutil.ignore_patterns(
+        "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", "*.pyc"
+    )
+    for rel in ROLES[role]:
+        src, out = project_root / rel, dest / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, out, ignore=ignore)
+        else:
+            shutil.copyfile(src, out)
+
+
+def _without_table(toml_text: str, table: str) -> str:
+    """``toml_text`` without the ``[table]`` section (its header up to the next header)."""
+    out, skipping = [], False
+    for line in toml_text.splitlines(keepends=True):
+        if line.startswith("["):
+            skipping = line.strip() == f"[{table}]"
+        if not skipping:
+            out.append(line)
+    return "".join(out)
 
 
 def _not_source(project_root: Path) -> Callable[[str, list[str]], set[str]]:
@@ -200,40 +293,9 @@ def _not_source(project_root: Path) -> Callable[[str, list[str]], set[str]]:
     return ignore
 
 
-def resolve_wheels(wheel_dir: Path, reqs: Sequence[str]) -> list[Path]:
-    """The wheels of ``wheel_dir`` that installing ``reqs`` takes: their dependency closure
-    as pip resolves it for this host (``pip install --dry-run --report``), nothing else.
-
-    Lets an image carry a subset of a shared wheelhouse; a requirement the wheelhouse
-    cannot satisfy is an error here, not in the middle of an image build.
-    """
-    with tempfile.TemporaryDirectory(prefix="edgefleet-resolve-") as tmp:
-        report = Path(tmp) / "report.json"
-        argv = ["install", "--dry-run", "--ignore-installed", "--no-index"]
-        argv += ["--find-links", str(wheel_dir), "--report", str(report), *reqs]
-        _pip(argv, f"resolving {', '.join(reqs)} in {wheel_dir}")
-        installs = json.loads(report.read_text()).get("install", [])
-    found = []
-    for item in installs:
-        path = Path(unquote(urlparse(item["download_info"]["url"]).path))
-        if path.parent != wheel_dir or path.suffix != ".whl":
-            raise EdgefleetError(f"pip resolved {path.name} outside the wheelhouse {wheel_dir}")
-        found.append(path)
-    return sorted(found)
-
-
-def stage_wheels(target: Path, wheels: Iterable[Path], reqs: Sequence[str]) -> Path:
-    """Lay out ``wheels/GOARCH/`` of a build context: the wheels (hard links) plus the
-    ``requirements.txt`` the Containerfile installs from them."""
-    target.mkdir(parents=True, exist_ok=True)
-    for wheel in wheels:
-        link_or_copy(wheel, target / wheel.name)
-    (target / "requirements.txt").write_text("\n".join(reqs) + "\n")
-    return target
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    if dst.exists():
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """Hard-link ``src`` to ``dst`` (a copy across file systems); an existing ``dst`` stays."""
+    if Path(dst).exists():
         return
     try:
         os.link(src, dst)
@@ -241,7 +303,7 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _pip(args: list[str], what: str, env: Mapping[str, str] | None = None) -> None:
+def run_pip(args: list[str], what: str, env: Mapping[str, str] | None = None) -> None:
     argv = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args]
     run_env = {**os.environ, **env} if env else None
     result = subprocess.run(argv, capture_output=True, text=True, check=False, env=run_env)

@@ -121,8 +121,10 @@ class Planned:
 
 def plan(args: argparse.Namespace) -> list[Planned]:
     """Everything to write, validated (pure apart from reading the given key files)."""
+    from edgefleet.packaging.support import check_device_arch
     from sync_pod.config import from_env  # the agent's own validation, one source of truth
 
+    check_device_arch(args.arch)  # armv7l: no image can run there (docs/device.md)
     for flag in ("bucket", "allowed_registries", "device_id", "poll_seconds"):
         value = str(getattr(args, flag))
         if any(ch.isspace() or ch in "\"'\\$`" for ch in value):

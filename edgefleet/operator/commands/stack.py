@@ -18,6 +18,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--workdir", default=DEFAULT_WORKDIR, help="state, logs and data")
     up.add_argument("--devices", type=int, default=0, help="simulated devices (namespaces)")
     up.add_argument(
+        "--arm64-devices",
+        type=int,
+        default=0,
+        help="emulated arm64 devices (ARCH=aarch64, images under qemu; ids arm1..N)",
+    )
+    up.add_argument(
+        "--arm64-channels",
+        default="beta",
+        help="channels of the arm64 devices, round-robin (default %(default)s)",
+    )
+    up.add_argument(
         "--channels",
         default="latest,beta,stable",
         help="channels assigned to the devices round-robin (default %(default)s)",
@@ -58,12 +69,15 @@ def _up(args: argparse.Namespace) -> int:
 
     if not 0 <= args.devices <= 64:
         raise ConfigError(f"--devices {args.devices}: choose 0 to 64")
+    if not 0 <= args.arm64_devices <= 8:
+        raise ConfigError(f"--arm64-devices {args.arm64_devices}: choose 0 to 8 (emulated)")
     if not 0.05 <= args.poll_seconds <= 3600:
         raise ConfigError(f"--poll-seconds {args.poll_seconds}: choose 0.05 to 3600")
     try:
         channels = layout.parse_channels(args.channels)
+        arm64_channels = layout.parse_channels(args.arm64_channels)
     except InvalidInput as exc:
-        raise ConfigError(f"--channels: {exc}") from exc
+        raise ConfigError(f"--channels/--arm64-channels: {exc}") from exc
     extra: dict[str, str] = {}
     for item in args.env:
         key, sep, value = item.partition("=")
@@ -73,6 +87,8 @@ def _up(args: argparse.Namespace) -> int:
     stack = launch(
         Path(args.workdir),
         devices=args.devices,
+        arm64_devices=args.arm64_devices,
+        arm64_channels=arm64_channels,
         channels=channels,
         poll_seconds=args.poll_seconds,
         signing_on=not args.no_signing,
@@ -87,7 +103,7 @@ def _up(args: argparse.Namespace) -> int:
     for device in state["devices"]:
         print(
             f"  device {device['id']:21} netns {device['name']} ({device['ns_addr']})"
-            f" channel {device.get('channel', '-')}"
+            f" {device.get('arch', '-')} channel {device.get('channel', '-')}"
         )
     print("# for your shell:")
     for key, value in state["env"].items():
