@@ -257,3 +257,48 @@ def test_rollout_wait_stops_with_the_device_reason_when_it_rolls_back(
     assert "(unhealthy)" in line
     assert f"{name}: " in line  # the runtime's message about the pod that never got ready
     print(f"rollout wait exited {code} after {took:.1f} s: {line}")
+
+
+# -- a multi-arch index: each arch waits for its own image -----------------------------------
+
+
+def test_an_index_digest_waits_for_each_archs_own_image(bucket) -> None:  # type: ignore[no-untyped-def]
+    """`edgefleet promote` prints the index's digest; devices report their arch's image.
+    tag_monitor annotates each arch's manifest with the index it came from, so
+    `rollout wait --digest INDEX` waits for every arch's own image, and a refusal of the
+    set carrying it still fails fast."""
+    from edgefleet.cloud import render
+    from edgefleet.cloud.set_store import SetStore
+    from edgefleet.core import policy, refs
+    from edgefleet.operator import watch
+
+    index = "sha256:" + "1" * 64
+    images = {"x86_64": "sha256:" + "8" * 64, "aarch64": "sha256:" + "9" * 64}
+    repo = refs.parse("127.0.0.1:5999/edgefleet/mobilenet")
+    store = SetStore(bucket)
+    templates = render.Templates([render.PackagedTemplates()])
+    allow = policy.Policy(allowed_registries=("127.0.0.1:5999",))
+    for arch, image in images.items():
+        out = render.render_workload(
+            templates, repo, "beta", arch, image, allow, source_digest=index
+        )
+        store.update(arch, "beta", lambda s, e=out.entry: (e,))
+
+    def report(device: str, arch: str, digest: str, rejections: list[dict[str, str]]) -> None:
+        doc = json.loads(_report(device, digest=digest, health="healthy", rejections=rejections))
+        bucket.write(f"status/{device}.json", json.dumps({**doc, "arch": arch}).encode())
+
+    report("x1", "x86_64", images["x86_64"], [])
+    report("a1", "aarch64", DIGEST_A, [])
+    seen = watch.look(bucket, "beta", index)
+    assert (seen.progress.done, seen.progress.pending) == (("x1",), ("a1",))
+    assert seen.refusals == []
+    report("a1", "aarch64", images["aarch64"], [])
+    assert watch.look(bucket, "beta", index).progress.complete
+    # The arm64 device refuses the set that carries the index: fail fast, naming it.
+    arm_set = watch.sets_carrying(bucket, "beta", ["aarch64"], index)["aarch64"]
+    report("a1", "aarch64", DIGEST_A, [_rejection(arm_set.set_digest)])
+    seen = watch.look(bucket, "beta", index)
+    assert [r.device_id for r in seen.refusals] == ["a1"]
+    # A single-arch digest still means itself.
+    assert watch.look(bucket, "beta", images["x86_64"], "x86_64").progress.complete

@@ -162,6 +162,8 @@ def test_multiarch_index_yields_one_manifest_per_arch_and_delete_removes_them(
     for arch in ARCHES:
         pod = yaml.safe_load(set_entry(deploy, arch, "stable", name).yaml)
         assert pod["metadata"]["labels"]["edgefleet.dev/arch"] == arch
+        # The index it came from, for `edgefleet rollout wait --digest INDEX`.
+        assert pod["metadata"]["annotations"]["edgefleet.dev/source-digest"] == index
 
     # Deleting the tagged image (the index) removes its manifests everywhere.
     reg.delete_manifest(repo, index)

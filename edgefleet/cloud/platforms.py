@@ -101,6 +101,12 @@ def resolve(source: ManifestSource, ref: ImageRef) -> dict[str, str]:
     Raises :class:`edgefleet.cloud.registry.NotFound` when the tag does not exist and
     :class:`InvalidInput` when the image runs on no device arch.
     """
+    return resolve_named(source, ref)[1]
+
+
+def resolve_named(source: ManifestSource, ref: ImageRef) -> tuple[str, dict[str, str]]:
+    """``(digest ref names, {arch: digest})``: the first is the index's own digest for a
+    multi-arch image (what ``edgefleet promote`` prints), the arch's image otherwise."""
     manifest = source.get_manifest(ref)
     if manifest.is_index:
         arches = index_arches(manifest.doc)
@@ -114,9 +120,9 @@ def resolve(source: ManifestSource, ref: ImageRef) -> dict[str, str]:
                 f"unknown arch: index {ref} has no platform a device runs "
                 f"(found {', '.join(found) or 'none'}; known {', '.join(layout.PLATFORM_ARCH)})"
             )
-        return arches
+        return manifest.digest, arches
     config = source.get_config(ref, manifest)
-    return {single_arch(config, ref.repository): manifest.digest}
+    return manifest.digest, {single_arch(config, ref.repository): manifest.digest}
 
 
 def _is_attestation(entry: Mapping[str, Any]) -> bool:

@@ -262,9 +262,14 @@ def pod_context(
     arch: str,
     digest: str,
     values: Mapping[str, str] | None = None,
+    source_digest: str = "",
 ) -> dict[str, Any]:
     """What a workload template may use: the image's facts, over fleet-wide ``values``
-    (``telemetry_project`` and whatever else the control plane is configured with)."""
+    (``telemetry_project`` and whatever else the control plane is configured with).
+
+    ``source_digest``: the digest the channel tag names when it differs from the arch's
+    image (a multi-arch index); templates annotate the pod with it so that
+    ``edgefleet rollout wait --digest INDEX`` finds each arch's image in the sets."""
     pinned = repo.with_digest(digest)
     return {
         "telemetry_project": "",
@@ -274,6 +279,7 @@ def pod_context(
         "image": str(pinned),
         "image_name": repo.name,
         "digest": digest,
+        "source_digest": source_digest if source_digest != digest else "",
         "registry": repo.registry,
         "repository": repo.repository,
         "tag": channel,
@@ -293,9 +299,12 @@ def render_workload(
     digest: str,
     pod_policy: policy.Policy,
     values: Mapping[str, str] | None = None,
+    *,
+    source_digest: str = "",
 ) -> Rendered:
-    """Render and check the channel manifest for ``repo``'s ``arch`` image ``digest``."""
-    context = pod_context(repo, channel, arch, digest, values)
+    """Render and check the channel manifest for ``repo``'s ``arch`` image ``digest``
+    (``source_digest``: the multi-arch index it came from, see :func:`pod_context`)."""
+    context = pod_context(repo, channel, arch, digest, values, source_digest)
     name = context["name"]
     template, text = templates.render(template_names(repo.repository), context)
     check(text, pod_policy, name)

@@ -263,6 +263,8 @@ class RolloutController:
             r.candidate.digest,
             self.policy,
             self.template_values,
+            # As tag_monitor renders it once the tag names the candidate: same manifest.
+            source_digest=refs.parse(r.source).digest or "",
         ).entry
 
     def _move_tag(self, r: Rollout) -> None:

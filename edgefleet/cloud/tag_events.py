@@ -235,15 +235,22 @@ class Reconciler:
             snaps = {arch: self.store.read(arch, channel) for arch in self.arches}
             # 2. The registry is the truth, asked now.
             try:
-                digests = platforms.resolve(self.registry, repo.with_tag(channel))
+                named, digests = platforms.resolve_named(self.registry, repo.with_tag(channel))
             except NotFound:
-                digests = {}
+                named, digests = "", {}
             outcome.resolved[channel] = digests
             # 3. Render and check everything before writing anything.
             self.templates.refresh()
             rendered = {
                 arch: render_workload(
-                    self.templates, repo, channel, arch, digest, self.policy, self.template_values
+                    self.templates,
+                    repo,
+                    channel,
+                    arch,
+                    digest,
+                    self.policy,
+                    self.template_values,
+                    source_digest=named,
                 )
                 for arch, digest in digests.items()
                 if arch in self.arches

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from edgefleet.core import layout, manifest_set
+from edgefleet.core import layout, manifest_set, strict_yaml
 from edgefleet.core.bucket import TooLarge
 from edgefleet.core.errors import InvalidInput
 from edgefleet.operator import fleet
@@ -44,13 +44,25 @@ def read_reports(bucket: Bucket) -> list[fleet.DeviceRow]:
     return rows
 
 
+SOURCE_DIGEST_ANNOTATION = "edgefleet.dev/source-digest"
+
+
+@dataclass(frozen=True, slots=True)
+class Carrying:
+    """The set published now for one arch that carries the rollout's digest."""
+
+    set_digest: str  # the content digest of the set, as devices record their refusals
+    image_digest: str  # the arch's image: the digest itself, or the image of its index
+
+
 def sets_carrying(
     bucket: Bucket, channel: str, arches: Iterable[str], digest: str
-) -> dict[str, str]:
-    """``{arch: set digest}`` of the sets published now for ``channel`` that name the
-    image ``digest`` (as devices compute it: the content digest of the set). A set that
-    is missing, unreadable or does not name ``digest`` is left out."""
-    out: dict[str, str] = {}
+) -> dict[str, Carrying]:
+    """``{arch: Carrying}`` for the sets published now for ``channel`` that name the image
+    ``digest``, or a multi-arch index of that digest (a channel manifest annotated
+    ``edgefleet.dev/source-digest``: each arch then runs its own image). A set that is
+    missing, unreadable or does not name ``digest`` is left out."""
+    out: dict[str, Carrying] = {}
     for arch in sorted(set(arches)):
         try:
             blob = bucket.read(
@@ -58,9 +70,45 @@ def sets_carrying(
             )
             if blob is None or digest.encode() not in blob.data:
                 continue
-            out[arch] = manifest_set.decode(blob.data).manifest_set.digest()
+            published = manifest_set.decode(blob.data).manifest_set
+            image = image_for(published, digest)
+            if image is not None:
+                out[arch] = Carrying(published.digest(), image)
         except (TooLarge, InvalidInput):
             continue
+    return out
+
+
+def image_for(published: manifest_set.ManifestSet, digest: str) -> str | None:
+    """The image digest a device of ``published`` runs for ``digest``: ``digest`` itself
+    when a channel manifest pins it, the pinned image of a manifest annotated with it as
+    its source index, else None. The set is read unverified (the CLI holds no device
+    trust), so each manifest goes through the strict, bounded reader."""
+    for entry in published.entries:
+        if entry.scope != manifest_set.SCOPE_CHANNEL or digest not in entry.yaml:
+            continue
+        try:
+            pod = strict_yaml.load(entry.yaml, what=entry.name)
+        except InvalidInput:
+            continue
+        images = _pinned_images(pod)
+        if digest in images:
+            return digest
+        meta = pod.get("metadata") if isinstance(pod, dict) else None
+        notes = meta.get("annotations") if isinstance(meta, dict) else None
+        if isinstance(notes, dict) and notes.get(SOURCE_DIGEST_ANNOTATION) == digest and images:
+            return images[0]
+    return None
+
+
+def _pinned_images(pod: object) -> list[str]:
+    spec = pod.get("spec") if isinstance(pod, dict) else None
+    containers = spec.get("containers") if isinstance(spec, dict) else None
+    out = []
+    for c in containers if isinstance(containers, list) else []:
+        image = c.get("image") if isinstance(c, dict) else None
+        if isinstance(image, str) and "@" in image:
+            out.append(image.rsplit("@", 1)[1])
     return out
 
 
@@ -83,10 +131,26 @@ def look(
 ) -> Watch:
     """``rows``: the reports already read (e.g. through the fleet index); else read here."""
     rows = read_reports(bucket) if rows is None else rows
-    progress = fleet.rollout_progress(rows, channel, digest, arch)
+    arches = sorted({r.arch for r in rows if r.channel == channel and arch in (None, r.arch)})
+    carrying = sets_carrying(bucket, channel, arches, digest)
+    # Each arch waits for its own image: a multi-arch index's digest maps to one per arch.
+    parts = [fleet.rollout_progress(rows, channel, _image(carrying, a, digest), a) for a in arches]
+    progress = fleet.RolloutProgress(
+        channel,
+        digest,
+        sum(p.total for p in parts),
+        tuple(sorted(d for p in parts for d in p.done)),
+        tuple(sorted(d for p in parts for d in p.pending)),
+    )
     refusals: list[fleet.Refusal] = []
     if not progress.complete:
-        arches = {r.arch for r in rows if r.channel == channel and arch in (None, r.arch)}
-        sets = sets_carrying(bucket, channel, arches, digest)
-        refusals = fleet.rollout_refusals(rows, channel, digest, sets, arch)
-    return Watch(progress, refusals, rows)
+        for a in arches:
+            if a in carrying:
+                refusals += fleet.rollout_refusals(
+                    rows, channel, carrying[a].image_digest, {a: carrying[a].set_digest}, a
+                )
+    return Watch(progress, sorted(refusals, key=lambda f: f.device_id), rows)
+
+
+def _image(carrying: dict[str, Carrying], arch: str, digest: str) -> str:
+    return carrying[arch].image_digest if arch in carrying else digest
