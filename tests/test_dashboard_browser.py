@@ -124,7 +124,7 @@ def fleet(gcs, registry, tmp_path_factory) -> Iterator[Fleet]:  # type: ignore[n
     agent_env = {
         **env, "BUCKET": name, "ARCH": "x86_64", "CHANNEL": "stable", "DEVICE_ID": "agent-1",
         "MANIFEST_DIR": str(work / "pods"), "STATE_DIR": str(work / "state"),
-        "RUNTIME": "kubelet", "POLL_SECONDS": "1", "STATUS_SECONDS": "30",
+        "RUNTIME": "kubelet", "KUBELET_API": "off", "POLL_SECONDS": "1", "STATUS_SECONDS": "30",
         "ALLOWED_REGISTRIES": registry.host, "TRUSTED_KEYS": f"{key_path}.pub",
     }  # fmt: skip
     agent = subprocess.Popen(
