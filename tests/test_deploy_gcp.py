@@ -128,6 +128,8 @@ def test_each_identity_gets_exactly_its_bindings(steps: list[Step]) -> None:
             "roles/secretmanager.secretAccessor",
         ),
         ("run services", "rollout-controller", sa("edgefleet-trigger"), "roles/run.invoker"),
+        # resign_sets runs as tag_monitor (the account that signs sets)
+        ("run services", "resign-sets", sa("edgefleet-trigger"), "roles/run.invoker"),
     }
     assert bindings(steps) == expected
 
@@ -138,6 +140,7 @@ def test_the_two_functions_run_as_separate_least_privilege_accounts(steps: list[
     deploys = {s.argv[3]: s.argv for s in steps if s.argv[1:3] == ("functions", "deploy")}
     accounts = {fn: gcp_plan._flag(argv, "--service-account") for fn, argv in deploys.items()}
     assert accounts.pop("rollout-controller") == f"edgefleet-rollouts@{P}.iam.gserviceaccount.com"
+    assert accounts.pop("resign-sets") == f"edgefleet-tag-monitor@{P}.iam.gserviceaccount.com"
     assert accounts == {
         "tag-monitor": f"edgefleet-tag-monitor@{P}.iam.gserviceaccount.com",
         "model-done-watcher": f"edgefleet-model-done@{P}.iam.gserviceaccount.com",
@@ -212,6 +215,11 @@ def test_functions_are_gen2_with_eventarc_triggers(steps: list[Step]) -> None:
     )
     assert f"--service-account=edgefleet-rollouts@{P}.iam.gserviceaccount.com" in rollouts
     assert any(s.argv[1:4] == ("scheduler", "jobs", "create") and "--topic=rollout-tick" in s.argv
+               for s in steps)  # fmt: skip
+    resign = deploys.pop("resign-sets")
+    assert "--entry-point=resign_sets" in resign and "--trigger-topic=resign-tick" in resign
+    assert f"--service-account=edgefleet-tag-monitor@{P}.iam.gserviceaccount.com" in resign
+    assert any(s.argv[1:4] == ("scheduler", "jobs", "create") and "--topic=resign-tick" in s.argv
                for s in steps)  # fmt: skip
     assert set(deploys) == {"tag-monitor", "model-done-watcher"}
     for argv in deploys.values():

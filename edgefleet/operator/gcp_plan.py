@@ -72,6 +72,12 @@ ROLLOUT_SA = "edgefleet-rollouts"
 TICK_TOPIC = "rollout-tick"
 TICK_JOB = "edgefleet-rollout-tick"
 TICK_SCHEDULE = "* * * * *"  # Cloud Scheduler's finest: once a minute
+RESIGN_SETS = "resign-sets"
+RESIGN_TOPIC = "resign-tick"
+RESIGN_JOB = "edgefleet-resign-tick"
+# Sets live 7 days and are re-signed within half of that (docs/security.md): every 6 h
+# leaves many chances before a set nears its expiry.
+RESIGN_SCHEDULE = "17 */6 * * *"
 RUNTIME = "python311"
 SOURCE_OBJECT = "source/edgefleet-src.tar.gz"
 SERVICES = (
@@ -591,6 +597,7 @@ def plan(config: GcpConfig) -> list[Step]:
             comment=f"Eventarc may invoke {fn}, nobody else",
         )
     _rollout_steps(p, c, common, tag_env, sa[TRIGGER_SA])
+    _resign_steps(p, c, common, tag_env, sa[TAG_MONITOR_SA], sa[TRIGGER_SA])
     from edgefleet.operator.dashboard import deploy as dashboard
 
     dashboard.plan(p, c)  # Cloud Run behind IAP, read-only service account
@@ -649,6 +656,41 @@ def _rollout_steps(
         f"--schedule={TICK_SCHEDULE}", f"--topic={TICK_TOPIC}", '--message-body={"tick":1}',
         comment="the tick (Cloud Scheduler; locally the stack's ticker)",
         unless=("scheduler", "jobs", "describe", TICK_JOB, f"--location={c.region}"),
+    )  # fmt: skip
+
+
+def _resign_steps(
+    p: _Plan,
+    c: GcpConfig,
+    common: Sequence[str],
+    env: Mapping[str, str],
+    signer_sa: str,
+    trigger_sa: str,
+) -> None:
+    """resign_sets: a Cloud Scheduler job re-signs every set before it expires, so a
+    channel nobody promotes keeps a fresh, short-lived signature (docs/security.md, row
+    5e). It runs as tag_monitor's account: the one that already signs sets."""
+    p.gcloud(
+        "pubsub", "topics", "create", RESIGN_TOPIC, comment=f"topic {RESIGN_TOPIC}",
+        unless=("pubsub", "topics", "describe", RESIGN_TOPIC),
+    )  # fmt: skip
+    argv = [a for a in common if not a.startswith("--service-account=")]
+    p.gcloud(
+        "functions", "deploy", RESIGN_SETS, *argv,
+        f"--service-account={signer_sa}", "--entry-point=resign_sets",
+        f"--trigger-topic={RESIGN_TOPIC}", f"--set-env-vars={env_flag(env)}",
+        comment="sets near their expiry re-signed (short expiry, devices report freshness)",
+    )  # fmt: skip
+    p.gcloud(
+        "run", "services", "add-iam-policy-binding", RESIGN_SETS,
+        f"--region={c.region}", f"--member=serviceAccount:{trigger_sa}",
+        "--role=roles/run.invoker", comment=f"Eventarc may invoke {RESIGN_SETS}, nobody else",
+    )  # fmt: skip
+    p.gcloud(
+        "scheduler", "jobs", "create", "pubsub", RESIGN_JOB, f"--location={c.region}",
+        f"--schedule={RESIGN_SCHEDULE}", f"--topic={RESIGN_TOPIC}", '--message-body={"tick":1}',
+        comment="the re-sign tick",
+        unless=("scheduler", "jobs", "describe", RESIGN_JOB, f"--location={c.region}"),
     )  # fmt: skip
 
 
