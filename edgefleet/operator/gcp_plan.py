@@ -634,28 +634,11 @@ def _rollout_steps(
         f"--member=serviceAccount:{rollout_sa}", "--role=roles/secretmanager.secretAccessor",
         comment="it signs the sets it writes, with the same key as tag_monitor",
     )  # fmt: skip
-    p.gcloud(
-        "pubsub", "topics", "create", TICK_TOPIC, comment=f"topic {TICK_TOPIC}",
-        unless=("pubsub", "topics", "describe", TICK_TOPIC),
-    )  # fmt: skip
-    argv = [a for a in common if not a.startswith("--service-account=")]
-    p.gcloud(
-        "functions", "deploy", ROLLOUT_CONTROLLER, *argv,
-        f"--service-account={rollout_sa}", "--entry-point=rollout_controller",
-        f"--trigger-topic={TICK_TOPIC}", f"--set-env-vars={env_flag(env)}",
+    _ticked_function(
+        p, c, common, env,
+        name=ROLLOUT_CONTROLLER, entry="rollout_controller", account=rollout_sa,
+        trigger_sa=trigger_sa, topic=TICK_TOPIC, job=TICK_JOB, schedule=TICK_SCHEDULE,
         comment="progressive rollouts: advance, hold, or halt and revert, at every tick",
-    )  # fmt: skip
-    p.gcloud(
-        "run", "services", "add-iam-policy-binding", ROLLOUT_CONTROLLER,
-        f"--region={c.region}", f"--member=serviceAccount:{trigger_sa}",
-        "--role=roles/run.invoker",
-        comment=f"Eventarc may invoke {ROLLOUT_CONTROLLER}, nobody else",
-    )  # fmt: skip
-    p.gcloud(
-        "scheduler", "jobs", "create", "pubsub", TICK_JOB, f"--location={c.region}",
-        f"--schedule={TICK_SCHEDULE}", f"--topic={TICK_TOPIC}", '--message-body={"tick":1}',
-        comment="the tick (Cloud Scheduler; locally the stack's ticker)",
-        unless=("scheduler", "jobs", "describe", TICK_JOB, f"--location={c.region}"),
     )  # fmt: skip
 
 
@@ -670,27 +653,52 @@ def _resign_steps(
     """resign_sets: a Cloud Scheduler job re-signs every set before it expires, so a
     channel nobody promotes keeps a fresh, short-lived signature (docs/security.md, row
     5e). It runs as tag_monitor's account: the one that already signs sets."""
+    _ticked_function(
+        p, c, common, env,
+        name=RESIGN_SETS, entry="resign_sets", account=signer_sa, trigger_sa=trigger_sa,
+        topic=RESIGN_TOPIC, job=RESIGN_JOB, schedule=RESIGN_SCHEDULE,
+        comment="sets near their expiry re-signed (short expiry, devices report freshness)",
+    )  # fmt: skip
+
+
+def _ticked_function(
+    p: _Plan,
+    c: GcpConfig,
+    common: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    name: str,
+    entry: str,
+    account: str,
+    trigger_sa: str,
+    topic: str,
+    job: str,
+    schedule: str,
+    comment: str,
+) -> None:
+    """A function woken by a Cloud Scheduler job through its own topic (locally the
+    stack's ticker), running as ``account``; only Eventarc may invoke it."""
     p.gcloud(
-        "pubsub", "topics", "create", RESIGN_TOPIC, comment=f"topic {RESIGN_TOPIC}",
-        unless=("pubsub", "topics", "describe", RESIGN_TOPIC),
+        "pubsub", "topics", "create", topic, comment=f"topic {topic}",
+        unless=("pubsub", "topics", "describe", topic),
     )  # fmt: skip
     argv = [a for a in common if not a.startswith("--service-account=")]
     p.gcloud(
-        "functions", "deploy", RESIGN_SETS, *argv,
-        f"--service-account={signer_sa}", "--entry-point=resign_sets",
-        f"--trigger-topic={RESIGN_TOPIC}", f"--set-env-vars={env_flag(env)}",
-        comment="sets near their expiry re-signed (short expiry, devices report freshness)",
+        "functions", "deploy", name, *argv,
+        f"--service-account={account}", f"--entry-point={entry}",
+        f"--trigger-topic={topic}", f"--set-env-vars={env_flag(env)}",
+        comment=comment,
     )  # fmt: skip
     p.gcloud(
-        "run", "services", "add-iam-policy-binding", RESIGN_SETS,
+        "run", "services", "add-iam-policy-binding", name,
         f"--region={c.region}", f"--member=serviceAccount:{trigger_sa}",
-        "--role=roles/run.invoker", comment=f"Eventarc may invoke {RESIGN_SETS}, nobody else",
+        "--role=roles/run.invoker", comment=f"Eventarc may invoke {name}, nobody else",
     )  # fmt: skip
     p.gcloud(
-        "scheduler", "jobs", "create", "pubsub", RESIGN_JOB, f"--location={c.region}",
-        f"--schedule={RESIGN_SCHEDULE}", f"--topic={RESIGN_TOPIC}", '--message-body={"tick":1}',
-        comment="the re-sign tick",
-        unless=("scheduler", "jobs", "describe", RESIGN_JOB, f"--location={c.region}"),
+        "scheduler", "jobs", "create", "pubsub", job, f"--location={c.region}",
+        f"--schedule={schedule}", f"--topic={topic}", '--message-body={"tick":1}',
+        comment=f"the tick of {name} (Cloud Scheduler; locally the stack's ticker)",
+        unless=("scheduler", "jobs", "describe", job, f"--location={c.region}"),
     )  # fmt: skip
 
 
