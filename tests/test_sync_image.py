@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.kubelet import written
 from support.sync import FAKE_DIGEST, SetPublisher, entries, pod_yaml
 
 from edgefleet.cloud.registry import RegistryClient
-from edgefleet.core import layout, refs
+from edgefleet.core import layout, refs, signing
 from edgefleet.packaging.base_image import host_arch, tag_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.podman, pytest.mark.slow]
@@ -148,7 +149,11 @@ def test_container_switches_the_host_manifest_folder_and_reports(  # type: ignor
     manifest_root.mkdir()
     state_dir.mkdir()
     image = f"{built.registry_host}/edgefleet/web@{FAKE_DIGEST}"
-    pub = SetPublisher(bucket, arch, CHANNEL)
+    # Signed, as devices refuse anything else (fail closed): the key as a provisioned file.
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    key = signing.generate(keys / "signing.pem")
+    pub = SetPublisher(bucket, arch, CHANNEL, signers=[key])
     first = pub.publish(
         entries({"web": pod_yaml("web", image), "db": pod_yaml("db", image)})
         + entries({"shared": pod_yaml("shared", image)}, "all")
@@ -166,9 +171,10 @@ def test_container_switches_the_host_manifest_folder_and_reports(  # type: ignor
         "POLL_SECONDS": "1",
         "HEALTH_TIMEOUT": "5",
         "ALLOWED_REGISTRIES": built.registry_host,
+        "TRUSTED_KEYS": str(keys / "signing.pem.pub"),
         **gcs.env(),
     }
-    argv = ["run", "-d", "--name", name, "--network", "host"]
+    argv = ["run", "-d", "--name", name, "--network", "host", "-v", f"{keys}:{keys}:ro"]
     # hostPath volumes as manifests/sync-pod.yaml.j2 mounts them: same path in and out.
     argv += ["-v", f"{manifest_root}:{manifest_root}", "-v", f"{state_dir}:{state_dir}"]
     for key, value in env.items():
@@ -189,7 +195,8 @@ def test_container_switches_the_host_manifest_folder_and_reports(  # type: ignor
         return json.loads(blob.data) if blob is not None else {}
 
     try:
-        expected = {f: e.yaml for f, e in first.effective().items()}
+        # The device writes the canonical JSON of what it checked (docs/security.md).
+        expected = {f: written(e.yaml) for f, e in first.effective().items()}
         assert len(expected) == 3
         assert _wait("the first set on the host", lambda: folder() == expected, logs)
         # The set's complete copy is kept under STATE_DIR/sets/SEQ-DIGEST for rollback.
@@ -202,7 +209,7 @@ def test_container_switches_the_host_manifest_folder_and_reports(  # type: ignor
 
         web = pod_yaml("web", image, command=["/bin/true"])
         second = pub.publish(entries({"web": web}))
-        expected = {layout.manifest_file_name("web"): web}
+        expected = {layout.manifest_file_name("web"): written(web)}
         assert _wait("the second set on the host", lambda: folder() == expected, logs)
         report = _wait(
             "the second status report",
