@@ -489,7 +489,7 @@ def plan(config: GcpConfig) -> list[Step]:
         "add",
         c.signing_secret,
         f"--data-file={c.signing_key}",
-        comment=f"upload the key once; devices trust {c.signing_key}.pub (TRUSTED_KEYS)",
+        comment="upload the key once; the offline root authorises it (bootstrap --root-key)",
         unless=(
             "secrets",
             "versions",
