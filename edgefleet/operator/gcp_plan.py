@@ -225,6 +225,34 @@ class _Plan:
     def local(self, *argv: str, comment: str = "", unless: Sequence[str] | None = None) -> None:
         self.steps.append(Step(tuple(argv), comment, tuple(unless) if unless else None))
 
+    def service_account(self, name: str, title: str) -> str:
+        """Create service account ``name`` unless it exists; return its email."""
+        email = self.config.sa(name)
+        self.gcloud(
+            "iam", "service-accounts", "create", name, f"--display-name={title}",
+            comment=f"service account {name}",
+            unless=("iam", "service-accounts", "describe", email),
+        )  # fmt: skip
+        return email
+
+    def bucket_binding(
+        self,
+        bucket: str,
+        member: str,
+        role: str,
+        *,
+        condition: str | None = None,
+        comment: str = "",
+    ) -> None:
+        """Grant ``member`` ``role`` on ``gs://bucket`` (under ``condition``, if any)."""
+        args = [
+            "storage", "buckets", "add-iam-policy-binding", f"gs://{bucket}",
+            f"--member={member}", f"--role={role}",
+        ]  # fmt: skip
+        if condition:
+            args.append(f"--condition={condition}")
+        self.gcloud(*args, comment=comment or f"{member}: {role} on gs://{bucket}")
+
 
 def plan(config: GcpConfig) -> list[Step]:
     """Every command of a deployment, in order."""
@@ -344,15 +372,7 @@ def plan(config: GcpConfig) -> list[Step]:
         (TRIGGER_SA, "edgefleet triggers"),
         (BUILDER_SA, "edgefleet image builds"),
     ):
-        p.gcloud(
-            "iam",
-            "service-accounts",
-            "create",
-            name,
-            f"--display-name={title}",
-            comment=f"service account {name}",
-            unless=("iam", "service-accounts", "describe", sa[name]),
-        )
+        p.service_account(name, title)
     p.gcloud(
         "iam",
         "roles",
@@ -366,38 +386,25 @@ def plan(config: GcpConfig) -> list[Step]:
     )
     _device_pool(p, c)
 
-    def bucket_binding(bucket: str, who: str, role: str, condition: str | None = None) -> None:
-        args = [
-            "storage",
-            "buckets",
-            "add-iam-policy-binding",
-            f"gs://{bucket}",
-            f"--member={who}",
-            f"--role={role}",
-        ]
-        if condition:
-            args.append(f"--condition={condition}")
-        p.gcloud(*args, comment=f"{who}: {role} on gs://{bucket}")
-
     objects = f"projects/_/buckets/{c.deploy_bucket}/objects/"
-    bucket_binding(c.deploy_bucket, member[TAG_MONITOR_SA], "roles/storage.objectAdmin")
-    bucket_binding(
+    p.bucket_binding(c.deploy_bucket, member[TAG_MONITOR_SA], "roles/storage.objectAdmin")
+    p.bucket_binding(
         c.deploy_bucket,
         c.all_devices,
         "roles/storage.objectViewer",
-        f'expression=resource.name.startsWith("{objects}sets/"),title=device-read-sets',
+        condition=f'expression=resource.name.startsWith("{objects}sets/"),title=device-read-sets',
     )
     for device in c.devices:
         # Exactly this device's status object: no device can write (or delete) another's.
         status = objects + layout.status_object(device)
-        bucket_binding(
+        p.bucket_binding(
             c.deploy_bucket,
             c.device(device),
             f"projects/{c.project}/roles/{STATUS_ROLE_ID}",
-            f'expression=resource.name == "{status}",title=status-{device}',
+            condition=f'expression=resource.name == "{status}",title=status-{device}',
         )
-    bucket_binding(c.model_bucket, member[BUILDER_SA], "roles/storage.objectViewer")
-    bucket_binding(c.build_bucket, member[BUILDER_SA], "roles/storage.objectViewer")
+    p.bucket_binding(c.model_bucket, member[BUILDER_SA], "roles/storage.objectViewer")
+    p.bucket_binding(c.build_bucket, member[BUILDER_SA], "roles/storage.objectViewer")
 
     for repository, who, role in (
         (c.repository, member[TAG_MONITOR_SA], "roles/artifactregistry.reader"),
@@ -610,17 +617,10 @@ def _rollout_steps(
     """rollout_controller (docs/rollouts.md): its own service account -- it alone may move
     a channel tag (a completed rollout) besides the operator -- woken by a Cloud Scheduler
     job publishing to topic rollout-tick once a minute."""
-    rollout_sa = c.sa(ROLLOUT_SA)
     p.gcloud("services", "enable", "cloudscheduler.googleapis.com", comment="ticks")
-    p.gcloud(
-        "iam", "service-accounts", "create", ROLLOUT_SA,
-        "--display-name=edgefleet rollout controller",
-        comment=f"service account {ROLLOUT_SA}",
-        unless=("iam", "service-accounts", "describe", rollout_sa),
-    )  # fmt: skip
-    p.gcloud(
-        "storage", "buckets", "add-iam-policy-binding", f"gs://{c.deploy_bucket}",
-        f"--member=serviceAccount:{rollout_sa}", "--role=roles/storage.objectAdmin",
+    rollout_sa = p.service_account(ROLLOUT_SA, "edgefleet rollout controller")
+    p.bucket_binding(
+        c.deploy_bucket, f"serviceAccount:{rollout_sa}", "roles/storage.objectAdmin",
         comment="rollout_controller: reads reports, writes rollouts/ and sets/",
     )  # fmt: skip
     p.gcloud(

@@ -31,16 +31,9 @@ def stage(functions_dir: Path, wheel_name: str, out: Path) -> None:
 
 def plan(p: Any, c: Any) -> None:
     """Append the dashboard's steps to the plan ``p`` for config ``c``."""
-    sa = c.sa(DASHBOARD_SA)
-    p.gcloud(
-        "iam", "service-accounts", "create", DASHBOARD_SA,
-        "--display-name=edgefleet dashboard (read-only)",
-        comment=f"service account {DASHBOARD_SA}",
-        unless=("iam", "service-accounts", "describe", sa),
-    )  # fmt: skip
-    p.gcloud(
-        "storage", "buckets", "add-iam-policy-binding", f"gs://{c.deploy_bucket}",
-        f"--member=serviceAccount:{sa}", "--role=roles/storage.objectViewer",
+    sa = p.service_account(DASHBOARD_SA, "edgefleet dashboard (read-only)")
+    p.bucket_binding(
+        c.deploy_bucket, f"serviceAccount:{sa}", "roles/storage.objectViewer",
         comment="the dashboard reads status/ and rollouts/; it writes nothing",
     )  # fmt: skip
     p.gcloud(
@@ -56,10 +49,6 @@ def plan(p: Any, c: Any) -> None:
         "--iap", "--min-instances=0", "--max-instances=2", "--memory=512Mi",
         f"--set-env-vars={env}",
         comment="the dashboard on Cloud Run, behind Identity-Aware Proxy",
-    )  # fmt: skip
-    p.gcloud(
-        "projects", "describe", c.project, "--format=value(projectNumber)",
-        capture="PROJECT_NUMBER", comment="for IAP's service agent", project=False,
     )  # fmt: skip
     p.gcloud(
         "run", "services", "add-iam-policy-binding", SERVICE, f"--region={c.region}",
