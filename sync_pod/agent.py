@@ -42,7 +42,7 @@ from edgefleet.core.errors import EdgefleetError, TransientError
 from edgefleet.core.policy import ModelCheck
 from sync_pod import pipeline
 from sync_pod.config import Config
-from sync_pod.folder import FolderError, ManifestFolder
+from sync_pod.folder import FolderError, ManifestFolder, parse_manifest
 from sync_pod.memory import BackoffPolicy, backing_off, iso, remember
 from sync_pod.model_metrics import ModelSampler, targets_of
 from sync_pod.pace import HintStore
@@ -532,7 +532,7 @@ class Agent:
         for name in names:
             path = set_dir / layout.manifest_file_name(name)
             if path.is_file():
-                out[name] = yaml.safe_load(path.read_bytes())
+                out[name] = parse_manifest(path.read_bytes())
         return out
 
     # -- settling a poll: the one place that decides what is remembered ----------------
@@ -620,8 +620,8 @@ class Agent:
         pods: dict[str, Any] = {}
         try:
             for file_name, data in self.folder.read().items():
-                pods[file_name[: -len(layout.MANIFEST_SUFFIX)]] = yaml.safe_load(data)
-        except (OSError, yaml.YAMLError):
+                pods[file_name[: -len(layout.MANIFEST_SUFFIX)]] = parse_manifest(data)
+        except (OSError, ValueError, yaml.YAMLError):
             pods = {}
         if self.sampler.sample(targets_of(pods)):
             self._news = True

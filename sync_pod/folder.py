@@ -31,10 +31,14 @@ points to as its stable folder (no gap in which kubelet would find no folder).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from edgefleet.core import layout
 from edgefleet.core.errors import EdgefleetError
@@ -66,6 +70,18 @@ def write_order(live: Mapping[str, bytes], wanted: Mapping[str, bytes]) -> list[
     elif SYNC_POD_FILE in live and SYNC_POD_FILE not in wanted:
         steps.append((REMOVE, SYNC_POD_FILE))
     return steps
+
+
+def parse_manifest(data: bytes) -> Any:
+    """A manifest file of the folder as a document. The device writes the canonical JSON
+    of what it checked (:func:`edgefleet.core.policy.canonical`), which ``json`` reads
+    ~300 times faster than PyYAML's pure-Python loader (the gate reads every pod it waits
+    for); a file written before canonical JSON is read as YAML. Raises ``ValueError``
+    or ``yaml.YAMLError``."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        return yaml.safe_load(data)
 
 
 class ManifestFolder:
