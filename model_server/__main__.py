@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 
 from edgefleet.core import logs
-from edgefleet.core.errors import ConfigError, EdgefleetError
+from edgefleet.core.errors import ConfigError, EdgefleetError, one_line
 from edgefleet.core.logs import fields
 
 log = logging.getLogger("model_server")
@@ -40,17 +40,13 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
-def _one_line(exc: BaseException) -> str:
-    return "edgefleet: " + " ".join(str(exc).split())
-
-
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     from model_server.config import load_config
 
     try:
         config = load_config(argv, environ)
     except ConfigError as exc:
-        print(_one_line(exc), file=sys.stderr)
+        print(f"edgefleet: {one_line(exc)}", file=sys.stderr)
         return 2
     logs.configure("model_server", config.log_level)
     limit_malloc_arenas()
@@ -66,10 +62,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         server = ModelServer(config)
         http = make_server(server.app, config, server.workers)
     except EdgefleetError as exc:
-        print(_one_line(exc), file=sys.stderr)
+        print(f"edgefleet: {one_line(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. the port is taken
-        print(_one_line(f"cannot listen on {config.host}:{config.port}: {exc}"), file=sys.stderr)
+        print(
+            f"edgefleet: {one_line(f'cannot listen on {config.host}:{config.port}: {exc}')}",
+            file=sys.stderr,
+        )
         return 1
 
     def _terminate(signum: int, frame: FrameType | None) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgefleet.core.errors import one_line
 from edgefleet.core.logs import fields
 from model_server.errors import ModelLoadError
 from model_server.package import ModelPackage
@@ -35,6 +36,7 @@ EDGETPU_LIB = "libedgetpu.so.1"
 ABSENT = "absent"  # no libedgetpu.so.1 on the loader's path (and no Coral pycoral)
 BROKEN = "broken"  # libedgetpu (or pycoral) present but failed to load
 NO_DEVICE = "no-device"  # the delegate loaded but no Edge TPU answered
+DETAIL_CHARS = 300  # how much of a loader's error a delegate state carries
 
 
 class DelegateUnavailable(Exception):
@@ -216,10 +218,6 @@ def _litert_interpreter_factory(
     return make
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
-
-
 def _coral_pycoral() -> Any:
     """Coral's pycoral.utils.edgetpu when it is installed; None when it is not (or the
     name belongs to PyPI's unrelated package). Raises DelegateUnavailable(BROKEN) when
@@ -230,10 +228,10 @@ def _coral_pycoral() -> Any:
         if exc.name in ("pycoral", "pycoral.utils", "pycoral.utils.edgetpu"):
             return None  # absent, or PyPI's "pycoral" (no utils.edgetpu)
         raise DelegateUnavailable(BROKEN, f"pycoral is installed but its import failed: "
-                                          f"{_one_line(exc)}") from None  # fmt: skip
+                                          f"{one_line(exc, DETAIL_CHARS)}") from None  # fmt: skip
     except Exception as exc:  # e.g. its native module fails to load
         raise DelegateUnavailable(
-            BROKEN, f"pycoral is installed but its import failed: {_one_line(exc)}"
+            BROKEN, f"pycoral is installed but its import failed: {one_line(exc, DETAIL_CHARS)}"
         ) from None
     return coral if hasattr(coral, "make_interpreter") else None
 
@@ -250,7 +248,7 @@ def _open_edgetpu_library() -> None:
     try:
         library = ctypes.CDLL(EDGETPU_LIB)
     except OSError as exc:
-        message = _one_line(exc)
+        message = one_line(exc, DETAIL_CHARS)
         if message == f"{EDGETPU_LIB}: cannot open shared object file: No such file or directory":
             raise DelegateUnavailable(ABSENT, f"{EDGETPU_LIB} is not installed") from None
         raise DelegateUnavailable(
@@ -276,9 +274,9 @@ def edgetpu_interpreter_factory(path: Path) -> Callable[[], Any]:
         try:
             first = coral.make_interpreter(str(path))
         except ValueError as exc:  # its load_delegate: the library loaded, no device
-            raise DelegateUnavailable(NO_DEVICE, _one_line(exc)) from None
+            raise DelegateUnavailable(NO_DEVICE, one_line(exc, DETAIL_CHARS)) from None
         except Exception as exc:
-            detail = f"pycoral make_interpreter: {_one_line(exc)}"
+            detail = f"pycoral make_interpreter: {one_line(exc, DETAIL_CHARS)}"
             raise DelegateUnavailable(BROKEN, detail) from None
         made = [first]
         return lambda: made.pop() if made else coral.make_interpreter(str(path))
@@ -289,11 +287,13 @@ def edgetpu_interpreter_factory(path: Path) -> Callable[[], Any]:
         delegate = load_delegate(EDGETPU_LIB)
     except ValueError as exc:  # tflite_plugin_create_delegate returned no delegate
         raise DelegateUnavailable(
-            NO_DEVICE, f"{EDGETPU_LIB} loaded but no Edge TPU answered: {_one_line(exc)}"
+            NO_DEVICE,
+            f"{EDGETPU_LIB} loaded but no Edge TPU answered: {one_line(exc, DETAIL_CHARS)}",
         ) from None
     except (AttributeError, OSError, RuntimeError) as exc:  # e.g. not a delegate library
+        detail = one_line(exc, DETAIL_CHARS)
         raise DelegateUnavailable(
-            BROKEN, f"{EDGETPU_LIB} is installed but is not a working delegate: {_one_line(exc)}"
+            BROKEN, f"{EDGETPU_LIB} is installed but is not a working delegate: {detail}"
         ) from None
     return _litert_interpreter_factory(path, 1, [delegate])
 

@@ -5,6 +5,13 @@ can print it as is and a service can log it as a structured entry.
 """
 
 
+def one_line(exc: BaseException | str, limit: int | None = None) -> str:
+    """An exception's (or any) message on one line: whitespace runs, newlines included,
+    become single spaces, so a library's multi-line error fits a CLI line or a log field;
+    cut at ``limit`` characters when given."""
+    return " ".join(str(exc).split())[:limit]
+
+
 class EdgefleetError(Exception):
     """Base class of every error edgefleet raises on purpose."""
 

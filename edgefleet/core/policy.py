@@ -35,7 +35,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgefleet.core import layout, refs, strict_yaml
-from edgefleet.core.errors import ConfigError, InvalidInput, InvalidReference, PolicyViolation
+from edgefleet.core.errors import (
+    ConfigError,
+    InvalidInput,
+    InvalidReference,
+    PolicyViolation,
+    one_line,
+)
 
 MAX_MANIFEST_BYTES = 256 * 1024
 ANY_POD = "*"
@@ -683,8 +689,4 @@ def _check_model(pod: dict[str, Any]) -> None:
     try:
         ApiClient()._ApiClient__deserialize(pod, "V1Pod")  # type: ignore[attr-defined]
     except (ValueError, TypeError, AttributeError, ApiValueError) as exc:
-        raise InvalidInput(f"manifest is not a valid v1 Pod: {_one_line(exc)}") from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+        raise InvalidInput(f"manifest is not a valid v1 Pod: {one_line(exc)}") from exc

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from edgefleet.core.errors import InvalidInput
+from edgefleet.core.errors import InvalidInput, one_line
 
 MAX_BYTES = 256 * 1024
 MAX_DEPTH = 32
@@ -66,7 +66,7 @@ def load(data: bytes | str, *, what: str = "document", max_bytes: int = MAX_BYTE
     try:
         return _build(yaml.parse(text, Loader=_LOADER), what)
     except yaml.YAMLError as exc:
-        raise StrictYAMLError(f"{what} is not valid YAML: {_one_line(exc)}") from exc
+        raise StrictYAMLError(f"{what} is not valid YAML: {one_line(exc)}") from exc
     except RecursionError as exc:  # defensive: the walk below is iterative
         raise StrictYAMLError(f"{what} is nested too deeply") from exc
 
@@ -189,7 +189,3 @@ def _check_unicode(value: str, what: str) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise StrictYAMLError(f"{what}: a string holds a lone surrogate ({exc.reason})") from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
