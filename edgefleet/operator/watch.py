@@ -131,6 +131,9 @@ def look(
 ) -> Watch:
     """``rows``: the reports already read (e.g. through the fleet index); else read here."""
     rows = read_reports(bucket) if rows is None else rows
+    progress = fleet.rollout_progress(rows, channel, digest, arch)
+    if progress.complete:  # every device runs ``digest`` itself: no set to read
+        return Watch(progress, [], rows)
     arches = sorted({r.arch for r in rows if r.channel == channel and arch in (None, r.arch)})
     carrying = sets_carrying(bucket, channel, arches, digest)
     # Each arch waits for its own image: a multi-arch index's digest maps to one per arch.
