@@ -69,6 +69,8 @@ def test_proxy_switch_moves_new_connections_and_lets_open_ones_finish() -> None:
             get(proxy.listen_port)
         proxy.switch(old.server_port)
         assert get(proxy.listen_port) == "old"
+        # Let the proxy close that first connection, so the count below is the slow one's.
+        proxy.drained(old.server_port, 5)
         slow: list[str] = []
         t = threading.Thread(target=lambda: slow.append(get(proxy.listen_port, "/slow")))
         t.start()
