@@ -48,6 +48,7 @@ from sync_pod.model_metrics import ModelSampler, targets_of
 from sync_pod.pace import HintStore
 from sync_pod.pipeline import (
     WAIT_STOP,
+    WAIT_TIMEOUT,
     Checked,
     Decoded,
     Fetched,
@@ -162,12 +163,14 @@ class Agent:
             self._error(Reason.RUNTIME, str(exc))
 
     def run(self, wait: Wait, *, jitter: Callable[[], float]) -> None:
-        """Poll, report, ``wait(poll interval x jitter())``; until ``wait`` says "stop"."""
+        """Poll, report, ``wait(poll interval x jitter())``; until ``wait`` says "stop".
+        A wait ended early (a wake-up message) makes the next poll a woken one."""
         self.recover()
         self.report()
+        woken = False
         while True:
             try:
-                self.poll_once()
+                self.poll_once(woken=woken)
             except Exception as exc:  # keep the device's last good set, whatever happened
                 log.exception("poll failed unexpectedly")
                 self._error(Reason.UNEXPECTED, f"{type(exc).__name__}: {exc}")
@@ -175,8 +178,10 @@ class Agent:
                 self.report()
             except Exception:
                 log.exception("status report failed unexpectedly")
-            if wait(self.poll_interval() * jitter()) == WAIT_STOP:
+            reason = wait(self.poll_interval() * jitter())
+            if reason == WAIT_STOP:
                 return
+            woken = reason != WAIT_TIMEOUT
 
     def poll_interval(self) -> float:
         """The device's poll interval, or the last verified set's hint within its bounds."""
@@ -184,14 +189,15 @@ class Agent:
 
     # -- one poll: the pipeline ---------------------------------------------------------
 
-    def poll_once(self) -> Outcome:
-        """One pass of the pipeline; its result is settled (remembered, reported)."""
+    def poll_once(self, *, woken: bool = False) -> Outcome:
+        """One pass of the pipeline; its result is settled (remembered, reported).
+        ``woken``: a wake-up said a new set is out, so the poll downloads at once."""
         self.last_poll = self.clock()
-        result = self._poll()
+        result = self._poll(woken)
         self.settle(result)
         return result.outcome
 
-    def _poll(self) -> PollResult:
+    def _poll(self, woken: bool = False) -> PollResult:
         if self.state.pending is not None:
             return self.resume(self.state.pending)
         if self.roots.refresh(self.state):
@@ -207,7 +213,7 @@ class Agent:
             self.apply,
             self.finish,
         )
-        product: object = self.fetch()
+        product: object = self.fetch(woken=woken)
         for stage in stages:
             if isinstance(product, PollResult):
                 return product
@@ -215,34 +221,53 @@ class Agent:
         assert isinstance(product, PollResult), product
         return product
 
-    def fetch(self) -> Fetched | PollResult:
-        """The set object's generation (one metadata request) and, when it is new and not
-        backing off, its bytes."""
+    def fetch(self, *, woken: bool = False) -> Fetched | PollResult:
+        """The set's bytes when its generation is new and not backing off.
+
+        A timed poll asks for the generation first (one metadata request: what an idle
+        device pays) and downloads only when it moved. A woken poll (a wake-up message
+        announced a new set) downloads at once: one request instead of two, and the
+        generation comes with the bytes; a forged or replayed message costs that one
+        download. While a set backs off, every poll asks first."""
         name = self.config.set_object
-        where = f"gs://{self.bucket.name}/{name}"
+        if woken and self.state.backoff is None:
+            return self._download(name)
         try:
             generation = self.bucket.generation(name)
         except TransientError as exc:
             return PollResult(Outcome.OFFLINE, Reason.OFFLINE, str(exc))
         self._online()
         if generation == 0:
-            return PollResult(Outcome.UNCHANGED, Reason.NO_SET, f"{where} does not exist yet")
+            return self._no_set(name)
         held = backing_off(self.state, now=self.clock(), generation=generation)
         if held is not None:
             return self._backing_off_result(held)
         if generation == self.state.seen_generation:
             return PollResult(Outcome.UNCHANGED)
+        return self._download(name, generation)
+
+    def _download(self, name: str, generation: int = 0) -> Fetched | PollResult:
+        """One request: the set's bytes and the generation they are (bounded in size).
+        ``generation``: the one a metadata request saw, remembered when the set is too
+        large (so it is not downloaded again); 0 on a woken poll."""
         try:
-            blob = self.bucket.read(name, max_bytes=manifest_set.MAX_SET_BYTES)
+            blob = self.bucket.fetch(name, max_bytes=manifest_set.MAX_SET_BYTES)
         except TooLarge as exc:
             return PollResult(Outcome.REJECTED, Reason.TOO_LARGE, str(exc), "", generation)
         except Conflict:
             return PollResult(Outcome.UNCHANGED)  # rewritten while read: the next poll gets it
         except TransientError as exc:
             return PollResult(Outcome.OFFLINE, Reason.OFFLINE, str(exc))
+        self._online()
         if blob is None:
-            return PollResult(Outcome.UNCHANGED, Reason.NO_SET, f"{where} does not exist yet")
+            return self._no_set(name)
+        if blob.generation == self.state.seen_generation:
+            return PollResult(Outcome.UNCHANGED)
         return Fetched(blob.data, blob.generation)
+
+    def _no_set(self, name: str) -> PollResult:
+        where = f"gs://{self.bucket.name}/{name}"
+        return PollResult(Outcome.UNCHANGED, Reason.NO_SET, f"{where} does not exist yet")
 
     def known(self, decoded: Decoded) -> Decoded | PollResult:
         """Sets judged before: the running one rewritten (its signatures still judged, so

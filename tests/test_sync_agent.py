@@ -129,6 +129,32 @@ def test_noop_poll_is_one_request_and_state_survives_restart(
     assert len(gcs.requests(mark)) == 1
 
 
+def test_new_set_costs_two_requests_polled_and_one_woken(
+    bucket, gcs, either, tmp_path, pub
+) -> None:
+    """A timed poll asks for the generation, then downloads; a woken poll (a wake-up
+    message said a new set is out) downloads at once and learns the generation from the
+    download; a woken poll that finds nothing new (a replayed message) changes nothing."""
+    pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
+    agent = make_agent(either, tmp_path)
+    agent.recover()
+    mark = gcs.mark()
+    assert agent.poll_once() == APPLIED
+    reads = [r for r in gcs.requests(mark) if r.method == "GET"]
+    assert len(reads) == 2, reads
+    pub.publish(entries({"web": pod_yaml("web", IMAGE, container_extra={"args": ["v2"]})}))
+    mark = gcs.mark()
+    assert agent.poll_once(woken=True) == APPLIED
+    reads = [r for r in gcs.requests(mark) if r.method == "GET"]
+    assert len(reads) == 1, reads
+    assert agent.state.seen_generation == bucket.generation(layout.set_object("x86_64", "beta"))
+    applied = agent.state.applied
+    mark = gcs.mark()
+    assert agent.poll_once(woken=True) == UNCHANGED
+    assert len(gcs.requests(mark)) == 1
+    assert agent.state.applied == applied
+
+
 def test_removed_manifest_disappears_but_own_sync_pod_stays(bucket, device, tmp_path, pub) -> None:
     sync = pod_yaml(layout.SYNC_POD_NAME, IMAGE)
     pub.publish(entries({"web": pod_yaml("web", IMAGE), layout.SYNC_POD_NAME: sync}, "all"))

@@ -226,7 +226,7 @@ def test_forged_wakeup_costs_one_poll_and_applies_nothing(bucket, broker, tmp_pa
         # finds the set it already has, and changes nothing.
         WakeupPublisher(target).publish("x86_64", "beta", applied.generation + 1000, 1)
         assert wake(5) == WOKEN
-        assert agent.poll_once() == UNCHANGED
+        assert agent.poll_once(woken=True) == UNCHANGED
         assert agent.state.applied == applied
     finally:
         wake.stop()
