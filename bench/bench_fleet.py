@@ -145,6 +145,10 @@ def worker_main(conn: Any, indices: list[int], root: str, env: dict[str, str], p
 
     check = CachedModelCheck(ChildModelCheck(timeout=120.0), shared=Path(root) / "verdicts")
     devices = [make_device(i, Path(root), env, check, push) for i in indices]
+    gate = threading.BoundedSemaphore(int(os.environ.get("SIM_CONCURRENCY", "1000000")))
+    for d in devices:
+        d.agent.poll_once = _gated(gate, d.agent.poll_once)
+        d.agent.report = _gated(gate, d.agent.report)
     for d in devices:
         if push:
             d.wait.start()
@@ -188,6 +192,14 @@ def worker_main(conn: Any, indices: list[int], root: str, env: dict[str, str], p
                     d.thread.join(timeout=30)
             conn.send("stopped")
             return
+
+
+def _gated(gate: threading.BoundedSemaphore, fn: Any) -> Any:
+    def gated(*args: Any, **kwargs: Any) -> Any:
+        with gate:
+            return fn(*args, **kwargs)
+
+    return gated
 
 
 def _first_after(handed: list[tuple[float, Path, tuple[str, ...]]], since: float) -> float | None:
@@ -309,6 +321,17 @@ def host_cpu(fleet_counters: dict[str, float], pids: list[int]) -> float:
     return fleet_counters["cpu"] + fleet_counters["child_cpu"] + sum(_proc_cpu(p) for p in pids)
 
 
+def cpu_parts(fleet_counters: dict[str, float], pids: list[int]) -> dict[str, float]:
+    """Host CPU (s) by part: agent workers, their check children, the emulator, the broker."""
+    gcs, broker = (_proc_cpu(p) for p in pids)
+    return {
+        "workers": fleet_counters["cpu"],
+        "check children": fleet_counters["child_cpu"],
+        "GCS emulator": gcs,
+        "broker": broker,
+    }
+
+
 def run_mode(args: argparse.Namespace, push: bool, env: dict[str, str], pub: Publisher,
              service_pids: list[int]) -> ModeResult:  # fmt: skip
     name = "push (MQTT + 600 s fallback poll)" if push else f"poll every {args.poll:g} s"
@@ -331,6 +354,7 @@ def run_mode(args: argparse.Namespace, push: bool, env: dict[str, str], pub: Pub
         fanout: list[float] = []
         before = fleet.counters()
         cpu_before = host_cpu(before, service_pids)
+        parts_before = cpu_parts(before, service_pids)
         rollouts = args.rollouts if push else args.poll_rollouts
         for k in range(rollouts):
             n_pub = len(pub.published_at)
@@ -353,6 +377,11 @@ def run_mode(args: argparse.Namespace, push: bool, env: dict[str, str], pub: Pub
         per_rollout_requests = (after["requests"] - before["requests"]) / args.agents / rollouts
         per_rollout_bytes = (after["bytes"] - before["bytes"]) / args.agents / rollouts
         cpu_rollout = (cpu_after - cpu_before) / args.agents / rollouts
+        parts = {
+            k: (v - parts_before[k]) / args.agents / rollouts * 1000
+            for k, v in cpu_parts(after, service_pids).items()
+        }
+        print("  CPU per agent per rollout: " + ", ".join(f"{k} {v:.1f} ms" for k, v in parts.items()))
         # Idle: nothing changes; only polls (and, over an hour, heartbeats) cost anything.
         time.sleep(2)
         idle0 = fleet.counters()

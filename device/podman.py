@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 PLAY_TIMEOUT = 600.0
 QUERY_TIMEOUT = 30.0
+CLEANUP_NICENESS = 10  # removing a pod nothing waits for: behind the versions starting
 MAX_ANNOTATION = 63
 DEFAULT_GRACE_SECONDS = 30  # Kubernetes' default terminationGracePeriodSeconds
 
@@ -217,8 +218,10 @@ class PodmanRuntime:
             play_file.unlink(missing_ok=True)
         atomic_write(self._record_path(name), adapted)
 
-    def _stop_and_remove(self, name: str) -> None:
-        """Stop ``name`` within its grace period, then remove it (see the module doc)."""
+    def _stop_and_remove(self, name: str, *, nice: bool = False) -> None:
+        """Stop ``name`` within its grace period, then remove it (see the module doc).
+        ``nice``: at low CPU priority, for a pod nothing waits for (one no longer in the
+        set, an old version already handed over): the versions starting get the CPU."""
         try:
             recorded = yaml.safe_load(self._recorded(name) or b"")
         except yaml.YAMLError:
@@ -226,12 +229,15 @@ class PodmanRuntime:
         grace = grace_seconds(recorded if isinstance(recorded, dict) else None)
         log.info("podman pod stop", extra={"fields": {"pod": name, "grace_seconds": grace}})
         self._run(
-            ["pod", "stop", "--ignore", "-t", str(grace), name], grace + QUERY_TIMEOUT, check=False
+            ["pod", "stop", "--ignore", "-t", str(grace), name],
+            grace + QUERY_TIMEOUT,
+            check=False,
+            nice=nice,
         )
-        self._run(["pod", "rm", "-f", "--ignore", name], QUERY_TIMEOUT * 4)
+        self._run(["pod", "rm", "-f", "--ignore", name], QUERY_TIMEOUT * 4, nice=nice)
 
     def _down(self, name: str) -> None:
-        self._stop_and_remove(name)
+        self._stop_and_remove(name, nice=True)
         self._record_path(name).unlink(missing_ok=True)
 
     def _tls_flags(self, images: Sequence[str]) -> list[str]:
@@ -247,9 +253,11 @@ class PodmanRuntime:
         return []
 
     def _run(
-        self, args: list[str], timeout: float, *, check: bool = True
+        self, args: list[str], timeout: float, *, check: bool = True, nice: bool = False
     ) -> subprocess.CompletedProcess[str]:
         argv = [self.podman, *args]
+        if nice:
+            argv = ["nice", "-n", str(CLEANUP_NICENESS), *argv]
         try:
             result = subprocess.run(
                 argv, capture_output=True, text=True, timeout=timeout, env=self.env, check=False

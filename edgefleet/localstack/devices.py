@@ -190,6 +190,9 @@ def agent_env(
         # otherwise: a device trusting no key rejects every set).
         "EDGEFLEET_INSECURE_ALLOW_UNSIGNED": "" if trusted_keys else "1",
         "STATUS_SECONDS": "30",
+        # The model server's port is switched by hand-over (device/handover.py): the old
+        # version serves until the new one passes its self-test, no request is refused.
+        "HANDOVER_PORTS": str(MODEL_SERVER_PORT),
         "LOG_LEVEL": "INFO",
     }
 
