@@ -112,6 +112,7 @@ class Decoded:
     signed: SignedSet
     digest: str
     generation: int
+    payload: bytes = b""  # the signed payload the digest is of (encoded once, verified)
 
     @property
     def manifest_set(self) -> ManifestSet:
@@ -185,7 +186,8 @@ def decode(fetched: Fetched) -> Decoded | PollResult:
         return PollResult(
             Outcome.REJECTED, Reason.INVALID_SET, str(exc), raw_digest, fetched.generation
         )
-    return Decoded(signed, signed.manifest_set.digest(), fetched.generation)
+    payload = signed.manifest_set.payload()
+    return Decoded(signed, hashlib.sha256(payload).hexdigest(), fetched.generation, payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +219,7 @@ def verify(decoded: Decoded, trust: Trust, *, running: bool = False) -> Verified
             applied_digest=None if running else trust.applied_digest,
             threshold=trust.threshold,
             insecure=trust.insecure,
+            payload=decoded.payload or None,
         )
     except SetRejected as exc:
         return PollResult(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +98,10 @@ class State:
         return self.rejections[-1] if self.rejections else None
 
     def to_json(self) -> bytes:
-        doc = {"version": STATE_VERSION, **asdict(self)}
-        return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
+        """The state file's bytes. Written on every step of an apply, so it is encoded
+        straight from the objects (no ``asdict`` deep copy: a third of the cost)."""
+        doc = {"version": STATE_VERSION, **vars(self)}
+        return json.dumps(doc, indent=1, sort_keys=True, default=_fields).encode() + b"\n"
 
     @classmethod
     def from_json(cls, data: bytes) -> State:
@@ -115,6 +117,13 @@ class State:
             bad_digests=[str(d) for d in doc.get("bad_digests") or []],
             backoff=_opt(Backoff, doc.get("backoff")),
         )
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    """json's hook for the nested records (dataclasses with a ``__dict__``)."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return vars(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
 def _opt(cls: Any, raw: Any) -> Any:

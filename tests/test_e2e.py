@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from device.handover import slot_pod_name
 from edgefleet.cloud import storage
 from edgefleet.core import layout, manifest_set
 from edgefleet.localstack import devices as dev
@@ -83,10 +84,11 @@ def test_promote_converge_rollback(story: tuple[harness.Fleet, Path]) -> None:
     assert signed.signatures, "the local stack signs its sets"
     assert any(own(d1) in e.yaml for e in signed.manifest_set.effective().values())
 
-    # Each device has its own podman storage: both run a pod named after the model.
+    # Each device has its own podman storage: both run a pod named after the model, in
+    # the first hand-over slot (localhost:5000 is the agent's hand-over proxy).
     t = harness.promote(fleet, d1, "stable")
     harness.wait_serving(fleet, [stable], d1, since=t)
-    assert _device_pods(latest) == _device_pods(stable) == ["mobilenet"]
+    assert _device_pods(latest) == _device_pods(stable) == [slot_pod_name("mobilenet", "a")]
 
     # v2: latest moves by itself (the build retags latest); stable stays on v1.
     d2 = harness.wait_built(fleet, harness.train(fleet, 2, data=data), say=lambda _m: None)
@@ -109,6 +111,8 @@ def test_promote_converge_rollback(story: tuple[harness.Fleet, Path]) -> None:
     harness.wait_reported(fleet, "latest", d2, timeout=60)
     report = json.loads(deploy.read(layout.status_object(stable["id"])).data)
     assert report["health"] == "healthy" and report["channel"] == "stable"
+    # Three switches later: the old versions were handed over and removed, one pod runs.
+    assert len(_device_pods(stable)) == 1
 
 
 def test_teardown_removes_what_up_started(tmp_path: Path) -> None:

@@ -386,8 +386,10 @@ def verify(
     applied_digest: str | None = None,
     threshold: int = 1,
     insecure: bool = False,
+    payload: bytes | None = None,
 ) -> ManifestSet:
     """Return the set if a device of ``arch``/``channel`` may apply it, else raise SetRejected.
+    ``payload``: ``signed.manifest_set.payload()`` when the caller has it already.
 
     Needs valid signatures by ``threshold`` distinct ``trusted_keys``. Without trusted keys
     every set is refused (``no-trusted-key``) unless ``insecure`` (development only): then
@@ -412,7 +414,8 @@ def verify(
         if not known:
             ids = ", ".join(sig.key_id[:16] for sig in signed.signatures[:8])
             raise SetRejected(REJECT_UNTRUSTED_KEY, f"signed by {ids}, none of them trusted")
-        payload = s.payload()
+        if payload is None:
+            payload = s.payload()
         good = {sig.key_id for sig in known if verifies(by_id[sig.key_id], sig.value, payload)}
         if not good:
             raise SetRejected(REJECT_BAD_SIGNATURE, "signature does not match the set's content")

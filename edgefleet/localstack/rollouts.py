@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from device.handover import SLOTS, slot_pod_name
 from edgefleet.cloud import rollout
 from edgefleet.core import cohort, layout
 from edgefleet.localstack import devices as dev
@@ -159,14 +160,18 @@ class Traffic:
 
 
 def container_ids(fleet: Fleet, pod: str = h.MODEL) -> dict[str, str]:
-    """Device id -> id of the container running ``pod`` ("" when none runs)."""
+    """Device id -> id of the container running ``pod`` ("" when none runs). The pod runs
+    as ``POD-a`` or ``POD-b`` (the hand-over slots, device/handover.py) or as ``POD``."""
+    names = {pod, *(slot_pod_name(pod, slot) for slot in SLOTS)}
     out = {}
     for d in fleet.devices:
         paths = dev.DevicePaths(Path(d["device_dir"]))
-        done = dev.run_podman(
-            paths, ["ps", "--filter", f"pod={pod}", "--format", "{{.ID}} {{.IsInfra}}"]
-        )
-        ids = [line.split()[0] for line in done.stdout.splitlines() if line.endswith("false")]
+        done = dev.run_podman(paths, ["ps", "--format", "{{.ID}} {{.IsInfra}} {{.PodName}}"])
+        ids = [
+            fields[0]
+            for fields in (line.split() for line in done.stdout.splitlines())
+            if len(fields) == 3 and fields[1] == "false" and fields[2] in names
+        ]
         out[str(d["id"])] = ids[0] if ids else ""
     return out
 
