@@ -74,10 +74,12 @@ class CountingHttp:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.requests = 0
+        self.reads = 0  # GETs (Class B: metadata and downloads); the rest are uploads
         self.bytes = 0
 
     def request(self, method: str, url: str, **kwargs: Any) -> Any:
         self.requests += 1
+        self.reads += method == "GET"
         body = kwargs.get("body")
         self.bytes += len(body) if body else 0
         resp = self.inner.request(method, url, **kwargs)
@@ -184,6 +186,7 @@ def worker_main(
             conn.send(
                 {
                     "requests": sum(d.http.requests for d in devices),
+                    "reads": sum(d.http.reads for d in devices),
                     "bytes": sum(d.http.bytes for d in devices),
                     "cpu": self_usage.ru_utime + self_usage.ru_stime,
                     "child_cpu": children.ru_utime + children.ru_stime,
@@ -320,6 +323,7 @@ class ModeResult:
     latencies: list[float]
     fanout: list[float]
     per_rollout_requests: float
+    per_rollout_reads: float
     per_rollout_bytes: float
     idle_requests_hour: float
     idle_bytes_hour: float
@@ -387,6 +391,7 @@ def run_mode(args: argparse.Namespace, push: bool, env: dict[str, str], pub: Pub
         after = fleet.counters()
         cpu_after = host_cpu(after, service_pids)
         per_rollout_requests = (after["requests"] - before["requests"]) / args.agents / rollouts
+        per_rollout_reads = (after["reads"] - before["reads"]) / args.agents / rollouts
         per_rollout_bytes = (after["bytes"] - before["bytes"]) / args.agents / rollouts
         cpu_rollout = (cpu_after - cpu_before) / args.agents / rollouts
         parts = {
@@ -395,7 +400,7 @@ def run_mode(args: argparse.Namespace, push: bool, env: dict[str, str], pub: Pub
         }
         print(
             "  CPU per agent per rollout: " + ", ".join(f"{k} {v:.1f} ms" for k, v in parts.items())
-        )  # noqa: E501
+        )
         # Idle: nothing changes; only polls (and, over an hour, heartbeats) cost anything.
         time.sleep(2)
         idle0 = fleet.counters()
@@ -408,7 +413,7 @@ def run_mode(args: argparse.Namespace, push: bool, env: dict[str, str], pub: Pub
         idle_bytes = (idle1["bytes"] - idle0["bytes"]) * scale
         rss = idle1["rss"] / args.agents
         return ModeResult(
-            name, latencies, fanout, per_rollout_requests, per_rollout_bytes,
+            name, latencies, fanout, per_rollout_requests, per_rollout_reads, per_rollout_bytes,
             idle_requests, idle_bytes, cpu_rollout, (cpu_idle1 - cpu_idle0) * scale, rss, startup,
         )  # fmt: skip
     finally:
@@ -431,7 +436,8 @@ def report(result: ModeResult, idle_poll_requests: float | None) -> None:
             f"p95 {percentile(f, 95) * 1000:.0f} ms  max {max(f) * 1000:.0f} ms"
         )
     print(
-        f"  GCS per device per rollout {result.per_rollout_requests:.2f} requests, "
+        f"  GCS per device per rollout {result.per_rollout_requests:.2f} requests "
+        f"({result.per_rollout_reads:.2f} GET), "
         f"{result.per_rollout_bytes / 1000:.1f} kB (bodies; incl. the status report and "
         "any timed poll in the window)"
     )

@@ -216,7 +216,7 @@ def report(name: str, samples: list[Sample], poll: float, slack: float) -> None:
         "runtime (applying -> serving)": [x for s in samples for x in s.runtime],
         "total (tag -> all serving)": [s.total for s in samples],
     }
-    print(f"\n{name}: {len(samples)} promotions x {DEVICES} devices")
+    print(f"\n{name}: {len(samples)} promotions x {len(samples[0].runtime)} devices")
     print(f"  {'':32} {'p50':>7} {'p95':>7} {'max':>7}")
     for label, values in rows.items():
         p50, p95 = percentile(values, 50), percentile(values, 95)
@@ -244,6 +244,12 @@ def main() -> int:
         action="store_true",
         help="devices woken by the stack's mosquitto (else poll only)",
     )
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=DEVICES,
+        help="devices on the channel (default 3: the target's; 1 shows what one device takes)",
+    )
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--workdir", type=Path, default=REPO / ".edgefleet" / "bench-rollout")
     args = parser.parse_args()
@@ -255,7 +261,7 @@ def main() -> int:
     quiet = lambda _m: None  # noqa: E731
     fleet = harness.start(
         args.workdir,
-        devices=DEVICES,
+        devices=args.devices,
         channels=(CHANNEL,),
         poll_seconds=args.poll,
         say=quiet,

@@ -6,8 +6,9 @@ One poll is the pipeline of :mod:`sync_pod.pipeline`::
     fetch -> decode -> verify -> select -> check -> prefetch -> apply -> gate
           -> commit | rollback                      (then, in the loop: report)
 
-When nothing changed a poll is one metadata request (the set object's generation). A new
-generation is downloaded (bounded), decoded, verified (signatures when keys are trusted,
+When nothing changed a timed poll is one metadata request (the set object's generation);
+a poll woken by a wake-up message downloads at once (one request). A new generation is
+downloaded (bounded), decoded, verified (signatures when keys are trusted,
 expiry, replay, target), reduced to what this device runs (select), and every manifest is
 policy-checked (the kubernetes V1Pod model check through ``model_check``: a child process
 on devices); only then are the images pulled (prefetch) and the set written into the

@@ -11,7 +11,7 @@ large fleet cheap.
 
 A message carries no authority: it only makes the agent poll now, and the poll fetches
 and verifies the set exactly as a timed one does. A forged or replayed message therefore
-costs one poll (a single metadata request when the generation did not move); messages
+costs one poll (one bounded download of the set, judged like any other); messages
 that are malformed or oversized are dropped and counted. The broker being down changes
 nothing but latency: paho reconnects in the background with backoff (1 s -> 2 min), and
 the retained message brings the newest generation on every reconnect.

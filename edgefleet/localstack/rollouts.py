@@ -161,12 +161,15 @@ class Traffic:
 
 def container_ids(fleet: Fleet, pod: str = h.MODEL) -> dict[str, str]:
     """Device id -> id of the container running ``pod`` ("" when none runs). The pod runs
-    as ``POD-a`` or ``POD-b`` (the hand-over slots, device/handover.py) or as ``POD``."""
+    as ``POD-a`` or ``POD-b`` (the hand-over slots, device/handover.py) or as ``POD``
+    (``podman ps`` fills in ``PodName`` only with ``--pod``)."""
     names = {pod, *(slot_pod_name(pod, slot) for slot in SLOTS)}
     out = {}
     for d in fleet.devices:
         paths = dev.DevicePaths(Path(d["device_dir"]))
-        done = dev.run_podman(paths, ["ps", "--format", "{{.ID}} {{.IsInfra}} {{.PodName}}"])
+        done = dev.run_podman(
+            paths, ["ps", "--pod", "--format", "{{.ID}} {{.IsInfra}} {{.PodName}}"]
+        )
         ids = [
             fields[0]
             for fields in (line.split() for line in done.stdout.splitlines())
