@@ -112,7 +112,7 @@ class Decoded:
     signed: SignedSet
     digest: str
     generation: int
-    payload: bytes = b""  # the signed payload the digest is of (encoded once, verified)
+    payload: bytes  # the signed payload the digest is of (encoded once, verified)
 
     @property
     def manifest_set(self) -> ManifestSet:
@@ -219,7 +219,7 @@ def verify(decoded: Decoded, trust: Trust, *, running: bool = False) -> Verified
             applied_digest=None if running else trust.applied_digest,
             threshold=trust.threshold,
             insecure=trust.insecure,
-            payload=decoded.payload or None,
+            payload=decoded.payload,
         )
     except SetRejected as exc:
         return PollResult(

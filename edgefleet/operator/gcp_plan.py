@@ -253,6 +253,16 @@ class _Plan:
             args.append(f"--condition={condition}")
         self.gcloud(*args, comment=comment or f"{member}: {role} on gs://{bucket}")
 
+    def repository_binding(
+        self, repository: str, location: str, member: str, role: str, *, comment: str = ""
+    ) -> None:
+        """Grant ``member`` ``role`` on the Artifact Registry ``repository``."""
+        self.gcloud(
+            "artifacts", "repositories", "add-iam-policy-binding", repository,
+            f"--location={location}", f"--member={member}", f"--role={role}",
+            comment=comment or f"{member}: {role} on repository {repository}",
+        )  # fmt: skip
+
 
 def plan(config: GcpConfig) -> list[Step]:
     """Every command of a deployment, in order."""
@@ -412,16 +422,7 @@ def plan(config: GcpConfig) -> list[Step]:
         (c.repository, c.all_devices, "roles/artifactregistry.reader"),
         (UPSTREAM_REPOSITORY, member[BUILDER_SA], "roles/artifactregistry.reader"),
     ):
-        p.gcloud(
-            "artifacts",
-            "repositories",
-            "add-iam-policy-binding",
-            repository,
-            f"--location={c.region}",
-            f"--member={who}",
-            f"--role={role}",
-            comment=f"{who}: {role} on repository {repository}",
-        )
+        p.repository_binding(repository, c.region, who, role)
     p.gcloud(
         "pubsub",
         "topics",
@@ -623,10 +624,8 @@ def _rollout_steps(
         c.deploy_bucket, f"serviceAccount:{rollout_sa}", "roles/storage.objectAdmin",
         comment="rollout_controller: reads reports, writes rollouts/ and sets/",
     )  # fmt: skip
-    p.gcloud(
-        "artifacts", "repositories", "add-iam-policy-binding", c.repository,
-        f"--location={c.region}", f"--member=serviceAccount:{rollout_sa}",
-        "--role=roles/artifactregistry.writer",
+    p.repository_binding(
+        c.repository, c.region, f"serviceAccount:{rollout_sa}", "roles/artifactregistry.writer",
         comment="a completed rollout moves the channel tag to the candidate",
     )  # fmt: skip
     p.gcloud(

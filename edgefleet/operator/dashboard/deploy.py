@@ -36,10 +36,8 @@ def plan(p: Any, c: Any) -> None:
         c.deploy_bucket, f"serviceAccount:{sa}", "roles/storage.objectViewer",
         comment="the dashboard reads status/ and rollouts/; it writes nothing",
     )  # fmt: skip
-    p.gcloud(
-        "artifacts", "repositories", "add-iam-policy-binding", c.repository,
-        f"--location={c.region}", f"--member=serviceAccount:{sa}",
-        "--role=roles/artifactregistry.reader",
+    p.repository_binding(
+        c.repository, c.region, f"serviceAccount:{sa}", "roles/artifactregistry.reader",
         comment="the dashboard reads image version labels from this repository only",
     )  # fmt: skip
     env = f"DEPLOY_BUCKET={c.deploy_bucket},EDGEFLEET_REGISTRY=${{IMAGE_REPOSITORY}}"
