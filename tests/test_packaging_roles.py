@@ -5,6 +5,8 @@ the armv7l refusal at provisioning."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import marshal
 import os
 import subprocess
 import sys
@@ -138,6 +140,9 @@ def test_finish_root_adds_what_maintainer_scripts_would_and_prunes(tmp_path: Pat
     (root / "usr/bin/dpkg").write_text("")
     (root / "usr/share/perl5/Debconf").mkdir(parents=True)
     (root / "etc").mkdir()
+    stdlib = root / "usr/lib/python3.11"
+    (stdlib / "json").mkdir(parents=True)
+    (stdlib / "json/__init__.py").write_text("VALUE = 1\n")
     base_image.finish_root(root)
     assert (root / "etc/ssl/certs/ca-certificates.crt").read_text() == "-----A-----\n-----B-----\n"
     assert os.readlink(root / "usr/bin/python3") == "python3.11"
@@ -145,6 +150,14 @@ def test_finish_root_adds_what_maintainer_scripts_would_and_prunes(tmp_path: Pat
     assert (root / "tmp").stat().st_mode & 0o7777 == 0o1777
     assert not (root / "usr/bin/dpkg").exists() and not (root / "usr/share/perl5").exists()
     assert not (root / "usr/share/ca-certificates").exists()
+    # The standard library's byte code, as py3compile would have written it: found by the
+    # image's python3.11 (cpython-311 tag), naming the image's path, never re-checked.
+    pyc = stdlib / "json/__pycache__/__init__.cpython-311.pyc"
+    data = pyc.read_bytes()
+    assert data[:4] == importlib.util.MAGIC_NUMBER
+    assert int.from_bytes(data[4:8], "little") == 0b01  # hash-based, unchecked
+    code = marshal.loads(data[16:])
+    assert code.co_filename == "/usr/lib/python3.11/json/__init__.py"
 
 
 def test_armv7l_provisioning_is_refused_in_one_line(tmp_path: Path) -> None:
