@@ -48,7 +48,7 @@ from typing import Any
 import yaml
 
 from device.health import Probe, check_probe, probes_for
-from device.runtime import PodStatus
+from device.runtime import PlayingRuntime, PodStatus
 from edgefleet.core import layout
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.fsutil import atomic_write
@@ -415,7 +415,7 @@ class HandoverRuntime:
 
     def __init__(
         self,
-        inner: Any,
+        inner: PlayingRuntime,
         proxies: Mapping[int, HandoverProxy],
         state_dir: Path,
         *,
@@ -489,12 +489,10 @@ class HandoverRuntime:
 
     # -- one hand-over -----------------------------------------------------------------
 
-    def _hand_over(
-        self, name: str, text: str, live: Slot | None, play: dict[str, str]
-    ) -> list[str]:
-        """Start ``text`` in the free slot, wait until ready, switch, drain the old one;
-        returns what the inner runtime started on the way. Raises, keeping the old one
-        serving, when the new one never gets ready."""
+    def _hand_over(self, name: str, text: str, live: Slot | None, play: dict[str, str]) -> None:
+        """Start ``text`` in the free slot (only that pod: the rest of the set is
+        reconciled after the switch), wait until ready, switch, drain the old one. Raises,
+        keeping the old one serving, when the new one never gets ready."""
         slot = SLOTS[1] if live is not None and live.slot == SLOTS[0] else SLOTS[0]
         pod = in_slot(_yaml(text), name, slot, self.proxies)
         new_name = slot_pod_name(name, slot)
@@ -503,8 +501,15 @@ class HandoverRuntime:
         log.info(
             "hand-over: starting the new version beside the old", extra=fields(pod=name, slot=slot)
         )
+        started: list[str] = []
         try:
-            started = self.inner.reconcile(self.play_dir)
+            if live is None:
+                # The pod's first hand-over: what ran under its name (a pod binding the
+                # port itself, say) must go before the proxy can listen, so the whole
+                # folder is reconciled. Later switches start only the new slot's pod.
+                started = self.inner.reconcile(self.play_dir)
+            else:
+                self.inner.play(new_name, play[new_name])
             ready = self._wait_ready(new_name, pod)
         except Exception:
             self._undo(play, new_name)

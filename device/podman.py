@@ -131,6 +131,9 @@ class PodmanRuntime:
             self._down(name)
         return started
 
+    def play(self, name: str, text: str) -> None:
+        self._play(name, adapt_for_podman(text.encode()))
+
     def pods(self) -> dict[str, PodStatus] | None:
         out = self._run(["ps", "-a", "--pod", "--format", "json"], QUERY_TIMEOUT)
         try:

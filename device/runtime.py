@@ -75,6 +75,16 @@ class Runtime(Protocol):
         """Running pods by name, or None when this runtime cannot tell (kubelet)."""
 
 
+class PlayingRuntime(Runtime, Protocol):
+    """A runtime that can also start one pod on its own (podman): what the hand-over
+    (:mod:`device.handover`) needs to start the new version beside the old one without a
+    whole reconcile (whose ``podman ps`` would sit on the path to serving)."""
+
+    def play(self, name: str, text: str) -> None:
+        """Start pod ``name`` from manifest ``text`` now, replacing a pod of that name;
+        a later :meth:`reconcile` of a folder holding the same text leaves it running."""
+
+
 class KubeletRuntime:
     """The kubelet watching MANIFEST_DIR starts, replaces and stops pods; what it runs is
     read from its node API (``api``). Without ``api`` (``KUBELET_API=off``) nothing says

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -53,9 +54,19 @@ def test_podman_pods_switch_by_hand_over(busybox_image, device_registry, podman_
         apply("v1")
         assert get(served) == "v1"
         assert set(runtime.pods() or {}) == {"web"}
+        commands: list[str] = []  # podman sub-commands, in order (the real podman runs)
+        run = inner._run
+
+        def recorded(args: list[str], *rest: Any, **kwargs: Any) -> Any:
+            commands.append(" ".join(args[:2]))
+            return run(args, *rest, **kwargs)
+
+        inner._run = recorded  # type: ignore[method-assign]
         with BackToBack(lambda: get(served)) as traffic:
             apply("v2")
             assert get(served) == "v2"
+            # A switch plays the new slot's pod first: no `podman ps` on the path to it.
+            assert commands[0] == "kube play", commands
             apply("v1")  # a rollback is the same hand-over
             assert get(served) == "v1"
         failures, answers = traffic.failures, traffic.answers

@@ -63,6 +63,11 @@ class ProcessRuntime:
             started.append(name)
         return started
 
+    def play(self, name: str, text: str) -> None:
+        if name in self.procs:
+            self._stop(name)
+        self.procs[name] = (text, self._start(name, yaml.safe_load(text)))
+
     def pods(self) -> dict[str, PodStatus]:
         return {n: PodStatus(n, p.poll() is None) for n, (_, p) in self.procs.items()}
 
