@@ -317,6 +317,26 @@ def wait_all(fleet: Fleet, since: float, timeout: float) -> list[float]:
         time.sleep(0.1)
 
 
+def settle(fleet: Fleet, push: bool, quiet: float = 1.0, timeout: float = 60.0) -> None:
+    """Let the last requests land (status reports, a start-up's woken polls) so that the
+    next window measures only its own rollout. Push mode: until no agent has made a
+    request for ``quiet`` s (an idle pushed fleet makes none). Poll mode never goes
+    quiet (a poll lands every 1/N of the interval): a fixed 3 s."""
+    if not push:
+        time.sleep(3)
+        return
+    deadline = time.monotonic() + timeout
+    last, since = fleet.counters()["requests"], time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = fleet.counters()["requests"]
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+    print(f"    ! requests still arriving after {timeout:.0f} s")
+
+
 @dataclass
 class ModeResult:
     name: str
@@ -365,7 +385,7 @@ def run_mode(args: argparse.Namespace, push: bool, env: dict[str, str], pub: Pub
         got = wait_all(fleet, t0, timeout=300)
         startup = max(got) if got else float("nan")
         print(f"  all agents up and on the current set: {startup:.1f} s")
-        time.sleep(2)
+        settle(fleet, push)
         latencies: list[float] = []
         fanout: list[float] = []
         before = fleet.counters()
@@ -387,7 +407,7 @@ def run_mode(args: argparse.Namespace, push: bool, env: dict[str, str], pub: Pub
                 if fan:
                     line += f"; fan-out max {max(fan) * 1000:.0f} ms to {len(fan)} agents"
             print(line)
-            time.sleep(3)  # let status reports land
+            settle(fleet, push)  # let status reports land
         after = fleet.counters()
         cpu_after = host_cpu(after, service_pids)
         per_rollout_requests = (after["requests"] - before["requests"]) / args.agents / rollouts
