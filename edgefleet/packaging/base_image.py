@@ -12,8 +12,9 @@ apt, perl, shell or maintainer scripts end up in the image (a distroless-style r
 since nothing runs, the arm64 root is built on an x86_64 host without emulation in the
 same ~20 s. The hooks then do what the skipped maintainer scripts would have done and the
 image needs: the CA bundle (update-ca-certificates' concatenation), ``/usr/bin/python3``,
-``/etc/passwd`` with the unprivileged ``edgefleet`` user (uid 10001), ``/tmp``; and drop
-what a Python program never loads (dpkg, debconf, perl, gconv modules, docs).
+``/etc/passwd`` with the unprivileged ``edgefleet`` user (uid 10001), ``/tmp``, the
+standard library's byte code (py3compile's job); and drop what a Python program never
+loads (dpkg, debconf, perl, gconv modules, docs).
 
 The tag carries a hash of the recipe: a changed recipe is a new tag, never a stale cache.
 """
