@@ -460,7 +460,9 @@ class HandoverRuntime:
             started.append(name)
         self._release([n for n in self.slots if n not in handed])
         self._write_play(play)
-        started += self.inner.reconcile(self.play_dir)
+        # After a switch nothing waits for this pass (the new version already serves):
+        # its `podman ps` and the old slot's removal yield the CPU to what still starts.
+        started += self.inner.reconcile(self.play_dir, background=bool(started))
         self._save_slots()
         return sorted(set(_base_name(n, self.slots) for n in started))
 
@@ -475,7 +477,9 @@ class HandoverRuntime:
             del self.slots[name]
 
     def pods(self) -> dict[str, PodStatus] | None:
-        pods = self.inner.pods()
+        """What runs, by base name. Asked by the health gate and the status, after any
+        switch is done, so at low CPU priority (:meth:`_running` is on the path)."""
+        pods = self.inner.pods(background=True)
         if pods is None:
             return None
         live = {slot_pod_name(n, s.slot): n for n, s in self.slots.items()}
@@ -489,10 +493,13 @@ class HandoverRuntime:
 
     # -- one hand-over -----------------------------------------------------------------
 
-    def _hand_over(self, name: str, text: str, live: Slot | None, play: dict[str, str]) -> None:
-        """Start ``text`` in the free slot (only that pod: the rest of the set is
-        reconciled after the switch), wait until ready, switch, drain the old one. Raises,
-        keeping the old one serving, when the new one never gets ready."""
+    def _hand_over(
+        self, name: str, text: str, live: Slot | None, play: dict[str, str]
+    ) -> list[str]:
+        """Start ``text`` in the free slot, wait until ready, switch, drain the old one;
+        returns what the inner runtime started on the way. A switch starts only the new
+        slot's pod (the rest of the set is reconciled after it). Raises, keeping the old
+        one serving, when the new one never gets ready."""
         slot = SLOTS[1] if live is not None and live.slot == SLOTS[0] else SLOTS[0]
         pod = in_slot(_yaml(text), name, slot, self.proxies)
         new_name = slot_pod_name(name, slot)

@@ -114,9 +114,12 @@ class PodmanRuntime:
             log.info("pulling image", extra={"fields": {"image": image}})
             self._run(["pull", "-q", *self._tls_flags([image]), image], self.play_timeout)
 
-    def reconcile(self, folder: Path) -> list[str]:
+    def reconcile(self, folder: Path, *, background: bool = False) -> list[str]:
+        """Play what changed or stopped, take down what left the folder. ``background``
+        (nothing waits for this pass): the query and the removals run at low CPU
+        priority; plays never do, since a pod's processes would inherit it."""
         desired = self._desired(folder)
-        running = self.pods() or {}
+        running = self.pods(background=background) or {}
         started: list[str] = []
         for name, text in sorted(desired.items()):
             adapted = adapt_for_podman(text)
@@ -124,7 +127,7 @@ class PodmanRuntime:
             if self._recorded(name) == adapted and status is not None and status.running:
                 continue
             if status is not None:
-                self._stop_and_remove(name)
+                self._stop_and_remove(name, nice=background)
             self._play(name, adapted)
             started.append(name)
         for name in sorted(set(self._recorded_names()) - set(desired)):
@@ -134,8 +137,8 @@ class PodmanRuntime:
     def play(self, name: str, text: str) -> None:
         self._play(name, adapt_for_podman(text.encode()))
 
-    def pods(self) -> dict[str, PodStatus] | None:
-        out = self._run(["ps", "-a", "--pod", "--format", "json"], QUERY_TIMEOUT)
+    def pods(self, *, background: bool = False) -> dict[str, PodStatus] | None:
+        out = self._run(["ps", "-a", "--pod", "--format", "json"], QUERY_TIMEOUT, nice=background)
         try:
             containers = json.loads(out.stdout or "[]") or []
         except json.JSONDecodeError as exc:

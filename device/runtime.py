@@ -84,6 +84,13 @@ class PlayingRuntime(Runtime, Protocol):
         """Start pod ``name`` from manifest ``text`` now, replacing a pod of that name;
         a later :meth:`reconcile` of a folder holding the same text leaves it running."""
 
+    def reconcile(self, folder: Path, *, background: bool = False) -> list[str]:
+        """As :meth:`Runtime.reconcile`; ``background``: nothing waits for this pass (the
+        served version already switched), so its queries and removals yield the CPU."""
+
+    def pods(self, *, background: bool = False) -> dict[str, PodStatus] | None:
+        """As :meth:`Runtime.pods`; ``background``: asked at low CPU priority."""
+
 
 class KubeletRuntime:
     """The kubelet watching MANIFEST_DIR starts, replaces and stops pods; what it runs is

@@ -58,15 +58,17 @@ def test_podman_pods_switch_by_hand_over(busybox_image, device_registry, podman_
         run = inner._run
 
         def recorded(args: list[str], *rest: Any, **kwargs: Any) -> Any:
-            commands.append(" ".join(args[:2]))
+            commands.append(("nice " if kwargs.get("nice") else "") + " ".join(args[:2]))
             return run(args, *rest, **kwargs)
 
         inner._run = recorded  # type: ignore[method-assign]
         with BackToBack(lambda: get(served)) as traffic:
             apply("v2")
             assert get(served) == "v2"
-            # A switch plays the new slot's pod first: no `podman ps` on the path to it.
-            assert commands[0] == "kube play", commands
+            # A switch plays the new slot's pod first (no `podman ps` on the path to it);
+            # what follows the switch runs at low CPU priority: the query, then the old
+            # slot's stop and removal.
+            assert commands == ["kube play", "nice ps -a", "nice pod stop", "nice pod rm"]
             apply("v1")  # a rollback is the same hand-over
             assert get(served) == "v1"
         failures, answers = traffic.failures, traffic.answers

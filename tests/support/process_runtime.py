@@ -44,7 +44,7 @@ class ProcessRuntime:
     def prefetch(self, pods: Any) -> None:
         return None
 
-    def reconcile(self, folder: Path) -> list[str]:
+    def reconcile(self, folder: Path, *, background: bool = False) -> list[str]:
         desired = {
             p.name[: -len(layout.MANIFEST_SUFFIX)]: p.read_text()
             for p in folder.iterdir()
@@ -68,7 +68,7 @@ class ProcessRuntime:
             self._stop(name)
         self.procs[name] = (text, self._start(name, yaml.safe_load(text)))
 
-    def pods(self) -> dict[str, PodStatus]:
+    def pods(self, *, background: bool = False) -> dict[str, PodStatus]:
         return {n: PodStatus(n, p.poll() is None) for n, (_, p) in self.procs.items()}
 
     def stop_all(self) -> None:
