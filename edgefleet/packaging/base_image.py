@@ -188,11 +188,20 @@ def compile_stdlib(root: Path) -> None:
     stdlib = root / STDLIB
     if not stdlib.is_dir():
         raise EdgefleetError(f"no {STDLIB} extracted into {root}: python3.11?")
-    # A file that does not compile (test data some packages ship) is not importable either.
+    compile_tree(stdlib, f"/{STDLIB}")
+
+
+def compile_tree(tree: Path, image_dir: str) -> None:
+    """Byte-compile every module under ``tree`` with this Python: hash-based and
+    unchecked (an image never changes, so the interpreter never re-reads the sources),
+    file names as the image has them below ``image_dir`` (the byte code names no host
+    path). The images' one recipe for byte code (the base's stdlib, the site trees)."""
+    # A file that does not compile (Python 2 leftovers, test data some packages ship)
+    # cannot be imported either: leaving it without byte code changes nothing.
     compileall.compile_dir(
-        str(stdlib),
-        stripdir=str(root),
-        prependdir="/",
+        str(tree),
+        stripdir=str(tree),
+        prependdir=image_dir,
         quiet=2,
         workers=1,
         invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,

@@ -19,7 +19,6 @@ A dependency tree is cached per (wheelhouse, requirements, pruning, arch) under
 
 from __future__ import annotations
 
-import compileall
 import hashlib
 import os
 import shutil
@@ -29,7 +28,12 @@ from pathlib import Path
 
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.packaging import wheelhouse
-from edgefleet.packaging.base_image import Progress, host_arch, stderr_progress
+from edgefleet.packaging.base_image import (
+    Progress,
+    compile_tree,
+    host_arch,
+    stderr_progress,
+)
 
 SITE_VERSION = "2"  # bump when the tree's recipe changes
 EPOCH = int(wheelhouse.REPRODUCIBLE_EPOCH)
@@ -107,16 +111,7 @@ def finish_tree(root: Path, prune: Iterable[str], image_dir: str) -> None:
     for record in _INSTALL_RECORDS:
         for path in root.glob(f"*.dist-info/{record}"):
             path.unlink()
-    # A file that does not compile (Python 2 leftovers in some packages) cannot be imported
-    # either: leaving it without byte code changes nothing, so the result is not an error.
-    compileall.compile_dir(
-        str(root),
-        stripdir=str(root),
-        prependdir=image_dir,
-        quiet=2,
-        workers=1,
-        invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH,
-    )
+    compile_tree(root, image_dir)
     for directory, dirs, files in os.walk(root):
         for name in (*files, *dirs):
             os.utime(os.path.join(directory, name), (EPOCH, EPOCH), follow_symlinks=False)

@@ -57,9 +57,7 @@ class ProcessRuntime:
             running = self.procs.get(name)
             if running is not None and running[0] == text and running[1].poll() is None:
                 continue
-            if running is not None:
-                self._stop(name)
-            self.procs[name] = (text, self._start(name, yaml.safe_load(text)))
+            self.play(name, text)
             started.append(name)
         return started
 
