@@ -16,20 +16,20 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import urllib3
 
 from edgefleet.core.bucket import Blob, Conflict, ObjectInfo, TooLarge
 from edgefleet.core.errors import ConfigError, EdgefleetError, TransientError
+from edgefleet.core.google_http import Http, authorized, drop, emulator_endpoint, read_at_most
 
 GCS_ENDPOINT = "https://storage.googleapis.com"
 SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 # Statuses a retry may fix (the ones google-cloud-storage retries).
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-_CHUNK = 64 * 1024
 
 
 class StorageError(EdgefleetError):
@@ -49,12 +49,6 @@ class Retry:
 
 
 NO_RETRY = Retry(timeout=0.0)
-
-
-class Http(Protocol):
-    """What the adapter needs of urllib3's PoolManager (or google.auth's AuthorizedHttp)."""
-
-    def request(self, method: str, url: str, **kwargs: Any) -> urllib3.BaseHTTPResponse: ...
 
 
 class JsonBucket:
@@ -223,14 +217,14 @@ class JsonBucket:
         length = resp.headers.get("Content-Length")
         try:
             if max_bytes is not None and length is not None and int(length) > max_bytes:
-                _drop(resp)
+                drop(resp)
                 raise TooLarge(f"gs://{self.name}/{name} is {length} bytes, over {max_bytes}")
-            data = _read_at_most(resp, None if max_bytes is None else max_bytes + 1)
+            data = read_at_most(resp, None if max_bytes is None else max_bytes + 1)
         except self._transient as exc:
-            _drop(resp)
+            drop(resp)
             raise TransientError(f"{what}: {exc}") from exc
         if max_bytes is not None and len(data) > max_bytes:
-            _drop(resp)
+            drop(resp)
             raise TooLarge(f"gs://{self.name}/{name} is over {max_bytes} bytes")
         _finish(resp)
         generation = resp.headers.get("x-goog-generation") or "0"
@@ -267,7 +261,7 @@ class JsonBucket:
                 if resp.status not in _TRANSIENT_STATUS:
                     return resp
                 error = f"HTTP {resp.status}"
-                _drop(resp)
+                drop(resp)
             if self._clock() + delay > give_up:
                 raise TransientError(f"{what}: {error}")
             self._sleep(delay)
@@ -296,23 +290,10 @@ def connect(
     http = urllib3.PoolManager(maxsize=connections)
     emulator = env.get("STORAGE_EMULATOR_HOST", "").strip()
     if emulator:
-        endpoint = emulator if "://" in emulator else f"http://{emulator}"
+        endpoint = emulator_endpoint(emulator)
         return JsonBucket(name, wrap(http), endpoint=endpoint, timeout=timeout, retry=retry)
-    import google.auth  # only off the emulator: ~12 MiB
-    from google.auth import exceptions as auth_exc
-    from google.auth.transport.urllib3 import AuthorizedHttp
-
-    try:
-        credentials, _ = google.auth.default(scopes=[scope])
-    except auth_exc.DefaultCredentialsError as exc:
-        raise ConfigError(f"no Google credentials for gs://{name}: {exc}") from exc
-    return JsonBucket(
-        name,
-        wrap(AuthorizedHttp(credentials, http=http)),
-        timeout=timeout,
-        retry=retry,
-        transient_errors=(auth_exc.TransportError, auth_exc.RefreshError),
-    )
+    signed, transient = authorized(http, scope, f"gs://{name}")
+    return JsonBucket(name, wrap(signed), timeout=timeout, retry=retry, transient_errors=transient)
 
 
 def _q(segment: str) -> str:
@@ -334,27 +315,8 @@ def _json(body: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
-def _read_at_most(resp: urllib3.BaseHTTPResponse, limit: int | None) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while limit is None or size < limit:
-        want = _CHUNK if limit is None else min(_CHUNK, limit - size)
-        chunk = resp.read(want)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
-
-
 def _finish(resp: urllib3.BaseHTTPResponse) -> bytes:
     """The (already read or small) body; the connection goes back to the pool."""
     body = resp.data
     resp.release_conn()
     return body
-
-
-def _drop(resp: urllib3.BaseHTTPResponse) -> None:
-    """Give up on a body without reading it: close the connection, do not drain it."""
-    resp.close()
-    resp.release_conn()

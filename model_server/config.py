@@ -71,6 +71,13 @@ def _positive_int(value: str) -> int:
     return n
 
 
+def _publish_batch(value: str) -> int:
+    n = _positive_int(value)
+    if n > 1000:
+        raise ValueError("must be <= 1000 (Pub/Sub takes at most 1,000 messages per publish)")
+    return n
+
+
 def _non_negative_int(value: str) -> int:
     n = int(value)
     if n < 0:
@@ -144,7 +151,7 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("pubsub_emulator_host", str, "Pub/Sub emulator host:port", ("PUBSUB_EMULATOR_HOST",)),
     _Option("outbox_dir", Path, "telemetry outbox directory", ("OUTBOX_DIR",)),
     _Option("outbox_max_messages", _positive_int, "outbox bound; the oldest are dropped beyond"),
-    _Option("publish_batch", _positive_int, "messages per Pub/Sub publish request"),
+    _Option("publish_batch", _publish_batch, "messages per Pub/Sub publish request"),
     _Option("publish_interval", _positive_float, "seconds between publish rounds"),
     _Option("publish_timeout", _positive_float, "seconds one publish request may take"),
     _Option("backoff_max", _positive_float, "longest wait between failed publishes"),

@@ -294,3 +294,86 @@ def test_outbox_survives_a_server_crash_and_a_new_process_delivers_it(
         assert {data["device_id"] for data, _ in got.values()} == {"device-7"}
         wait_until(lambda: outbox_rows(outbox) == 0, 10, "empty outbox")
         assert metric(second.url, "edgefleet_telemetry_published_total") == 3
+
+
+# --- the REST sender on its own -------------------------------------------------------
+
+
+def _message(n: int) -> Any:
+    from model_server.outbox import Message
+
+    return Message(n, f"m-{n}", json.dumps({"n": n}).encode())
+
+
+def test_sender_publishes_a_batch_over_rest_with_its_attributes(pubsub: Any) -> None:
+    from model_server.publisher import PubsubSender
+
+    topic, sub = f"telemetry-{uuid.uuid4().hex[:8]}", f"sub-{uuid.uuid4().hex[:8]}"
+    pubsub.create_pull_subscription(topic, sub)
+    send = PubsubSender(
+        pubsub.project, topic, emulator_host=pubsub.host, attributes={"device_id": "d-1"}
+    )
+    send([_message(1), _message(2)])
+    got = pull_ids(pubsub, sub, {"m-1", "m-2"})
+    assert got["m-2"] == ({"n": 2}, {"device_id": "d-1", "id": "m-2"})
+
+
+def test_sender_names_the_topic_and_status_when_pubsub_refuses(pubsub: Any) -> None:
+    from model_server.publisher import PublishError, PubsubSender
+
+    send = PubsubSender(pubsub.project, "telemetry-missing", emulator_host=pubsub.host)
+    with pytest.raises(PublishError, match=r"HTTP 404 .*topics/telemetry-missing.*not found"):
+        send([_message(1)])
+
+
+@pytest.mark.parametrize(
+    ("answer", "match"),
+    [
+        (b'{"messageIds": ["1"]}', "1 message ids for 2 messages"),
+        (b"<html>proxy</html>", "not JSON"),
+        (b'{"messageIds": "1,2"}', "no list of messageIds"),
+        (b'{"messageIds": ["' + b"9" * 400_000 + b'"]}', "not JSON"),  # cut at the bound
+    ],
+)
+def test_sender_refuses_an_answer_that_does_not_acknowledge_the_batch(
+    answer: bytes, match: str
+) -> None:
+    """An endpoint that answers 200 but not with one id per message (a proxy, a broken
+    emulator) must not make the server drop the batch from its outbox."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from model_server.publisher import PublishError, PubsubSender
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(answer)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        send = PubsubSender("p", "t", emulator_host=f"127.0.0.1:{server.server_port}")
+        with pytest.raises(PublishError, match=match):
+            send([_message(1), _message(2)])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_sender_off_the_emulator_without_credentials_says_how_to_give_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgefleet.core.errors import ConfigError
+    from model_server.publisher import PubsubSender
+
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    send = PubsubSender("p", "telemetry")
+    with pytest.raises(ConfigError, match=r"no Google credentials for Pub/Sub topic .*telemetry"):
+        send([_message(1)])

@@ -306,6 +306,7 @@ def test_flags_win_over_edgefleet_env_over_spec_env() -> None:
         (["--model", "m"], {"EDGEFLEET_WORKERS": "-2"}, "EDGEFLEET_WORKERS"),
         (["--model", "m"], {"EDGEFLEET_DRIFT_ALPHA": "2"}, "between 0 and 1"),
         (["--model", "m", "--telemetry", "maybe"], {}, "auto, on, off"),
+        (["--model", "m"], {"EDGEFLEET_PUBLISH_BATCH": "1001"}, "at most 1,000 messages"),
     ],
 )
 def test_bad_configuration_is_one_config_error(argv: list[str], env: dict, match: str) -> None:

@@ -95,9 +95,10 @@ def requirements(pyproject: Path, extras: Sequence[str] = DEFAULT_EXTRAS) -> lis
     return list(dict.fromkeys(reqs))
 
 
-# What the model-server image installs, beside the ``server`` extra: model_server imports
-# google-cloud-pubsub (telemetry) from the base requirements and nothing else of them.
-IMAGE_BASE_REQUIREMENTS: tuple[str, ...] = ("google-cloud-pubsub",)
+# What the model-server image installs, beside the ``server`` extra: of the base
+# requirements model_server imports only urllib3 and google-auth (telemetry's REST
+# publisher, model_server.publisher; of edgefleet.core only errors, logs, google_http).
+IMAGE_BASE_REQUIREMENTS: tuple[str, ...] = ("urllib3", "google-auth")
 # In the server extra for the drift tests' cross-check only; model_server never imports it.
 IMAGE_EXCLUDED: tuple[str, ...] = ("scipy",)
 # Each model runtime's package: an image carries only the one its model needs.
