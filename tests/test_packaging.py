@@ -244,6 +244,8 @@ def test_image_holds_the_package_and_no_shell_package_manager_or_build_tools(
         "  'onnxruntime': u.find_spec('onnxruntime') is not None,\n"
         "  'app': [a for a in app if not a.endswith('.dist-info')],\n"
         "  'core': u.find_spec('edgefleet.core') is not None,\n"
+        "  'telemetry': [m for m in ('urllib3', 'google.auth') if u.find_spec(m)],\n"
+        "  'grpc': u.find_spec('grpc') is not None,\n"
         "  'uid': os.getuid()}))\n"
     )
     out = _podman(
@@ -256,7 +258,40 @@ def test_image_holds_the_package_and_no_shell_package_manager_or_build_tools(
     assert found["golden"] == ["grace_hopper.bmp"]  # no TRAINER-DONE, no training logs
     assert found["tools"] == [] and found["onnxruntime"] is False
     assert found["app"] == ["edgefleet", "model_server"] and found["core"]
+    # Telemetry speaks Pub/Sub's REST API (model_server.publisher): no gRPC stack.
+    assert found["telemetry"] == ["urllib3", "google.auth"] and found["grpc"] is False
     assert found["uid"] == 10001
+
+
+def test_image_publishes_telemetry_to_the_pubsub_emulator(built: Built, pubsub: Any) -> None:
+    """The image's own telemetry sender (its Python, its urllib3) against the real
+    emulator on the host's loopback (host network): one batch arrives with its ids."""
+    import uuid
+
+    topic, sub = f"image-telemetry-{uuid.uuid4().hex[:8]}", f"sub-{uuid.uuid4().hex[:8]}"
+    pubsub.create_pull_subscription(topic, sub)
+    script = (
+        "from model_server.outbox import Message\n"
+        "from model_server.publisher import PubsubSender\n"
+        f"send = PubsubSender({pubsub.project!r}, {topic!r}, emulator_host={pubsub.host!r},\n"
+        "                    attributes={'device_id': 'image-test'})\n"
+        "send([Message(1, 'in-image-1', b'{\"n\": 1}'), Message(2, 'in-image-2', b'{}')])\n"
+    )
+    ref = built.result.images[0]
+    out = _podman(
+        ["run", "--rm", "--network", "host", "--entrypoint", "python3", ref, "-c", script],
+        built.podman_env,
+    )
+    assert out.returncode == 0, out.stderr
+    got = {}
+    deadline = time.monotonic() + 30
+    while len(got) < 2 and time.monotonic() < deadline:
+        for message in pubsub.pull(sub, timeout=5.0):
+            got[message.attributes["id"]] = (message.data, dict(message.attributes))
+    assert got == {
+        "in-image-1": (b'{"n": 1}', {"device_id": "image-test", "id": "in-image-1"}),
+        "in-image-2": (b"{}", {"device_id": "image-test", "id": "in-image-2"}),
+    }
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
