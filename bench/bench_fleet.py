@@ -29,7 +29,8 @@ Printed, for push (MQTT wake-up + 600 s fallback poll) and poll (``--poll`` s):
     (measured over ``--idle`` s; push mode's hourly figure is its fallback polls and
     heartbeats, counted the same way);
   * CPU (s) and memory (RSS, MiB) per simulated agent: workers, their check children,
-    the emulator and the broker.
+    the emulator and the broker; the workers' CPU split by thread (the agents' own
+    threads, their MQTT network threads, the simulator's bookkeeping).
 The ratio printed is poll p95 / push p95 (same run). Load average at start and end.
 """
 
@@ -180,6 +181,8 @@ def worker_main(
                     for d in devices
                 ]
             )
+        elif cmd == "threads":
+            conn.send(_cpu_by_thread())
         elif cmd == "counters":
             self_usage = resource.getrusage(resource.RUSAGE_SELF)
             children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -218,6 +221,31 @@ def _first_after(handed: list[tuple[float, Path, tuple[str, ...]]], since: float
     return next((t for t, _folder, _names in handed if t >= since), None)
 
 
+def _thread_kind(name: str) -> str:
+    if name.startswith("agent-"):
+        return "agents' own threads (poll, apply, report)"
+    if name.startswith("paho-mqtt-client-"):
+        return "agents' MQTT network threads"
+    return "simulator (the worker's command loop, others)"
+
+
+def _cpu_by_thread() -> dict[str, float]:
+    """This process's CPU (s) so far, by kind of thread, from each live thread's
+    ``/proc/self/task/TID/schedstat`` (ns; its ``stat`` counts 10 ms ticks, too coarse
+    for a thread that runs a few ms per rollout). Threads that ended are not counted."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as fh:
+                ns = int(fh.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        kind = _thread_kind(names.get(int(tid), ""))
+        out[kind] = out.get(kind, 0.0) + ns / 1e9
+    return out
+
+
 def _rss_bytes(pid: int | str = "self") -> int:
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
@@ -249,9 +277,9 @@ class Fleet:
     def applied(self, since: float) -> list[float | None]:
         return [t for part in self.ask("applied", since) for t in part]
 
-    def counters(self) -> dict[str, float]:
+    def counters(self, cmd: str = "counters") -> dict[str, float]:
         total: dict[str, float] = {}
-        for part in self.ask("counters"):
+        for part in self.ask(cmd):
             for key, value in part.items():
                 total[key] = total.get(key, 0) + value
         return total
@@ -389,6 +417,7 @@ def run_mode(args: argparse.Namespace, push: bool, env: dict[str, str], pub: Pub
         latencies: list[float] = []
         fanout: list[float] = []
         before = fleet.counters()
+        threads_before = fleet.counters("threads")
         cpu_before = host_cpu(before, service_pids)
         parts_before = cpu_parts(before, service_pids)
         rollouts = args.rollouts if push else args.poll_rollouts
@@ -409,6 +438,7 @@ def run_mode(args: argparse.Namespace, push: bool, env: dict[str, str], pub: Pub
             print(line)
             settle(fleet, push)  # let status reports land
         after = fleet.counters()
+        threads_after = fleet.counters("threads")
         cpu_after = host_cpu(after, service_pids)
         per_rollout_requests = (after["requests"] - before["requests"]) / args.agents / rollouts
         per_rollout_reads = (after["reads"] - before["reads"]) / args.agents / rollouts
@@ -420,6 +450,14 @@ def run_mode(args: argparse.Namespace, push: bool, env: dict[str, str], pub: Pub
         }
         print(
             "  CPU per agent per rollout: " + ", ".join(f"{k} {v:.1f} ms" for k, v in parts.items())
+        )
+        by_thread = {
+            k: (v - threads_before.get(k, 0.0)) / args.agents / rollouts * 1000
+            for k, v in threads_after.items()
+        }
+        print(
+            "    workers by thread: "
+            + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(by_thread.items()))
         )
         # Idle: nothing changes; only polls (and, over an hour, heartbeats) cost anything.
         time.sleep(2)
