@@ -224,3 +224,32 @@ def test_rollout_tick_reaches_rollout_controller_periodically(recorded_stack):
     assert {t["type"] for t in ticks} == {"google.cloud.pubsub.topic.v1.messagePublished"}
     times = [json.loads(base64.b64decode(t["data"]["message"]["data"]))["tick"] for t in ticks]
     assert times[1] - times[0] >= s.config.rollout_tick_seconds * 0.9
+
+
+def test_leftovers_of_an_interrupted_run_are_refused_with_the_commands_that_remove_them(
+    tmp_path,
+):
+    """A run killed while it created a device (no teardown) leaves the host link or the
+    namespace behind: the next one must say what to remove, and remove nothing itself
+    (they may belong to a stack that is running)."""
+    import uuid
+
+    device_id = f"t{uuid.uuid4().hex[:6]}"
+    name, host_if = f"{netns.PREFIX}{device_id}", f"{netns.HOST_IF_PREFIX}{device_id}"
+    peer = f"efd-{device_id}"  # as create_device names it before the move
+    subprocess.run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", peer], check=True)
+    try:
+        with pytest.raises(StackError, match=rf"link {host_if} already exists: .*interrupted"):
+            netns.create_device(device_id, workdir=tmp_path)
+        assert Path(f"/sys/class/net/{host_if}").exists()  # not touched
+        assert not Path(f"/run/netns/{name}").exists()  # nothing created either
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        with pytest.raises(StackError) as refused:
+            netns.create_device(device_id, workdir=tmp_path)
+        message = str(refused.value)
+        assert f"network namespace {name} and link {host_if} already exist" in message
+        assert f"'ip netns del {name}; ip link del {host_if}'" in message
+        assert Path(f"/run/netns/{name}").exists()
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], check=False)
+        subprocess.run(["ip", "netns", "del", name], check=False)

@@ -112,6 +112,28 @@ def teardown_recorded(record: Mapping[str, Any]) -> None:
         subprocess.run([ip, "netns", "del", name], capture_output=True, check=False)
 
 
+def _refuse_leftovers(name: str, host_if: str) -> None:
+    """Refuse a device whose namespace or host link exists already. Either belongs to
+    another running stack, or a run that was killed (SIGKILL: no teardown) left it
+    behind; which one cannot be told from here, so nothing is removed, and the message
+    says how to remove them when no other stack runs."""
+    found = [
+        what
+        for what, path in (
+            (f"network namespace {name}", Path(f"/run/netns/{name}")),
+            (f"link {host_if}", Path(f"/sys/class/net/{host_if}")),
+        )
+        if path.exists()
+    ]
+    if found:
+        raise StackError(
+            f"{' and '.join(found)} already exist{'s' if len(found) == 1 else ''}: another "
+            "local stack uses this device id, or an interrupted run left them behind. "
+            f"If no other stack runs, remove them with 'ip netns del {name}; "
+            f"ip link del {host_if}' and start again; otherwise pick another device id"
+        )
+
+
 def create_device(
     device_id: str, *, workdir: str | os.PathLike[str], forward_ports: Iterable[int] = ()
 ) -> dict[str, Any]:
@@ -122,8 +144,7 @@ def create_device(
     ip, _ = _tools()
     check_id(device_id)
     name, host_if = f"{PREFIX}{device_id}", f"{HOST_IF_PREFIX}{device_id}"
-    if Path(f"/run/netns/{name}").exists():
-        raise StackError(f"network namespace {name} already exists; pick another device id")
+    _refuse_leftovers(name, host_if)
     record: dict[str, Any] = {"id": device_id, "name": name, "host_if": None}
     _LOCK.parent.mkdir(parents=True, exist_ok=True)
     with open(_LOCK, "w") as lock:
