@@ -50,7 +50,7 @@ import yaml
 from device.health import Probe, check_probe, probes_for
 from device.runtime import PlayingRuntime, PodStatus
 from edgefleet.core import layout
-from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.errors import EdgefleetError, one_line
 from edgefleet.core.fsutil import atomic_write
 from edgefleet.core.logs import fields
 
@@ -522,10 +522,11 @@ class HandoverRuntime:
             self._undo(play, new_name)
             raise
         if not ready:
+            why = self._not_ready_because(new_name, pod)
             self._undo(play, new_name)
             raise HandoverFailed(
                 f"{name}: the new version was not ready on slot {slot} within "
-                f"{self.ready_timeout:g} s; the running version kept serving"
+                f"{self.ready_timeout:g} s ({why}); the running version kept serving"
             )
         old_ports = self._served_of(name) if live is not None else []
         served = served_ports(_yaml(text), self.proxies)
@@ -572,6 +573,26 @@ class HandoverRuntime:
             if self.clock() >= deadline:
                 return False
             self.sleep(PROBE_INTERVAL)
+
+    def _not_ready_because(self, pod_name: str, pod: Mapping[str, Any]) -> str:
+        """What an operator needs to see in the status's error to tell why a new version
+        never got ready: the probes that still fail and what the runtime runs of it."""
+        parts = [f"failing: {p.describe()}" for p in probes_for(pod) if not self.probe(p)]
+        try:
+            statuses = self.inner.pods()
+        except EdgefleetError as exc:
+            parts.append(f"the runtime cannot say what runs: {one_line(exc, 200)}")
+        else:
+            status = (statuses or {}).get(pod_name)
+            if statuses is None:
+                pass
+            elif status is None:
+                parts.append(f"pod {pod_name} is not running at all")
+            else:
+                states = ", ".join(f"{c.name} {c.state}" for c in status.containers)
+                running = "running" if status.running else "not running"
+                parts.append(f"pod {pod_name} {running}" + (f": {states}" if states else ""))
+        return "; ".join(parts) or "probes pass now"
 
     def _running(self, pod_name: str) -> bool:
         statuses = self.inner.pods()

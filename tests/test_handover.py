@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
+import re
 import socket
 import threading
 import time
@@ -156,8 +157,14 @@ def test_a_version_that_never_gets_ready_is_never_switched_to(device, tmp_path) 
     runtime.reconcile(folder(tmp_path, pod(1, served)))
     before = proxy.backend
     runtime.ready_timeout = 5
-    with pytest.raises(HandoverFailed, match="kept serving"):
+    with pytest.raises(HandoverFailed, match="kept serving") as failed:
         runtime.reconcile(folder(tmp_path, pod(2, served, ready_path="/no-such-probe")))
+    # The error (the device status's lastError) says why: the probe and the pod's state.
+    assert re.search(
+        r"within 5 s \(failing: http://127\.0\.0\.1:\d+/no-such-probe; "
+        r"pod model-server-[ab] running\)",
+        str(failed.value),
+    )
     assert proxy.backend == before
     assert version_of(served) == DIGESTS[1]
     assert len(inner.pods()) == 1  # the failed slot was taken down
