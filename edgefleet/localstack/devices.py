@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.core import layout, signing
+from edgefleet.localstack.netns import ns_command
 from edgefleet.localstack.podman import CONTAINERS_CONF
 from edgefleet.localstack.process import StackError
 
@@ -152,12 +153,23 @@ def podman_argv(paths: DevicePaths, args: Sequence[str]) -> list[str]:
 
 
 def run_podman(
-    paths: DevicePaths, args: Sequence[str], *, timeout: float = PODMAN_CLEANUP_TIMEOUT
+    paths: DevicePaths,
+    args: Sequence[str],
+    *,
+    timeout: float = PODMAN_CLEANUP_TIMEOUT,
+    netns: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """``podman`` on the device's storage. ``netns``: run it inside the device's network
+    namespace, as the device's agent does; needed for anything that tears a running
+    pod's network down on a device that lives on. CNI's port-mapping rules live in the
+    namespace podman runs in: a pod removed from the host's namespace leaves its DNAT rule
+    in the device's, where it shadows the next pod published on the same port (measured:
+    the next version on that hand-over slot never answered, and the device rolled back)."""
     env = {**os.environ, **podman_env(paths)}
-    return subprocess.run(
-        podman_argv(paths, args), env=env, capture_output=True, text=True, timeout=timeout
-    )
+    argv = podman_argv(paths, args)
+    if netns is not None:
+        argv = ns_command(netns, argv)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def agent_env(
