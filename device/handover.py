@@ -583,15 +583,8 @@ class HandoverRuntime:
         except EdgefleetError as exc:
             parts.append(f"the runtime cannot say what runs: {one_line(exc, 200)}")
         else:
-            status = (statuses or {}).get(pod_name)
-            if statuses is None:
-                pass
-            elif status is None:
-                parts.append(f"pod {pod_name} is not running at all")
-            else:
-                states = ", ".join(f"{c.name} {c.state}" for c in status.containers)
-                running = "running" if status.running else "not running"
-                parts.append(f"pod {pod_name} {running}" + (f": {states}" if states else ""))
+            if statuses is not None:  # None: the runtime has no view of its pods
+                parts.append(_describe_pod(pod_name, statuses.get(pod_name)))
         return "; ".join(parts) or "probes pass now"
 
     def _running(self, pod_name: str) -> bool:
@@ -686,3 +679,12 @@ def _base_name(played: str, slots: Mapping[str, Slot]) -> str:
         if played == slot_pod_name(name, slot.slot):
             return name
     return played
+
+
+def _describe_pod(name: str, status: PodStatus | None) -> str:
+    """One pod as the runtime sees it, for an error message."""
+    if status is None:
+        return f"pod {name} is not running at all"
+    states = ", ".join(f"{c.name} {c.state}" for c in status.containers)
+    running = "running" if status.running else "not running"
+    return f"pod {name} {running}" + (f": {states}" if states else "")

@@ -103,8 +103,13 @@ class PubsubSender:
             raise
         try:
             answer = google_http.read_at_most(resp, MAX_ANSWER_BYTES)
-        finally:
+        except BaseException:
             google_http.drop(resp)
+            raise
+        if len(answer) < MAX_ANSWER_BYTES:
+            resp.release_conn()  # read to its end: the next publish reuses the connection
+        else:
+            google_http.drop(resp)  # cut at the bound: the rest is never read
         if resp.status != 200:
             raise PublishError(
                 f"Pub/Sub answered HTTP {resp.status} to a publish to {self.topic_path}: "
