@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from edgefleet.core import layout, refs
+from edgefleet.core import layout
 from edgefleet.localstack import devices as dev
 from edgefleet.localstack import harness as h
 from edgefleet.localstack import rollouts as ro
@@ -61,16 +61,18 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
 
 def _tag(fleet: h.Fleet) -> str:
-    return fleet.registry().resolve(refs.parse(f"{fleet.repo}:{CHANNEL}"))
+    return ro.tag_digest(fleet, CHANNEL)
 
 
 def test_healthy_candidate_goes_1_3_6_and_others_keep_their_pod(story, capsys) -> None:  # type: ignore[no-untyped-def]
     fleet, a, b = story["fleet"], story["A"], story["B"]
     before = ro.container_ids(fleet)
     assert all(before.values())
+    # The latency gate is judged, but wide: this is no latency benchmark, and on a loaded
+    # 2-core CI host a just-switched device's p95 was seen at 3.4x its neighbours'.
     r = ro.start(
         fleet, b, CHANNEL, sizes=(1, 3, 6), step_interval=15, min_devices=3,
-        gates=("confidence >= 0.9x", "error_rate <= 1%", "latency_p95 <= 3x"),
+        gates=("confidence >= 0.9x", "error_rate <= 1%", "latency_p95 <= 10x"),
     )  # fmt: skip
     sizes = []
     with ro.Traffic(fleet.devices, story["image"]):
@@ -92,7 +94,7 @@ def test_healthy_candidate_goes_1_3_6_and_others_keep_their_pod(story, capsys) -
         done = ro.wait_rollout(fleet, CHANNEL, lambda x: x.state == "completed", what="completion")
     assert sizes == [1, 3, 6]
     assert [e["event"] for e in done.history] == ["started", "advanced", "advanced", "completed"]
-    assert _tag(fleet) == b  # the registry is the truth at rest
+    ro.wait_tag(fleet, CHANNEL, b)  # the registry is the truth at rest (moved just after)
     h.wait_serving(fleet, fleet.devices, b, since=time.monotonic(), timeout=60)
     out = capsys.readouterr().out
     assert f"rollout {r.id}" in out and "confidence >= 0.9x" in out

@@ -5,7 +5,9 @@ end-to-end test and ``bench/bench_rollout_revert.py`` (on top of
 - :func:`steps_for` picks step percentages that give exact cohort sizes for a rollout id
   over known device ids (the cohort rule is public: :mod:`edgefleet.core.cohort`);
 - :func:`start` writes a rollout the way ``edgefleet rollout start`` does;
-- :func:`wait_rollout` follows ``rollouts/ARCH/CHANNEL.json``;
+- :func:`wait_rollout` follows ``rollouts/ARCH/CHANNEL.json``; :func:`wait_tag` waits
+  for the channel tag a completed rollout moves (the controller writes the state first,
+  then moves the tag: "completed" is seen a moment before the registry says so);
 - :class:`Traffic` sends real images to every device's model server and records which
   digest each device served (``/version/``), so a test can say "no other device ever
   ran it";
@@ -23,7 +25,7 @@ from typing import Any
 
 from device.handover import SLOTS, slot_pod_name
 from edgefleet.cloud import rollout
-from edgefleet.core import cohort, layout
+from edgefleet.core import cohort, layout, refs
 from edgefleet.localstack import devices as dev
 from edgefleet.localstack import harness as h
 from edgefleet.localstack.harness import Fleet, StepError
@@ -111,6 +113,26 @@ def wait_rollout(
         time.sleep(interval)
     verdict = last.verdict if last else "no rollout state"
     raise StepError(f"rollout on {channel} did not reach {what} in {timeout:.0f} s: {verdict}")
+
+
+def tag_digest(fleet: Fleet, channel: str) -> str:
+    """What ``REPO:CHANNEL`` names in the stack's registry now."""
+    return str(fleet.registry().resolve(refs.parse(f"{fleet.repo}:{channel}")))
+
+
+def wait_tag(fleet: Fleet, channel: str, digest: str, *, timeout: float = 30.0) -> float:
+    """Seconds until the channel tag names ``digest``; StepError naming what it names
+    after ``timeout``. A completed rollout's state is written before the tag moves (a
+    crash in between is repaired by the next tick), so a reader that saw "completed"
+    waits for the move rather than reading the tag once."""
+    began = time.monotonic()
+    now = ""
+    while time.monotonic() - began < timeout:
+        now = tag_digest(fleet, channel)
+        if now == digest:
+            return time.monotonic() - began
+        time.sleep(0.2)
+    raise StepError(f"{fleet.repo}:{channel} names {now}, not {digest}, after {timeout:.0f} s")
 
 
 def cohort_of(r: rollout.Rollout, fleet: Fleet, percent: float | None = None) -> list[Any]:

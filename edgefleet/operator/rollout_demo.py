@@ -47,6 +47,7 @@ def run(fleet: Fleet, v1: str, v2: str, *, say: Say = print) -> None:
         done = ro.wait_rollout(fleet, CHANNEL, lambda x: not x.active, what="the end")
         ro.print_status(fleet, CHANNEL)
         if done.state == "completed":
+            ro.wait_tag(fleet, CHANNEL, v2)
             say(f"  -> completed: every {CHANNEL} device runs v2, the {CHANNEL} tag moved")
         else:
             say(f"  -> {done.state}: {done.verdict}; every {CHANNEL} device runs v1 again")
