@@ -64,6 +64,26 @@ def _tag(fleet: h.Fleet) -> str:
     return ro.tag_digest(fleet, CHANNEL)
 
 
+@pytest.fixture
+def at_rest(story: dict) -> None:
+    """The story's state between chapters: no rollout running, ``stable`` names B, every
+    device serves B. Free when the previous test left it so; when one failed half-way, it
+    is restored here (the operator's abort, then a retag), so that one slow moment fails
+    one test, not every test after it on the shared fleet."""
+    from datetime import UTC, datetime
+
+    from edgefleet.cloud.rollout_controller import operate
+
+    fleet, b = story["fleet"], story["B"]
+    got = ro.read_rollout(fleet, CHANNEL)
+    if got is not None and got[0].active:
+        bucket = fleet.bucket(fleet.stack.config.deploy_bucket)
+        operate(bucket, dev.host_arch(), CHANNEL, "abort", datetime.now(UTC))
+    if _tag(fleet) != b:
+        h.promote(fleet, b, CHANNEL)
+    h.wait_serving(fleet, fleet.devices, b, since=time.monotonic(), timeout=180)
+
+
 def test_healthy_candidate_goes_1_3_6_and_others_keep_their_pod(story, capsys) -> None:  # type: ignore[no-untyped-def]
     fleet, a, b = story["fleet"], story["A"], story["B"]
     before = ro.container_ids(fleet)
@@ -100,6 +120,7 @@ def test_healthy_candidate_goes_1_3_6_and_others_keep_their_pod(story, capsys) -
     assert f"rollout {r.id}" in out and "confidence >= 0.9x" in out
 
 
+@pytest.mark.usefixtures("at_rest")
 def test_regressing_candidate_halts_at_first_step_and_only_its_cohort_ran_it(story, capsys) -> None:  # type: ignore[no-untyped-def]
     fleet, b, c = story["fleet"], story["B"], story["C"]
     r = ro.start(fleet, c, CHANNEL, sizes=(2, 6), step_interval=120, min_devices=2)
@@ -134,6 +155,7 @@ def test_regressing_candidate_halts_at_first_step_and_only_its_cohort_ran_it(sto
     assert bucket.generation(layout.set_object(dev.host_arch(), CHANNEL)) == set_generation
 
 
+@pytest.mark.usefixtures("at_rest")
 def test_candidate_that_never_gets_ready_halts_by_failure_count(story) -> None:  # type: ignore[no-untyped-def]
     fleet, b, d = story["fleet"], story["B"], story["D"]
     before = ro.container_ids(fleet)
@@ -152,6 +174,7 @@ def test_candidate_that_never_gets_ready_halts_by_failure_count(story) -> None: 
     assert _tag(fleet) == b
 
 
+@pytest.mark.usefixtures("at_rest")
 def test_retag_during_a_rollout_supersedes_it(story) -> None:  # type: ignore[no-untyped-def]
     fleet, a = story["fleet"], story["A"]
     r = ro.start(fleet, a, CHANNEL, sizes=(1, 6), step_interval=600)
