@@ -133,16 +133,9 @@ def evict(devices: list[dict[str, Any]], image: str) -> None:
 
 
 def wipe(devices: list[dict[str, Any]]) -> None:
-    """Remove every pod and image from each device's storage: a device before its first
-    model. The agent plays the next set's pod again since it is not running. Inside the
-    device's network namespace, as its agent runs podman: removed from outside, a pod
-    leaves its port-forwarding rule behind in the device (see ``dev.run_podman``)."""
+    """Every pod and image removed from each device: a device before its first model."""
     for d in devices:
-        paths = dev.DevicePaths(Path(d["device_dir"]))
-        for args in (["pod", "rm", "-a", "-f"], ["rmi", "-a", "-f"]):
-            done = dev.run_podman(paths, args, netns=d["name"])
-            if done.returncode != 0:
-                raise SystemExit(f"bench: podman {args[0]} on {d['id']} failed: {done.stderr}")
+        dev.wipe_device(d)
 
 
 # Promotions land at a random phase of the devices' poll cycle: after each commit the bench

@@ -76,6 +76,20 @@ def run_in(name: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Complete
     return subprocess.run(ns_command(name, argv), **kwargs)
 
 
+def dnat_rules(name: str) -> list[str]:
+    """The DNAT rules of namespace ``name``'s nat table (``iptables -S`` lines): where
+    CNI's port mapping puts a pod's published ports. A device's rules must name only its
+    running pods (a stale one shadows the next pod on that port: docs/operations.md,
+    troubleshooting)."""
+    iptables = shutil.which("iptables")
+    if iptables is None:
+        raise MissingTool("iptables is missing (apt iptables); run 'make install'")
+    done = run_in(name, [iptables, "-t", "nat", "-S"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise StackError(f"iptables -t nat -S in {name} failed: {done.stderr.strip()}")
+    return [line for line in done.stdout.splitlines() if "-j DNAT" in line]
+
+
 def _used_subnets(ip: str) -> set[ipaddress.IPv4Network]:
     out = _run([ip, "-o", "-4", "addr", "show"])
     used = set()
