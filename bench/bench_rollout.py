@@ -262,6 +262,9 @@ def main() -> int:
         say=quiet,
         prefix="bq" if args.mqtt else "bn",  # namespace names are global
         mqtt=args.mqtt,
+        # The first-install wipe stands in for a new device, which has nothing to heal: a
+        # heal between the wipe and the promotion's poll would replay the old version.
+        device_env={"HEAL_SECONDS": "0"},
     )
     print(
         f"devices: poll every {args.poll:g} s, "

@@ -44,6 +44,7 @@ from edgefleet.core.policy import ModelCheck
 from sync_pod import pipeline
 from sync_pod.config import Config
 from sync_pod.folder import FolderError, ManifestFolder, parse_manifest
+from sync_pod.heal import Healer, down_pods
 from sync_pod.memory import BackoffPolicy, backing_off, iso, remember
 from sync_pod.model_metrics import ModelSampler, targets_of
 from sync_pod.pace import HintStore
@@ -146,6 +147,8 @@ class Agent:
         self.sampler = ModelSampler(config.metrics_seconds, clock)
         self._news = True  # something worth reporting happened since the last report
         self.roots = RootOfTrust(config, bucket, clock)
+        # Pods of the applied set that went down behind the runtime's back (podman only).
+        self.healer = Healer(config.heal_seconds, clock=clock) if config.heal_seconds else None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -179,6 +182,11 @@ class Agent:
                 self.report()
             except Exception:
                 log.exception("status report failed unexpectedly")
+            try:
+                if self.heal():
+                    self.report()
+            except Exception:
+                log.exception("self-heal failed unexpectedly")
             reason = wait(self.poll_interval() * jitter())
             if reason == WAIT_STOP:
                 return
@@ -643,14 +651,49 @@ class Agent:
 
     def sample_models(self) -> None:
         """A new window of model-quality signals from the running model servers."""
-        pods: dict[str, Any] = {}
-        try:
-            for file_name, data in self.folder.read().items():
-                pods[file_name[: -len(layout.MANIFEST_SUFFIX)]] = parse_manifest(data)
-        except (OSError, ValueError, yaml.YAMLError):
-            pods = {}
-        if self.sampler.sample(targets_of(pods)):
+        if self.sampler.sample(targets_of(self._live_pods())):
             self._news = True
+
+    def heal(self) -> list[str]:
+        """When due (:class:`sync_pod.heal.Healer`): the applied set's always-running pods
+        that the runtime does not run are replayed by a reconcile, the pass an apply or a
+        start-up runs. Never while an apply is pending (that pass owns the runtime).
+        Returns the pods found down."""
+        if self.healer is None or self.state.applied is None or self.state.pending is not None:
+            return []
+        if not self.healer.due():
+            return []
+        try:
+            running = self.runtime.pods()
+        except EdgefleetError as exc:
+            self.healer.looked([])
+            self._error(Reason.RUNTIME, str(exc))
+            return []
+        wanted = {n: p for n, p in self._live_pods().items() if n != layout.SYNC_POD_NAME}
+        down = [] if running is None else down_pods(wanted, running)
+        self.healer.looked(down)
+        if not down:
+            return []
+        log.warning(
+            "pods of the applied set are down; replaying them",
+            extra=_f(event="heal", pods=down, heals=self.healer.heals),
+        )
+        self._news = True
+        try:
+            self.runtime.reconcile(self.folder.live)
+        except EdgefleetError as exc:
+            self._error(Reason.RUNTIME, str(exc))
+        return down
+
+    def _live_pods(self) -> dict[str, Any]:
+        """The applied set's pods by name, parsed (empty when the folder cannot be read)."""
+        try:
+            return {
+                file_name[: -len(layout.MANIFEST_SUFFIX)]: parse_manifest(data)
+                for file_name, data in self.folder.read().items()
+            }
+        except (OSError, ValueError, yaml.YAMLError):
+            return {}
 
     def status(self) -> dict[str, Any]:
         applied = self.state.applied
@@ -704,6 +747,7 @@ class Agent:
             "wakeup": self.wakeup_status() if self.wakeup_status else None,
             "models": list(self.sampler.summaries),
             "rollout": self.rollout.status(),
+            "heal": None if self.healer is None else self.healer.status(_now_iso),
         }
 
 

@@ -27,6 +27,9 @@ DEFAULT_POLL_SECONDS = 60.0
 DEFAULT_POLL_SECONDS_WITH_MQTT = 600.0
 DEFAULT_HEALTH_TIMEOUT = 120.0
 DEFAULT_STATUS_SECONDS = 900.0
+# How often a podman device looks for pods of its applied set that went down behind its
+# back (sync_pod.heal; kubelet restarts its static pods itself).
+DEFAULT_HEAL_SECONDS = 60.0
 # The window of the model-quality summary in each status (docs/rollouts.md).
 DEFAULT_METRICS_SECONDS = 60.0
 # Public keys and the agent's env file live here on a device (see provisioning).
@@ -67,6 +70,7 @@ class Config:
     poll_max_seconds: float = pace.DEFAULT_MAX_SECONDS
     handover_ports: tuple[int, ...] = ()  # HANDOVER_PORTS: switch these by hand-over
     wake_spread_seconds: float = 0.0  # WAKE_SPREAD_SECONDS: spread the fleet's wake-ups
+    heal_seconds: float = 0.0  # HEAL_SECONDS: look for pods down this often (0: off)
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -166,6 +170,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         poll_max_seconds=poll_max,
         handover_ports=_handover_ports(env, runtime),
         wake_spread_seconds=_seconds(env, "WAKE_SPREAD_SECONDS", 0.0, minimum=0.0),
+        heal_seconds=_heal_seconds(env, runtime),
     )
 
 
@@ -191,6 +196,22 @@ def _kubelet_api(value: str | None) -> str | None:
     if not raw.startswith("https://") or any(ch.isspace() for ch in raw):
         raise ConfigError(f"KUBELET_API={raw!r} must be an https:// URL (or off)")
     return raw.rstrip("/")
+
+
+def _heal_seconds(env: Mapping[str, str], runtime: str) -> float:
+    """HEAL_SECONDS: how often a podman device replays pods of its applied set that went
+    down behind its back (default 60; 0 turns it off; sync_pod.heal). kubelet restarts
+    its static pods itself, so a kubelet device never heals (0)."""
+    if runtime != "podman":
+        if (env.get("HEAL_SECONDS") or "0").strip() not in ("0", "0.0"):
+            raise ConfigError(
+                "HEAL_SECONDS is for RUNTIME=podman: kubelet restarts its pods itself"
+            )
+        return 0.0
+    value = _seconds(env, "HEAL_SECONDS", DEFAULT_HEAL_SECONDS, minimum=0.0)
+    if 0 < value < 1:
+        raise ConfigError(f"HEAL_SECONDS={value:g} must be 0 (off) or at least 1 second")
+    return value
 
 
 def _handover_ports(env: Mapping[str, str], runtime: str) -> tuple[int, ...]:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 from google.api_core.retry import Retry
 from podman_images import push_busybox
-from support.sync import ManualClock, SetPublisher, entries, pod_yaml
+from support.sync import ManualClock, SetPublisher, entries, pod_yaml, wait_for
 
 from device import gcs_json
 from device.podman import PodmanRuntime, adapt_for_podman
@@ -280,3 +280,65 @@ def test_image_gone_for_good_backs_off_instead_of_repulling_every_poll(
     assert agent.state.backoff is not None and agent.state.backoff.digest == second.digest()
     assert agent.state.backoff.failures == 1 and check.calls == 2
     assert agent.state.applied is None
+
+
+def test_a_pod_taken_down_behind_the_agents_back_is_replayed(
+    device_registry, podman_env, busybox_image, names, bucket, gcs, tmp_path
+) -> None:
+    """podman does not restart a pod someone removed or stopped; the agent looks every
+    HEAL_SECONDS, replays the applied set's pods that are down (removed: web; stopped:
+    api), leaves the running ones alone, and says so in its status."""
+    suffix = uuid.uuid4().hex[:6]
+    web, api = f"web-h-{suffix}", f"api-h-{suffix}"
+    names += [web, api]
+    pw, pa = free_port(), free_port()
+    pub = SetPublisher(bucket, "x86_64", "beta")
+    clock = ManualClock()
+    agent = _agent(
+        _device_bucket(bucket.name, gcs.env()), tmp_path, device_registry.host, podman_env,
+        clock=clock, HEAL_SECONDS="30",
+    )  # fmt: skip
+    agent.recover()
+    pub.publish(
+        entries(
+            {web: _httpd(web, busybox_image, pw, "v1"), api: _httpd(api, busybox_image, pa, "v2")}
+        )
+    )
+    assert agent.poll_once() == APPLIED
+    assert (_get(pw), _get(pa)) == ("v1", "v2")
+    assert agent.heal() == []  # not due: the first look is one interval after start-up
+    clock.now += 30
+    assert agent.heal() == [] and agent.healer.heals == 0  # due, nothing down
+    before = _container_ids(podman_env, (web, api))
+
+    rm = ["podman", "pod", "rm", "-f", "-t", "0", web]
+    stop = ["podman", "pod", "stop", "-t", "0", api]
+    for argv in (rm, stop):
+        subprocess.run(argv, env=podman_env, capture_output=True, timeout=60, check=True)
+    assert (_get(pw), _get(pa)) == (None, None)
+    clock.now += 29
+    assert agent.heal() == []  # not yet due
+    clock.now += 1
+    assert agent.heal() == sorted([api, web])
+    assert wait_for(lambda: (_get(pw), _get(pa)) == ("v1", "v2"), 30), "not replayed"
+
+    agent.report(force=True)
+    status = json.loads(bucket.read(layout.status_object("podman-dev")).data)
+    assert status["health"] == "healthy"
+    assert status["heal"]["heals"] == 1 and status["heal"]["last"]["pods"] == sorted([api, web])
+    replayed = _container_ids(podman_env, (web, api))
+    assert all(set(replayed[n]).isdisjoint(before[n]) for n in (web, api)), "not new pods"
+    clock.now += 30
+    assert agent.heal() == []  # both run again: nothing is replayed twice
+    assert _container_ids(podman_env, (web, api)) == replayed
+
+
+def _container_ids(env: dict[str, str], pods: tuple[str, ...]) -> dict[str, list[str]]:
+    out = subprocess.run(
+        ["podman", "ps", "-a", "--format", "json"], env=env, capture_output=True, text=True
+    )
+    by_pod: dict[str, list[str]] = {name: [] for name in pods}
+    for c in json.loads(out.stdout or "[]"):
+        if c.get("PodName") in by_pod:
+            by_pod[c["PodName"]].append(c["Id"])
+    return {name: sorted(ids) for name, ids in by_pod.items()}

@@ -22,7 +22,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
-from support.sync import FAKE_DIGEST, TEST_REGISTRY, SetPublisher, agent_env, entries, pod_yaml
+from support.sync import (
+    FAKE_DIGEST,
+    TEST_REGISTRY,
+    SetPublisher,
+    agent_env,
+    entries,
+    pod_yaml,
+    wait_for,
+)
 
 from device.runtime import KubeletRuntime
 from edgefleet.cloud.set_store import SetStore
@@ -394,14 +402,6 @@ def test_the_agent_process_applies_a_set_at_once_on_a_wakeup(bucket, broker, tmp
     try:
         pods = tmp_path / "device" / "pods"
         web = pods / "web-pod.yaml"
-
-        def wait_for(pred, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if pred():
-                    return True
-                time.sleep(0.05)
-            return False
 
         assert wait_for(web.is_file, 60), log.read_text()[-2000:]  # the first poll at start
         assert wait_for(lambda: "wake-up subscription connected" in log.read_text(), 30)

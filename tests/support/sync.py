@@ -8,7 +8,7 @@ written with :class:`edgefleet.cloud.storage.Bucket`, exactly like ``set_store``
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -158,3 +158,13 @@ class SetPublisher:
 
     def write_raw(self, data: bytes) -> int:
         return self.bucket.write(self.object_name, data, content_type="application/json")
+
+
+def wait_for(pred: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
+    """Whether ``pred()`` became true within ``timeout`` s (checked every ``interval``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return False
