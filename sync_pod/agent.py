@@ -179,14 +179,13 @@ class Agent:
                 log.exception("poll failed unexpectedly")
                 self._error(Reason.UNEXPECTED, f"{type(exc).__name__}: {exc}")
             try:
+                self.heal()  # before the report, which then carries what it did
+            except Exception:
+                log.exception("self-heal failed unexpectedly")
+            try:
                 self.report()
             except Exception:
                 log.exception("status report failed unexpectedly")
-            try:
-                if self.heal():
-                    self.report()
-            except Exception:
-                log.exception("self-heal failed unexpectedly")
             reason = wait(self.poll_interval() * jitter())
             if reason == WAIT_STOP:
                 return

@@ -202,13 +202,10 @@ def _heal_seconds(env: Mapping[str, str], runtime: str) -> float:
     """HEAL_SECONDS: how often a podman device replays pods of its applied set that went
     down behind its back (default 60; 0 turns it off; sync_pod.heal). kubelet restarts
     its static pods itself, so a kubelet device never heals (0)."""
-    if runtime != "podman":
-        if (env.get("HEAL_SECONDS") or "0").strip() not in ("0", "0.0"):
-            raise ConfigError(
-                "HEAL_SECONDS is for RUNTIME=podman: kubelet restarts its pods itself"
-            )
-        return 0.0
-    value = _seconds(env, "HEAL_SECONDS", DEFAULT_HEAL_SECONDS, minimum=0.0)
+    default = DEFAULT_HEAL_SECONDS if runtime == "podman" else 0.0
+    value = _seconds(env, "HEAL_SECONDS", default, minimum=0.0)
+    if value and runtime != "podman":
+        raise ConfigError("HEAL_SECONDS is for RUNTIME=podman: kubelet restarts its pods itself")
     if 0 < value < 1:
         raise ConfigError(f"HEAL_SECONDS={value:g} must be 0 (off) or at least 1 second")
     return value

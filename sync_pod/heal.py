@@ -17,8 +17,9 @@ runs. The core is pure (pods in, names out; a clock passed in).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from device.runtime import PodStatus
@@ -51,7 +52,7 @@ def down_pods(
 class Healer:
     interval: float = DEFAULT_INTERVAL
     max_interval: float = MAX_INTERVAL
-    clock: Callable[[], float] = field(default=lambda: 0.0)
+    clock: Callable[[], float] = time.time
     next_at: float | None = None
     streak: int = 0  # consecutive looks that found pods down
     heals: int = 0

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.sync import wait_for
 
 from device.handover import slot_pod_name
 from edgefleet.cloud import storage
@@ -146,12 +147,12 @@ def test_a_wiped_device_heals_itself_and_leaves_no_port_rule(
     dev.wipe_device(stable)
     harness.wait_serving(fleet, [stable], v1, since=t, timeout=180)
     deploy = fleet.bucket(fleet.stack.config.deploy_bucket)
-    deadline = time.monotonic() + 60
-    while True:
-        report = json.loads(deploy.read(layout.status_object(stable["id"])).data)
-        if (report.get("heal") or {}).get("heals") or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+
+    def reported() -> dict:
+        return json.loads(deploy.read(layout.status_object(stable["id"])).data)
+
+    assert wait_for(lambda: (reported().get("heal") or {}).get("heals"), 60, 0.5)
+    report = reported()
     assert report["heal"]["heals"] >= 1, report.get("heal")
     assert report["heal"]["last"]["pods"] == ["mobilenet"]
     rules = netns.dnat_rules(str(stable["name"]))
