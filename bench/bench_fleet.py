@@ -24,6 +24,8 @@ host, not the fleet.
 
 Printed, for push (MQTT wake-up + 600 s fallback poll) and poll (``--poll`` s):
   * set write -> every agent has handed the new set to its runtime: p50/p95/max (s);
+  * set write -> every agent's status report has landed in the bucket (the reports wait
+    while any poll of their worker waits: :class:`PollFirstGate`);
   * broker fan-out: publish -> each agent's client received the message (push);
   * GCS requests and bytes (bodies) per device per rollout, and per device per hour idle
     (measured over ``--idle`` s; push mode's hourly figure is its fallback polls and
@@ -97,6 +99,7 @@ class Device:
     http: CountingHttp
     wait: Any
     thread: threading.Thread | None = None
+    reported: list[float] = field(default_factory=list)  # when each status upload landed
 
 
 def make_device(index: int, root: Path, env: dict[str, str], check: Any, push: bool) -> Device:
@@ -155,10 +158,10 @@ def worker_main(
 
     check = CachedModelCheck(ChildModelCheck(timeout=120.0), shared=Path(root) / "verdicts")
     devices = [make_device(i, Path(root), env, check, push) for i in indices]
-    gate = threading.BoundedSemaphore(concurrency)
+    gate = PollFirstGate(concurrency)
     for d in devices:
-        d.agent.poll_once = _gated(gate, d.agent.poll_once)
-        d.agent.report = _gated(gate, d.agent.report)
+        d.agent.poll_once = _gated(gate, d.agent.poll_once, urgent=True)
+        d.agent.report = _recorded(d, _gated(gate, d.agent.report, urgent=False))
     for d in devices:
         if push:
             d.wait.start()
@@ -172,6 +175,8 @@ def worker_main(
         cmd, arg = conn.recv()
         if cmd == "applied":  # since epoch time ``arg``: first hand-over per agent
             conn.send([_first_after(d.runtime.handed, arg) for d in devices])
+        elif cmd == "reported":  # since epoch time ``arg``: first status upload per agent
+            conn.send([next((t for t in d.reported if t >= arg), None) for d in devices])
         elif cmd == "heard":  # wake-up messages naming generation ``arg``
             conn.send(
                 [
@@ -207,14 +212,65 @@ def worker_main(
             return
 
 
-def _gated(gate: threading.BoundedSemaphore, fn: Any) -> Any:
-    """``fn`` run only while holding ``gate`` (the simulation's scheduling, not the agent's)."""
+class PollFirstGate:
+    """At most ``slots`` of a worker's agents run at a time, and a waiting poll goes before
+    a waiting status report: the simulation's scheduling, not the agent's.
+
+    Why polls first: in a fleet every device has its own CPU, so one device's status
+    report never delays another device's apply. Through a plain one-at-a-time gate it
+    would (until 2026-11-30 the reports of the first agents woken queued among the polls
+    of the rest). The reports still run, as soon as no poll waits, and the bench prints
+    when the last one landed (set write -> all reported). Two conditions on one lock, so
+    a release wakes one thread, not all 250."""
+
+    def __init__(self, slots: int) -> None:
+        self._lock = threading.Lock()
+        self._polls = threading.Condition(self._lock)
+        self._reports = threading.Condition(self._lock)
+        self._free = slots
+        self._polls_waiting = 0
+
+    def acquire(self, urgent: bool) -> None:
+        with self._lock:
+            if urgent:
+                self._polls_waiting += 1
+                while self._free == 0:
+                    self._polls.wait()
+                self._polls_waiting -= 1
+            else:
+                while self._free == 0 or self._polls_waiting:
+                    self._reports.wait()
+            self._free -= 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._free += 1
+            (self._polls if self._polls_waiting else self._reports).notify()
+
+
+def _gated(gate: PollFirstGate, fn: Any, *, urgent: bool) -> Any:
+    """``fn`` run only while holding a slot of ``gate``."""
 
     def gated(*args: Any, **kwargs: Any) -> Any:
-        with gate:
+        gate.acquire(urgent)
+        try:
             return fn(*args, **kwargs)
+        finally:
+            gate.release()
 
     return gated
+
+
+def _recorded(device: Device, report: Any) -> Any:
+    """``report`` that remembers when each upload landed (set write -> all reported)."""
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        sent = report(*args, **kwargs)
+        if sent:
+            device.reported.append(time.time())
+        return sent
+
+    return recorded
 
 
 def _first_after(handed: list[tuple[float, Path, tuple[str, ...]]], since: float) -> float | None:
@@ -276,6 +332,9 @@ class Fleet:
 
     def applied(self, since: float) -> list[float | None]:
         return [t for part in self.ask("applied", since) for t in part]
+
+    def reported(self, since: float) -> list[float | None]:
+        return [t for part in self.ask("reported", since) for t in part]
 
     def counters(self, cmd: str = "counters") -> dict[str, float]:
         total: dict[str, float] = {}
@@ -369,6 +428,7 @@ def settle(fleet: Fleet, push: bool, quiet: float = 1.0, timeout: float = 60.0) 
 class ModeResult:
     name: str
     latencies: list[float]
+    reported: list[float]
     fanout: list[float]
     per_rollout_requests: float
     per_rollout_reads: float
@@ -415,6 +475,7 @@ def run_mode(args: argparse.Namespace, push: bool, env: dict[str, str], pub: Pub
         print(f"  all agents up and on the current set: {startup:.1f} s")
         settle(fleet, push)
         latencies: list[float] = []
+        reported: list[float] = []
         fanout: list[float] = []
         before = fleet.counters()
         threads_before = fleet.counters("threads")
@@ -435,8 +496,12 @@ def run_mode(args: argparse.Namespace, push: bool, env: dict[str, str], pub: Pub
                 fanout += fan
                 if fan:
                     line += f"; fan-out max {max(fan) * 1000:.0f} ms to {len(fan)} agents"
-            print(line)
             settle(fleet, push)  # let status reports land
+            rep = [t - started for t in fleet.reported(started) if t is not None]
+            reported += rep
+            if rep:
+                line += f"; all {len(rep)} reported by {max(rep):.2f} s"
+            print(line)
         after = fleet.counters()
         threads_after = fleet.counters("threads")
         cpu_after = host_cpu(after, service_pids)
@@ -471,8 +536,9 @@ def run_mode(args: argparse.Namespace, push: bool, env: dict[str, str], pub: Pub
         idle_bytes = (idle1["bytes"] - idle0["bytes"]) * scale
         rss = idle1["rss"] / args.agents
         return ModeResult(
-            name, latencies, fanout, per_rollout_requests, per_rollout_reads, per_rollout_bytes,
-            idle_requests, idle_bytes, cpu_rollout, (cpu_idle1 - cpu_idle0) * scale, rss, startup,
+            name, latencies, reported, fanout, per_rollout_requests, per_rollout_reads,
+            per_rollout_bytes, idle_requests, idle_bytes, cpu_rollout,
+            (cpu_idle1 - cpu_idle0) * scale, rss, startup,
         )  # fmt: skip
     finally:
         fleet.stop()
@@ -486,6 +552,11 @@ def report(result: ModeResult, idle_poll_requests: float | None) -> None:
         print(
             f"  set write -> all applied   p50 {percentile(lat, 50):.2f} s  "
             f"p95 {percentile(lat, 95):.2f} s  max {max(lat):.2f} s  ({len(lat)} device-rollouts)"
+        )
+    if rep := result.reported:
+        print(
+            f"  set write -> all reported  p50 {percentile(rep, 50):.2f} s  "
+            f"p95 {percentile(rep, 95):.2f} s  max {max(rep):.2f} s  (status upload landed)"
         )
     if result.fanout:
         f = result.fanout

@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 VOLATILE = ("reportedAt", "lastPoll", "lastSync")
 
 
+def _compact(doc: dict[str, Any]) -> bytes:
+    """A report or the outbox as compact JSON: json's C encoder (``indent`` would select
+    its pure-Python one, ~8x slower, on every report of every device)."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
 def fingerprint(status: dict[str, Any]) -> str:
     stable = {k: v for k, v in status.items() if k not in VOLATILE}
     return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()
@@ -78,7 +84,7 @@ class StatusReporter:
             try:
                 self.bucket.write(
                     self.object_name,
-                    json.dumps(status, indent=1, sort_keys=True).encode() + b"\n",
+                    _compact(status),
                     content_type="application/json",
                 )
             except (TransientError, Conflict) as exc:
@@ -111,4 +117,4 @@ class StatusReporter:
             "sentAt": self.outbox.sent_at,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n")
+        atomic_write(self.path, _compact(doc))

@@ -137,7 +137,10 @@ class MqttWake(Waiter):
             )
             return
         self.stats.connects += 1
-        client.subscribe(self.topic, qos=1)
+        # QoS 0: the session is clean (nothing survives a reconnect) and every (re)connect
+        # brings the retained message, so QoS 1 would add only a PUBACK per message and
+        # in-flight state per device on the broker.
+        client.subscribe(self.topic, qos=0)
         self.connected.set()
         log.info("wake-up subscription connected", extra=fields(broker=self.target.redacted()))
 

@@ -12,6 +12,7 @@ import datetime as dt
 import ipaddress
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -186,6 +187,36 @@ def test_set_write_publishes_a_retained_hint_that_wakes_a_subscriber(bucket, bro
     finally:
         known.stop()
     assert known(5) == STOPPED
+
+
+def _thread_wakeups(thread: threading.Thread) -> int:
+    """How many times the kernel has scheduled ``thread`` (schedstat's third field)."""
+    with open(f"/proc/self/task/{thread.native_id}/schedstat") as fh:
+        return int(fh.read().split()[2])
+
+
+def test_an_idle_subscription_sleeps_yet_a_message_and_a_stop_are_prompt(broker) -> None:
+    """The network thread wakes every NETWORK_WAKE_SECONDS when idle, not every second as
+    paho's loop_start does (edgefleet.core.mqtt._client_class), and that costs neither a
+    message's latency nor a stop's."""
+    assert mqtt.NETWORK_WAKE_SECONDS >= 10
+    target = mqtt.parse_url(broker.url)
+    clear_retained(target)
+    wake = subscriber(target, client_id="idle")
+    thread = wake._client._thread
+    assert thread is not None and thread.is_alive()
+    time.sleep(0.5)  # the subscription's SUBACK is taken in
+    before = _thread_wakeups(thread)
+    time.sleep(4.0)
+    assert _thread_wakeups(thread) - before <= 1  # paho's own loop: 4
+    started = time.monotonic()
+    WakeupPublisher(target).publish("x86_64", "beta", 41, 1)
+    assert wake(5) == WOKEN
+    assert time.monotonic() - started < 1.5
+    started = time.monotonic()
+    wake.stop()
+    assert time.monotonic() - started < 2
+    assert not thread.is_alive()
 
 
 def test_unreachable_broker_never_fails_the_set_write(bucket, caplog) -> None:
