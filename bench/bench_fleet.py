@@ -143,7 +143,13 @@ def make_device(index: int, root: Path, env: dict[str, str], check: Any, push: b
 
 
 def worker_main(
-    conn: Any, indices: list[int], root: str, env: dict[str, str], push: bool, concurrency: int
+    conn: Any,
+    indices: list[int],
+    root: str,
+    env: dict[str, str],
+    push: bool,
+    concurrency: int,
+    fleet_polls: Any,
 ) -> None:
     """One worker process: its agents as threads; answers the parent's commands. At most
     ``concurrency`` of its agents run a poll (or a status report) at a time: a device
@@ -158,7 +164,7 @@ def worker_main(
 
     check = CachedModelCheck(ChildModelCheck(timeout=120.0), shared=Path(root) / "verdicts")
     devices = [make_device(i, Path(root), env, check, push) for i in indices]
-    gate = PollFirstGate(concurrency)
+    gate = PollFirstGate(concurrency, fleet_polls)
     for d in devices:
         d.agent.poll_once = _gated(gate, d.agent.poll_once, urgent=True)
         d.agent.report = _recorded(d, _gated(gate, d.agent.report, urgent=False))
@@ -213,24 +219,37 @@ def worker_main(
 
 
 class PollFirstGate:
-    """At most ``slots`` of a worker's agents run at a time, and a waiting poll goes before
-    a waiting status report: the simulation's scheduling, not the agent's.
+    """At most ``slots`` of a worker's agents run at a time, and a status report waits
+    while a poll waits or runs anywhere in the fleet: the simulation's scheduling, not the
+    agent's.
 
     Why polls first: in a fleet every device has its own CPU, so one device's status
-    report never delays another device's apply. Through a plain one-at-a-time gate it
-    would (until 2026-11-30 the reports of the first agents woken queued among the polls
-    of the rest). The reports still run, as soon as no poll waits, and the bench prints
-    when the last one landed (set write -> all reported). Two conditions on one lock, so
-    a release wakes one thread, not all 250."""
+    report never delays another device's apply. On this host it would: through a plain
+    one-at-a-time gate the reports of the first agents woken queued among the polls of
+    the rest (until 2026-11-30), and a worker whose polls were done spent the cores on
+    reports while other workers still polled. The reports still run, as soon as no poll
+    is in flight, and the bench prints when the last one landed (set write -> all
+    reported). ``fleet_polls`` is the fleet-wide count of polls waiting or running (a
+    shared integer); within a worker two conditions on one lock, so a release wakes one
+    thread, not all 250; the one report thread let through re-checks the fleet-wide
+    count every 5 ms and never holds a slot while it waits."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, fleet_polls: Any) -> None:
         self._lock = threading.Lock()
         self._polls = threading.Condition(self._lock)
         self._reports = threading.Condition(self._lock)
         self._free = slots
         self._polls_waiting = 0
+        self._fleet_polls = fleet_polls
+        self._watched = False  # a report thread is watching the fleet-wide count
+
+    def _fleet_add(self, n: int) -> None:
+        with self._fleet_polls.get_lock():
+            self._fleet_polls.value += n
 
     def acquire(self, urgent: bool) -> None:
+        if urgent:
+            self._fleet_add(1)
         with self._lock:
             if urgent:
                 self._polls_waiting += 1
@@ -238,11 +257,20 @@ class PollFirstGate:
                     self._polls.wait()
                 self._polls_waiting -= 1
             else:
-                while self._free == 0 or self._polls_waiting:
-                    self._reports.wait()
+                while self._free == 0 or self._polls_waiting or self._fleet_polls.value:
+                    # Only a free slot kept from a report by other workers' polls is
+                    # watched (by one thread, at 5 ms); the rest wait to be notified.
+                    watch = bool(self._free) and not self._polls_waiting and not self._watched
+                    self._watched |= watch
+                    self._reports.wait(0.005 if watch else None)
+                    self._watched &= not watch
             self._free -= 1
+            if not urgent and self._free:
+                self._reports.notify()  # the next report may take the slot left
 
-    def release(self) -> None:
+    def release(self, urgent: bool) -> None:
+        if urgent:
+            self._fleet_add(-1)
         with self._lock:
             self._free += 1
             (self._polls if self._polls_waiting else self._reports).notify()
@@ -256,7 +284,7 @@ def _gated(gate: PollFirstGate, fn: Any, *, urgent: bool) -> Any:
         try:
             return fn(*args, **kwargs)
         finally:
-            gate.release()
+            gate.release(urgent)
 
     return gated
 
@@ -324,6 +352,7 @@ def _proc_cpu(pid: int) -> float:
 class Fleet:
     workers: list[tuple[Any, Any]]  # (process, connection)
     size: int
+    shared: Any = None  # kept alive for the workers (its semaphore goes with it)
 
     def ask(self, cmd: str, arg: Any = None) -> list[Any]:
         for _, conn in self.workers:
@@ -356,15 +385,16 @@ def start_fleet(
     n: int, workers: int, root: Path, env: dict[str, str], push: bool, concurrency: int
 ) -> Fleet:
     ctx = mp.get_context("spawn")
+    fleet_polls = ctx.Value("i", 0)  # polls waiting or running in any worker
     parts = [list(range(n))[w::workers] for w in range(workers)]
     procs = []
     for indices in parts:
         parent, child = ctx.Pipe()
-        work = (child, indices, str(root), env, push, concurrency)
+        work = (child, indices, str(root), env, push, concurrency, fleet_polls)
         proc = ctx.Process(target=worker_main, args=work)
         proc.start()
         procs.append((proc, parent))
-    return Fleet(procs, n)
+    return Fleet(procs, n, fleet_polls)
 
 
 @dataclass
