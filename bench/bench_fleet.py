@@ -24,8 +24,8 @@ host, not the fleet.
 
 Printed, for push (MQTT wake-up + 600 s fallback poll) and poll (``--poll`` s):
   * set write -> every agent has handed the new set to its runtime: p50/p95/max (s);
-  * set write -> every agent's status report has landed in the bucket (the reports wait
-    while any poll of their worker waits: :class:`PollFirstGate`);
+  * set write -> every agent's status report of it has landed in the bucket (reports
+    wait while a poll is in flight anywhere in the fleet: :class:`PollFirstGate`);
   * broker fan-out: publish -> each agent's client received the message (push);
   * GCS requests and bytes (bodies) per device per rollout, and per device per hour idle
     (measured over ``--idle`` s; push mode's hourly figure is its fallback polls and
@@ -181,8 +181,8 @@ def worker_main(
         cmd, arg = conn.recv()
         if cmd == "applied":  # since epoch time ``arg``: first hand-over per agent
             conn.send([_first_after(d.runtime.handed, arg) for d in devices])
-        elif cmd == "reported":  # since epoch time ``arg``: first status upload per agent
-            conn.send([next((t for t in d.reported if t >= arg), None) for d in devices])
+        elif cmd == "reported":  # the first status upload after the agent applied the set
+            conn.send([_reported_after(d, arg) for d in devices])
         elif cmd == "heard":  # wake-up messages naming generation ``arg``
             conn.send(
                 [
@@ -299,6 +299,13 @@ def _recorded(device: Device, report: Any) -> Any:
         return sent
 
     return recorded
+
+
+def _reported_after(device: Device, since: float) -> float | None:
+    applied = _first_after(device.runtime.handed, since)
+    if applied is None:
+        return None
+    return next((t for t in device.reported if t >= applied), None)
 
 
 def _first_after(handed: list[tuple[float, Path, tuple[str, ...]]], since: float) -> float | None:
