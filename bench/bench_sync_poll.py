@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import urllib3
@@ -46,7 +47,7 @@ from device import gcs_json  # noqa: E402
 from device.podcheck import ChildModelCheck  # noqa: E402
 from device.runtime import KubeletRuntime  # noqa: E402
 from edgefleet.cloud import storage  # noqa: E402
-from edgefleet.core import layout, manifest_set, policy  # noqa: E402
+from edgefleet.core import layout, manifest_set, policy, signing  # noqa: E402
 from edgefleet.localstack.gcs import GcsEmulator  # noqa: E402
 from sync_pod.agent import Agent  # noqa: E402
 from sync_pod.config import from_env  # noqa: E402
@@ -87,16 +88,17 @@ class CountingProxy:
                     s.shutdown(socket.SHUT_RDWR)
 
 
-def publish_fleet(bucket: storage.Bucket) -> None:
-    """A realistic channel: the sync pod, a model server, a fleet-wide pod; plus the
-    human-readable mirror objects the baseline syncs."""
+def publish_fleet(bucket: storage.Bucket, signer: Any) -> None:
+    """A realistic channel, signed as the control plane signs it: the sync pod, a model
+    server, a fleet-wide pod; plus the human-readable mirror objects the baseline syncs."""
     image = f"{REG}/edgefleet/model@{FAKE_DIGEST}"
     pods = {
         layout.SYNC_POD_NAME: pod_yaml(layout.SYNC_POD_NAME, f"{REG}/edgefleet/sync@{FAKE_DIGEST}"),
         "equipmentparts": pod_yaml("equipmentparts", image),
     }
     fleet = {"telemetry": pod_yaml("telemetry", image)}
-    SetPublisher(bucket, ARCH, CHANNEL).publish(entries(pods) + entries(fleet, "all"))
+    publisher = SetPublisher(bucket, ARCH, CHANNEL, signers=[signer])
+    publisher.publish(entries(pods) + entries(fleet, "all"))
     for name, text in pods.items():
         bucket.write(layout.manifest_object(ARCH, CHANNEL, name), text.encode())
     for name, text in fleet.items():
@@ -169,13 +171,18 @@ def met(ok: bool) -> str:
     return "MET" if ok else "MISSED"
 
 
-# The check child as the agent runs it, plus one line: its peak RSS (ru_maxrss, KiB)
-# written to the file named by argv[1] when it exits.
+# The check child as the agent runs it, plus one line: its peak RSS (VmHWM, KiB) written
+# to the file named by argv[1] when it exits. Not ``ru_maxrss``: Linux carries that over
+# an exec from the process image before it, and Python starts children by vfork, so the
+# child's ``ru_maxrss`` is at least its PARENT's RSS (until 2026-11-30 this bench printed
+# the bench process's ~80 MiB as the child's peak); VmHWM belongs to the new image.
 PEAK_CHILD = (
-    "import atexit, resource, runpy, sys\n"
+    "import atexit, runpy, sys\n"
     "out = sys.argv.pop(1)\n"
-    "atexit.register(lambda: open(out, 'w').write("
-    "str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
+    "def hwm():\n"
+    "    line = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+    "    open(out, 'w').write(line.split()[1])\n"
+    "atexit.register(hwm)\n"
     "runpy.run_module('device.podcheck', run_name='__main__')\n"
 )
 
@@ -241,7 +248,8 @@ def main() -> int:
         gcs.create_bucket("bench")
         client = storage.make_client()
         bucket = storage.Bucket(client, "bench")
-        publish_fleet(bucket)
+        signer = signing.generate(work / "signing.pem")
+        publish_fleet(bucket, signer)
         env = {
             "BUCKET": "bench",
             "ARCH": ARCH,
@@ -250,6 +258,7 @@ def main() -> int:
             "MANIFEST_DIR": str(work / "device" / "pods"),
             "STATE_DIR": str(work / "state"),
             "ALLOWED_REGISTRIES": REG,
+            "TRUSTED_KEYS": str(work / "signing.pem.pub"),
             "STATUS_SECONDS": "3600",
         }
         lean = gcs_json.connect("bench", timeout=10.0, retry=gcs_json.Retry(timeout=5.0))
@@ -288,6 +297,7 @@ def main() -> int:
             "STATE_DIR": str(work / "state2"),
             "MANIFEST_DIR": str(work / "device2" / "pods"),
             "POLL_SECONDS": "1",
+            "KUBELET_API": "off",  # no kubelet here: the health gate judges probes alone
             "PYTHONPATH": str(REPO),
         }
         log = open(work / "agent.log", "wb")  # noqa: SIM115
