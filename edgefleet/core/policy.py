@@ -685,10 +685,10 @@ def _check_model(pod: dict[str, Any]) -> None:
     """Let the kubernetes client's V1Pod model judge field types and required fields.
 
     What the client's own deserializer does: on clients whose models are pydantic models
-    (37.x's are) that is ``V1Pod.from_dict``, called here directly so that the check does not import the
-    API client (its configuration, REST and date-parsing stack: ~10-15 % of the check
-    child's CPU and ~6 MB of its memory, on every new set); older clients go through
-    ``ApiClient``'s deserializer."""
+    (37.x's are) that is ``V1Pod.from_dict``, called here directly so that the check
+    does not import the API client (its configuration, REST and date-parsing stack:
+    ~10-15 % of the check child's CPU and ~6 MB of its memory, on every new set); older
+    clients go through ``ApiClient``'s deserializer."""
     # heavy: imported only when a manifest is read (on devices: in the check child)
     from kubernetes.client.exceptions import ApiValueError
     from kubernetes.client.models.v1_pod import V1Pod
