@@ -172,15 +172,26 @@ def run_podman(
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+WIPE_ATTEMPTS = 4
+
+
 def wipe_device(record: Mapping[str, Any]) -> None:
     """Remove every pod and image from a RUNNING device's storage: the device as before
     its first model (the agent plays the next set's pods again, pulling everything). Run
     inside the device's namespace, as its agent runs podman (see :func:`run_podman`):
     removed from outside, a running pod can leave its port-mapping rule in the device."""
     paths = DevicePaths(Path(record["device_dir"]))
-    for args in (["pod", "rm", "--all", "--force"], ["rmi", "--all", "--force"]):
-        done = run_podman(paths, args, netns=str(record["name"]))
-        if done.returncode != 0:
+    # A self-healing agent (HEAL_SECONDS) can replay its pod between the two steps; the
+    # image is then in use and the pass is repeated (its next look is twice as far off).
+    for attempt in range(WIPE_ATTEMPTS):
+        for args in (["pod", "rm", "--all", "--force"], ["rmi", "--all", "--force"]):
+            done = run_podman(paths, args, netns=str(record["name"]))
+            if done.returncode != 0:
+                break
+        else:
+            return
+        in_use = args[0] == "rmi" and "in use" in done.stderr
+        if not in_use or attempt == WIPE_ATTEMPTS - 1:
             raise StackError(
                 f"device {record['id']}: podman {' '.join(args[:2])} failed: {done.stderr.strip()}"
             )
