@@ -31,10 +31,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode
 
 import urllib3
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -88,7 +88,7 @@ class CountingProxy:
                     s.shutdown(socket.SHUT_RDWR)
 
 
-def publish_fleet(bucket: storage.Bucket, signer: Any) -> None:
+def publish_fleet(bucket: storage.Bucket, signer: Ed25519PrivateKey) -> None:
     """A realistic channel, signed as the control plane signs it: the sync pod, a model
     server, a fleet-wide pod; plus the human-readable mirror objects the baseline syncs."""
     image = f"{REG}/edgefleet/model@{FAKE_DIGEST}"

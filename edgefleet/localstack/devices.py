@@ -181,20 +181,25 @@ def wipe_device(record: Mapping[str, Any]) -> None:
     inside the device's namespace, as its agent runs podman (see :func:`run_podman`):
     removed from outside, a running pod can leave its port-mapping rule in the device."""
     paths = DevicePaths(Path(record["device_dir"]))
+    netns = str(record["name"])
+
+    def failed(args: Sequence[str], done: subprocess.CompletedProcess[str]) -> StackError:
+        what = " ".join(args[:2])
+        return StackError(f"device {record['id']}: podman {what} failed: {done.stderr.strip()}")
+
     # A self-healing agent (HEAL_SECONDS) can replay its pod between the two steps; the
     # image is then in use and the pass is repeated (its next look is twice as far off).
-    for attempt in range(WIPE_ATTEMPTS):
-        for args in (["pod", "rm", "--all", "--force"], ["rmi", "--all", "--force"]):
-            done = run_podman(paths, args, netns=str(record["name"]))
-            if done.returncode != 0:
-                break
-        else:
+    for attempt in range(1, WIPE_ATTEMPTS + 1):
+        pods = ["pod", "rm", "--all", "--force"]
+        done = run_podman(paths, pods, netns=netns)
+        if done.returncode != 0:
+            raise failed(pods, done)
+        images = ["rmi", "--all", "--force"]
+        done = run_podman(paths, images, netns=netns)
+        if done.returncode == 0:
             return
-        in_use = args[0] == "rmi" and "in use" in done.stderr
-        if not in_use or attempt == WIPE_ATTEMPTS - 1:
-            raise StackError(
-                f"device {record['id']}: podman {' '.join(args[:2])} failed: {done.stderr.strip()}"
-            )
+        if "in use" not in done.stderr or attempt == WIPE_ATTEMPTS:
+            raise failed(images, done)
 
 
 def agent_env(
