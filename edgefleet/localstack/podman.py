@@ -2,18 +2,25 @@
 generated registries.conf that marks the local registry insecure (plain HTTP), and an
 optional ``podman system service`` socket for the docker SDK.
 
-Image storage stays podman's default, so base images stay cached between runs.
+Image storage stays podman's default, so base images stay cached between runs; the
+images named for a local registry leave it when that registry stops
+(:func:`forget_registry_images`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
+import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+from edgefleet.core.logs import fields
 from edgefleet.localstack.process import ManagedProcess, MissingTool
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = REPO_ROOT / "deploy" / "podman" / "containers.conf"
@@ -35,6 +42,61 @@ def registries_conf(insecure: Iterable[str]) -> str:
     for host in insecure:
         lines += ["[[registry]]", f'location = "{host}"', "insecure = true", ""]
     return "\n".join(lines)
+
+
+# podman's reference filter matches one path component per ``*``; several filters are ORed.
+_REPO_DEPTHS = ("/*", "/*/*", "/*/*/*", "/*/*/*/*")
+_ID_AND_NAMES = "{{.ID}}{{range .Names}} {{.}}{{end}}"
+FORGET_TIMEOUT = 120.0
+
+
+def forget_registry_images(host: str) -> None:
+    """Remove from podman's image storage every image whose names all point into the local
+    registry ``host`` (``127.0.0.1:PORT``).
+
+    Why: builds and pulls through a local stack leave images named for its registry in
+    the host's storage (two dozen per test run; 719, about 9 GB, had piled up on one
+    machine), and once that registry stops, on a port of its own, the names lead nowhere. An image with a name
+    elsewhere stays, and so do the base images the builds share. Best effort: no podman
+    means nothing was stored; a failure (an image in use, say) is logged, never raised,
+    since it must not keep a stack from stopping; podman removes the other images still.
+    """
+    podman = shutil.which("podman")
+    if podman is None:
+        return
+    env = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
+    filters = [f"--filter=reference={host}{depth}" for depth in _REPO_DEPTHS]
+    listing = _podman_quietly([podman, "images", *filters, "--format", _ID_AND_NAMES], env)
+    if listing is None:
+        return
+    doomed: dict[str, list[str]] = {}  # id -> names (a row per name: dict keeps one)
+    for line in listing.splitlines():
+        image, *names = line.split()
+        if names and all(name.startswith(f"{host}/") for name in names):
+            doomed[image] = names
+    # By name, not id: podman removes an image by id only with --force when it has more
+    # than one name, and --force would take containers using it along.
+    names = [name for image_names in doomed.values() for name in image_names]
+    if names and _podman_quietly([podman, "rmi", *names], env) is not None:
+        log.info(
+            "removed a stopped registry's images", extra=fields(registry=host, images=len(doomed))
+        )
+
+
+def _podman_quietly(argv: list[str], env: dict[str, str]) -> str | None:
+    """``argv``'s output, or None after logging why it failed."""
+    try:
+        done = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=FORGET_TIMEOUT, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("podman failed", extra=fields(command=" ".join(argv[1:3]), error=str(exc)))
+        return None
+    if done.returncode != 0:
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        log.warning("podman failed", extra=fields(command=" ".join(argv[1:3]), error=tail))
+        return None
+    return done.stdout
 
 
 class PodmanEnv:

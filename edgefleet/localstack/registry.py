@@ -17,6 +17,7 @@ from pathlib import Path
 
 import requests
 
+from edgefleet.localstack.podman import forget_registry_images
 from edgefleet.localstack.process import (
     ManagedProcess,
     MissingTool,
@@ -116,7 +117,10 @@ class Registry:
         return self
 
     def stop(self) -> None:
+        """Stop the registry and forget the images named for it in podman's storage (its
+        port is its own: nothing will reach those names again)."""
         self.process.stop()
+        forget_registry_images(self.host)
 
     def __enter__(self) -> Registry:
         return self.start()

@@ -27,7 +27,7 @@ from edgefleet.localstack.functions import DEFAULT_SOURCE, FunctionProcess
 from edgefleet.localstack.gcs import GcsEmulator, PubsubEvents
 from edgefleet.localstack.mosquitto import Mosquitto
 from edgefleet.localstack.mosquitto import remove_files as mosquitto_files
-from edgefleet.localstack.podman import PodmanEnv, PodmanService
+from edgefleet.localstack.podman import PodmanEnv, PodmanService, forget_registry_images
 from edgefleet.localstack.process import StackError
 from edgefleet.localstack.pubsub import PubsubEmulator
 from edgefleet.localstack.registry import Registry
@@ -425,6 +425,9 @@ def down(workdir: str | os.PathLike[str]) -> list[str]:
         ]
         if failures:
             raise StackError(_stop_failed(workdir, failures))
+        registry_port = (state.get("ports") or {}).get("registry")
+        if isinstance(registry_port, int):
+            forget_registry_images(f"127.0.0.1:{registry_port}")
         (workdir / STATE_FILE).unlink(missing_ok=True)
         mosquitto_files(workdir)
     return stopped
