@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -186,6 +189,99 @@ def test_podcheck_child_leaves_the_kube_config_loaders_out() -> None:
     loaded = set(out["modules"])
     assert "kubernetes.client.models.v1_pod" in loaded
     assert not loaded & {"kubernetes.config", "kubernetes.watch", "google.auth", "requests"}
+
+
+def _oldest_allowed(name: str) -> str:
+    """The lower bound pyproject.toml sets on dependency ``name``."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        bound = re.fullmatch(rf"{name}>=([0-9.]+)", requirement.replace(" ", ""))
+        if bound:
+            return bound.group(1)
+    raise AssertionError(f"pyproject.toml sets no lower bound on {name}")
+
+
+@pytest.fixture(scope="module")
+def oldest_kubernetes(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """The oldest kubernetes client pyproject allows, with six (which it imports), pip
+    installed into a directory of its own from the package index."""
+    version = _oldest_allowed("kubernetes")
+    target = tmp_path_factory.mktemp("kubernetes-oldest")
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    done = subprocess.run(
+        [*pip, "--no-deps", "--target", str(target), f"kubernetes=={version}.*", "six"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, (
+        f"pip could not install kubernetes=={version}.* (the package index must be "
+        f"reachable, as for make install): {done.stderr[-600:]}"
+    )
+    return version, target
+
+
+def test_the_oldest_kubernetes_client_the_pin_allows_gives_the_same_verdicts(
+    oldest_kubernetes: tuple[str, Path],
+) -> None:
+    """pyproject allows kubernetes clients older than 37, whose models are not pydantic
+    models (no ``V1Pod.from_dict``): there the model check goes through ``ApiClient``'s
+    deserializer, policy._check_model's other branch. The check (the allowlist's type
+    walk, then the model) judges alike on both; the model alone, asked directly, refuses
+    a missing required field and a mistyped number on both (the old client turns a
+    number into a string where a string is due: the walk refuses that first)."""
+    version, target = oldest_kubernetes
+    port_as_text = pod_yaml("p", IMAGE).replace(
+        "name: main", "name: main\n    ports: [{containerPort: http}]"
+    )
+    manifests = {
+        "ok": pod_yaml("ok", IMAGE),
+        "image_as_number": IMAGE_AS_NUMBER,
+        "no_container_name": NO_CONTAINER_NAME,
+        "port_as_text": port_as_text,
+        "policy_as_number": pod_yaml("q", IMAGE).replace(
+            "restartPolicy: Always", "restartPolicy: 5"
+        ),
+    }
+    model_alone = ("ok", "no_container_name", "port_as_text")
+    script = (
+        "import json\n"
+        "from device import podcheck\nfrom edgefleet.core import policy, strict_yaml\n"
+        "from edgefleet.core.errors import InvalidInput\n"
+        "podcheck.skip_kubernetes_package_init()\n"
+        "from kubernetes.client import __version__ as version\n"
+        "from kubernetes.client.models.v1_pod import V1Pod\n"
+        f"manifests = {manifests!r}\n"
+        "def model_accepts(text):\n"
+        "    try:\n"
+        "        policy._check_model(strict_yaml.load(text))\n"
+        "    except InvalidInput:\n"
+        "        return False\n"
+        "    return True\n"
+        "print(json.dumps({'errors': policy.model_errors(manifests), 'version': version,\n"
+        "    'pydantic': hasattr(V1Pod, 'from_dict'),\n"
+        f"    'model': {{k: model_accepts(manifests[k]) for k in {model_alone!r}}}}}))\n"
+    )
+
+    def judge(path: str) -> dict[str, Any]:
+        env = {**os.environ, "PYTHONPATH": path}
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO
+        )
+        assert done.returncode == 0, done.stderr[-800:]
+        return json.loads(done.stdout)
+
+    installed = judge(str(REPO))
+    oldest = judge(f"{target}{os.pathsep}{REPO}")
+    assert oldest["version"].startswith(f"{version}.") and not oldest["pydantic"]
+    assert installed["pydantic"], "the installed client takes from_dict (kubernetes 37+)"
+    assert oldest["errors"] == installed["errors"]
+    errors = installed["errors"]
+    assert errors["ok"] is None
+    assert all("not a valid v1 Pod" in errors[k] for k in manifests if k != "ok"), errors
+    expected = {"ok": True, "no_container_name": False, "port_as_text": False}
+    assert installed["model"] == expected
+    assert oldest["model"] == expected
 
 
 def _loop(manifests: dict[str, str], p: policy.Policy) -> dict[str, object]:
