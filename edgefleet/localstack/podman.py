@@ -56,10 +56,11 @@ def forget_registry_images(host: str) -> None:
 
     Why: builds and pulls through a local stack leave images named for its registry in
     the host's storage (two dozen per test run; 719, about 9 GB, had piled up on one
-    machine), and once that registry stops, on a port of its own, the names lead nowhere. An image with a name
-    elsewhere stays, and so do the base images the builds share. Best effort: no podman
-    means nothing was stored; a failure (an image in use, say) is logged, never raised,
-    since it must not keep a stack from stopping; podman removes the other images still.
+    machine), and once that registry stops, on a port of its own, the names lead
+    nowhere. An image with a name elsewhere stays, and so do the base images the builds
+    share. Best effort: no podman means nothing was stored; a failure (an image in use,
+    say) is logged, never raised, since it must not keep a stack from stopping; podman
+    removes the other images still.
     """
     podman = shutil.which("podman")
     if podman is None:
