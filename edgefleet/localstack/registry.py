@@ -66,6 +66,11 @@ def render_config(
     return config
 
 
+def host_for(port: int) -> str:
+    """The ``host:port`` a local registry listening on ``port`` is known by."""
+    return f"127.0.0.1:{port}"
+
+
 class Registry:
     """One registry on 127.0.0.1; ``.host`` is "127.0.0.1:P" (plain HTTP: insecure)."""
 
@@ -103,7 +108,7 @@ class Registry:
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return host_for(self.port)
 
     @property
     def url(self) -> str:

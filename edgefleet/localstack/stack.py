@@ -31,6 +31,7 @@ from edgefleet.localstack.podman import PodmanEnv, PodmanService, forget_registr
 from edgefleet.localstack.process import StackError
 from edgefleet.localstack.pubsub import PubsubEmulator
 from edgefleet.localstack.registry import Registry
+from edgefleet.localstack.registry import host_for as registry_host_for
 from edgefleet.localstack.registry_bridge import RegistryBridge
 
 STATE_FILE = "stack.json"
@@ -427,7 +428,7 @@ def down(workdir: str | os.PathLike[str]) -> list[str]:
             raise StackError(_stop_failed(workdir, failures))
         registry_port = (state.get("ports") or {}).get("registry")
         if isinstance(registry_port, int):
-            forget_registry_images(f"127.0.0.1:{registry_port}")
+            forget_registry_images(registry_host_for(registry_port))
         (workdir / STATE_FILE).unlink(missing_ok=True)
         mosquitto_files(workdir)
     return stopped
