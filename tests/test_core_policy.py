@@ -158,6 +158,61 @@ def test_load_pod_rejects(data, fragment) -> None:
         policy.check_manifest(data, ALLOW)
 
 
+def _limits(**values) -> dict:
+    return with_container(resources={"limits": {"cpu": "1", "memory": "256Mi", **values}})
+
+
+@pytest.mark.parametrize(
+    ("doc", "fragment"),
+    [
+        (_limits(cpu="abc"), "limits['cpu'] must be a quantity"),
+        (_limits(memory="64MiB"), "limits['memory'] must be a quantity"),
+        (_limits(cpu="-1"), "limits['cpu'] must be a quantity"),
+        (_limits(memory=-5), "limits['memory'] must be a quantity"),
+        (with_container(ports=[{"containerPort": 70000}]), "containerPort must be a port number"),
+        (with_container(ports=[{"containerPort": 0}]), "containerPort must be a port number"),
+        (with_container(ports=[{"containerPort": 80, "hostPort": 65536}]), "hostPort must be"),
+        (with_container(readinessProbe={"tcpSocket": {"port": 0}}), "port must be a port number"),
+        (with_container(readinessProbe={"httpGet": {"path": "/"}}), "httpGet.port is required"),
+        (with_container(readinessProbe={"tcpSocket": {}}), "tcpSocket.port is required"),
+        (pod(securityContext={"seccompProfile": {}}), "seccompProfile.type is required"),
+        (
+            with_container(securityContext={"seccompProfile": {}}),
+            "securityContext.seccompProfile.type is required",
+        ),
+        (
+            pod(volumes=[{"name": "v", "hostPath": {"type": "Directory"}}]),
+            "hostPath.path is required",
+        ),
+    ],
+)
+def test_the_type_walk_refuses_values_kubelet_would_refuse(doc, fragment) -> None:
+    """Quantities and port numbers out of their grammar and range, and required fields of
+    nested API types, are refused in-process, before any model check or device: kubelet
+    or podman would refuse them only when playing the pod."""
+    _, types = policy.shape_problems(doc)
+    assert any(fragment in t for t in types), types
+    with pytest.raises(InvalidInput, match="not a valid v1 Pod"):
+        policy.load_pod(text(doc), model_check=False)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        _limits(cpu="500m", memory="64Mi"),
+        _limits(cpu="0.5", memory="1e9"),
+        _limits(cpu="+2", memory="1G"),
+        _limits(cpu=".5", memory="128974848"),
+        _limits(cpu=1, memory="129e6"),
+        with_container(ports=[{"containerPort": 65535, "hostPort": 0}]),
+        with_container(readinessProbe={"tcpSocket": {"port": "http"}}),
+        with_container(readinessProbe={"httpGet": {"port": 5000}}),
+    ],
+)
+def test_the_type_walk_takes_every_valid_form(doc) -> None:
+    assert policy.shape_problems(doc) == ([], [])
+
+
 def test_parse_registries() -> None:
     assert policy.parse_registries(None) == ()  # unset allows none (fail closed)
     assert policy.parse_registries(" ") == ()

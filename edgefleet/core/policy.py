@@ -219,7 +219,10 @@ def canonical(pod: Mapping[str, Any]) -> bytes:
 
 # -- the allowlist ------------------------------------------------------------------------
 
-STR, INT, BOOL, QTY = "string", "integer", "boolean", "quantity"
+STR, INT, BOOL = "string", "integer", "boolean"
+QTY = 'quantity, as text ("500m", "1", "0.5", "64Mi"; not negative)'
+PORT = "port number (1-65535)"
+HOST_PORT = "port number (0-65535; 0: none)"
 STRMAP = ("map", STR)
 QTYMAP = ("map", QTY)
 
@@ -228,7 +231,7 @@ def _list(item: Any) -> tuple[str, Any]:
     return ("list", item)
 
 
-_PORT_OR_NAME = (INT, STR)
+_PORT_OR_NAME = (PORT, STR)
 _PROBE: dict[str, Any] = {
     "httpGet": {"path": STR, "port": _PORT_OR_NAME, "scheme": STR},
     "tcpSocket": {"port": _PORT_OR_NAME},
@@ -259,7 +262,7 @@ _CONTAINER: dict[str, Any] = {
     "workingDir": STR,
     "env": _list({"name": STR, "value": STR}),
     "ports": _list(
-        {"name": STR, "containerPort": INT, "hostPort": INT, "hostIP": STR, "protocol": STR}
+        {"name": STR, "containerPort": PORT, "hostPort": HOST_PORT, "hostIP": STR, "protocol": STR}
     ),
     "readinessProbe": _PROBE,
     "livenessProbe": _PROBE,
@@ -306,6 +309,13 @@ _REQUIRED: dict[int, tuple[str, ...]] = {
     id(_CONTAINER["ports"][1]): ("containerPort",),
     id(_CONTAINER["volumeMounts"][1]): ("name", "mountPath"),
     id(POD_FIELDS["spec"]): ("containers",),
+    # Required by their API types too: found missing from this table by asking the V1Pod
+    # model directly (2026-11-30), which refused them after this walk had let them by.
+    id(_PROBE["httpGet"]): ("port",),
+    id(_PROBE["tcpSocket"]): ("port",),
+    id(_CONTAINER_SC["seccompProfile"]): ("type",),
+    id(_POD_SC["seccompProfile"]): ("type",),
+    id(_VOLUME["hostPath"]): ("path",),
 }
 
 
@@ -355,14 +365,29 @@ def _walk(value: Any, schema: Any, where: str, fields: list[str], types: list[st
         types.append(f"{here} must be a {' or '.join(kinds)}")
 
 
+# resource.Quantity's grammar (k8s.io/apimachinery/pkg/api/resource, quantity.go): a
+# number, then a binary or decimal SI suffix or a decimal exponent; not negative, as the
+# API server requires of requests, limits and sizes.
+_QUANTITY = re.compile(
+    r"\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[KMGTPE]i|[mkMGTPE]|[eE][-+]?[0-9]+)?"
+)
+
+
 def _is(value: Any, kind: str) -> bool:
     if kind == STR:
         return isinstance(value, str)
     if kind == BOOL:
         return isinstance(value, bool)
+    integer = isinstance(value, int) and not isinstance(value, bool)
     if kind == INT:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, (str, int)) and not isinstance(value, bool)  # QTY
+        return integer
+    if kind == PORT:
+        return integer and 1 <= value <= 65535
+    if kind == HOST_PORT:
+        return integer and 0 <= value <= 65535
+    if isinstance(value, str):  # QTY
+        return _QUANTITY.fullmatch(value) is not None
+    return integer and value >= 0
 
 
 def _show(path: str) -> str:
