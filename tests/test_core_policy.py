@@ -204,6 +204,7 @@ def test_the_type_walk_refuses_values_kubelet_would_refuse(doc, fragment) -> Non
         _limits(cpu="+2", memory="1G"),
         _limits(cpu=".5", memory="128974848"),
         _limits(cpu=1, memory="129e6"),
+        _limits(cpu="250u", memory="5.", **{"ephemeral-storage": "1Ei"}),
         with_container(ports=[{"containerPort": 65535, "hostPort": 0}]),
         with_container(readinessProbe={"tcpSocket": {"port": "http"}}),
         with_container(readinessProbe={"httpGet": {"port": 5000}}),

@@ -365,11 +365,12 @@ def _walk(value: Any, schema: Any, where: str, fields: list[str], types: list[st
         types.append(f"{here} must be a {' or '.join(kinds)}")
 
 
-# resource.Quantity's grammar (k8s.io/apimachinery/pkg/api/resource, quantity.go): a
-# number, then a binary or decimal SI suffix or a decimal exponent; not negative, as the
-# API server requires of requests, limits and sizes.
+# resource.Quantity's grammar (k8s.io/apimachinery/pkg/api/resource, quantity.go and the
+# suffixes of suffix.go): a number, then a binary SI suffix, a decimal SI suffix (n u m k
+# M G T P E) or a decimal exponent; not negative, as the API server requires of requests,
+# limits and sizes.
 _QUANTITY = re.compile(
-    r"\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[KMGTPE]i|[mkMGTPE]|[eE][-+]?[0-9]+)?"
+    r"\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[KMGTPE]i|[numkMGTPE]|[eE][-+]?[0-9]+)?"
 )
 
 
