@@ -527,9 +527,7 @@ def _image(image: Any, where: str, policy: Policy) -> list[str]:
 
 def _ports(ports: list[Mapping[str, Any]], where: str) -> list[str]:
     out = []
-    for p in ports:
-        if not 1 <= p.get("containerPort", 0) <= 65535:
-            out.append(f"{where}: containerPort must be 1..65535")
+    for p in ports:  # containerPort's range is its type's (PORT): shape_problems judged it
         if p.get("protocol", "TCP") not in ("TCP", "UDP"):
             out.append(f"{where}: port protocol must be TCP or UDP")
         if "hostPort" in p:
