@@ -155,3 +155,38 @@ def test_model_server_template_runs_on_podman_on_its_own_network(podman, tmp_pat
         subprocess.run(["podman", "pod", "rm", "-f", "-t", "0", "--ignore", out.entry.name],
                        env=env, capture_output=True, timeout=60)  # fmt: skip
         shutil.rmtree(policy.spool_dir(out.entry.name), ignore_errors=True)
+
+
+QUANTITIES = ("500m", "1", "0.5", ".5", "5.", "+2", "64Mi", "1.5Gi", "1e9", "1e-3", "250u",
+              "1n", "2k", "abc", "64MiB", "10x", "1.2.3", "Mi", "1 Gi", "0x10", "-1")  # fmt: skip
+
+
+def test_the_allowlists_quantity_grammar_is_what_podman_decodes(podman) -> None:
+    """Each quantity the type walk takes, podman's ``kube play`` decodes, and each it
+    refuses, podman refuses with "quantities must match" (its copy of apimachinery's
+    parser): a set is refused where it is checked, not when a device plays it. The walk
+    is stricter in two ways of its own: a negative value (the API server refuses it,
+    podman does not) and a suffix with no number ("Mi": apimachinery reads it as 0)."""
+    env, image = podman
+    disagree = {}
+    for quantity in QUANTITIES:
+        name = f"qty-{uuid.uuid4().hex[:6]}"
+        doc = pod_for(image, name)
+        doc["spec"]["containers"][0]["resources"]["limits"]["memory"] = quantity
+        walk_takes = not policy.shape_problems(doc)[1]
+        path = Path(env.get("TMPDIR", "/tmp")) / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        try:
+            play = ["podman", "kube", "play", "--start=false", str(path)]
+            played = subprocess.run(play, env=env, capture_output=True, text=True, timeout=120)
+        finally:
+            subprocess.run(["podman", "pod", "rm", "-f", "-t", "0", "--ignore", name], env=env,
+                           capture_output=True, timeout=60)  # fmt: skip
+            path.unlink(missing_ok=True)
+        podman_takes = played.returncode == 0
+        if not podman_takes:
+            assert "quantities must match" in played.stderr, (quantity, played.stderr[-300:])
+        if walk_takes != podman_takes:
+            disagree[quantity] = {"walk": walk_takes, "podman": podman_takes}
+    stricter = {"walk": False, "podman": True}
+    assert disagree == {"Mi": stricter, "-1": stricter}
