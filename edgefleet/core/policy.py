@@ -386,9 +386,9 @@ def _is(value: Any, kind: str) -> bool:
         return integer and 1 <= value <= 65535
     if kind == HOST_PORT:
         return integer and 0 <= value <= 65535
-    if isinstance(value, str):  # QTY
-        return _QUANTITY.fullmatch(value) is not None
-    return integer and value >= 0
+    # QTY: text only. kubelet would take a bare number too, but the kubernetes client's
+    # V1Pod model (37.x) refuses one, so every checker of the fleet judges alike.
+    return isinstance(value, str) and _QUANTITY.fullmatch(value) is not None
 
 
 def _show(path: str) -> str:
