@@ -48,6 +48,23 @@ def _tarball(salt: str) -> bytes:
     return buf.getvalue()
 
 
+def import_image(workdir: Path, name: str) -> str:
+    """A one-file image of distinct content, named ``name``, in podman's storage; its id."""
+    tar = workdir / f"{uuid.uuid4().hex}.tar"
+    tar.write_bytes(_tarball(uuid.uuid4().hex))
+    try:
+        return podman("import", "-q", str(tar), name)
+    finally:
+        tar.unlink(missing_ok=True)
+
+
+def image_exists(image: str) -> bool:
+    done = subprocess.run(
+        ["podman", "image", "exists", image], env=_env(), capture_output=True, timeout=60
+    )
+    return done.returncode == 0
+
+
 def push_multiarch(
     registry_host: str,
     repository: str,

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from podman_images import _env, _tarball, podman
+from podman_images import image_exists, import_image
 
 from edgefleet.cloud import storage
 from edgefleet.localstack import netns, process
@@ -94,17 +94,6 @@ def _edgefleet(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _import_image(tmp_path: Path, name: str) -> str:
-    tar = tmp_path / "image.tar"
-    tar.write_bytes(_tarball(str(tmp_path)))
-    return podman("import", "-q", str(tar), name)
-
-
-def _image_exists(image: str) -> bool:
-    done = subprocess.run(["podman", "image", "exists", image], env=_env(), timeout=60)
-    return done.returncode == 0
-
-
 def test_cli_up_devices_down(tmp_path):
     workdir = tmp_path / "cli"
     up = _edgefleet("up", "--workdir", str(workdir), "--no-functions", "--devices", "2")
@@ -117,7 +106,7 @@ def test_cli_up_devices_down(tmp_path):
         devices = state["devices"]
         assert [d["name"] for d in devices] == ["ef-dev1", "ef-dev2"]
         # What a build through the stack leaves in podman's storage: `down` removes it.
-        built = _import_image(tmp_path, f"127.0.0.1:{state['ports']['registry']}/edgefleet/t:1")
+        built = import_image(tmp_path, f"127.0.0.1:{state['ports']['registry']}/edgefleet/t:1")
         endpoint = state["env"]["STORAGE_EMULATOR_HOST"]
         for device in devices:
             # Each device binds its own 127.0.0.1:5000 and reaches the host's emulator
@@ -164,7 +153,7 @@ def test_cli_up_devices_down(tmp_path):
     assert not Path("/run/netns/ef-dev1").exists()
     assert not Path("/sys/class/net/efh-dev2").exists()
     assert read_state(workdir) is None
-    assert not _image_exists(built), "down left the stack registry's image in podman's storage"
+    assert not image_exists(built), "down left the stack registry's image in podman's storage"
     assert down(workdir) == []  # idempotent
     assert "nothing running" in _edgefleet("down", "--workdir", str(workdir)).stdout
 

@@ -7,6 +7,7 @@ refuses both manifests, and that the canonical JSON it writes instead is what po
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -57,20 +58,29 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str,
     subprocess.run(["podman", "rmi", "-f", image], env=env, capture_output=True, timeout=60)
 
 
-def play_privileged(env: dict[str, str], manifest: str, name: str) -> bool:
-    """``kube play --start=false`` the manifest; is its container privileged?"""
+@contextlib.contextmanager
+def kube_play(
+    env: dict[str, str], manifest: str, name: str
+) -> Iterator[subprocess.CompletedProcess]:
+    """``kube play --start=false`` the manifest (pod ``name``); removed afterwards."""
     path = Path(env.get("TMPDIR", "/tmp")) / f"{name}.yaml"
     path.write_text(manifest)
     try:
-        subprocess.run(["podman", "kube", "play", "--start=false", str(path)], env=env,
-                       check=True, capture_output=True, timeout=120)  # fmt: skip
-        out = subprocess.run(["podman", "container", "inspect", f"{name}-main"], env=env,
-                             check=True, capture_output=True, text=True, timeout=60)  # fmt: skip
-        return bool(json.loads(out.stdout)[0]["HostConfig"]["Privileged"])
+        play = ["podman", "kube", "play", "--start=false", str(path)]
+        yield subprocess.run(play, env=env, capture_output=True, text=True, timeout=120)
     finally:
         subprocess.run(["podman", "pod", "rm", "-f", "-t", "0", "--ignore", name], env=env,
                        capture_output=True, timeout=60)  # fmt: skip
         path.unlink(missing_ok=True)
+
+
+def play_privileged(env: dict[str, str], manifest: str, name: str) -> bool:
+    """``kube play --start=false`` the manifest; is its container privileged?"""
+    with kube_play(env, manifest, name) as played:
+        assert played.returncode == 0, played.stderr[-600:]
+        out = subprocess.run(["podman", "container", "inspect", f"{name}-main"], env=env,
+                             check=True, capture_output=True, text=True, timeout=60)  # fmt: skip
+        return bool(json.loads(out.stdout)[0]["HostConfig"]["Privileged"])
 
 
 def pod_for(image: str, name: str) -> dict:
@@ -174,18 +184,10 @@ def test_the_allowlists_quantity_grammar_is_what_podman_decodes(podman) -> None:
         doc = pod_for(image, name)
         doc["spec"]["containers"][0]["resources"]["limits"]["memory"] = quantity
         walk_takes = not policy.shape_problems(doc)[1]
-        path = Path(env.get("TMPDIR", "/tmp")) / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(doc))
-        try:
-            play = ["podman", "kube", "play", "--start=false", str(path)]
-            played = subprocess.run(play, env=env, capture_output=True, text=True, timeout=120)
-        finally:
-            subprocess.run(["podman", "pod", "rm", "-f", "-t", "0", "--ignore", name], env=env,
-                           capture_output=True, timeout=60)  # fmt: skip
-            path.unlink(missing_ok=True)
-        podman_takes = played.returncode == 0
-        if not podman_takes:
-            assert "quantities must match" in played.stderr, (quantity, played.stderr[-300:])
+        with kube_play(env, yaml.safe_dump(doc), name) as played:
+            podman_takes = played.returncode == 0
+            if not podman_takes:
+                assert "quantities must match" in played.stderr, (quantity, played.stderr[-300:])
         if walk_takes != podman_takes:
             disagree[quantity] = {"walk": walk_takes, "podman": podman_takes}
     stricter = {"walk": False, "podman": True}

@@ -189,12 +189,11 @@ def wipe_device(record: Mapping[str, Any]) -> None:
 
     # A self-healing agent (HEAL_SECONDS) can replay its pod between the two steps; the
     # image is then in use and the pass is repeated (its next look is twice as far off).
+    pods, images = ["pod", "rm", "--all", "--force"], ["rmi", "--all", "--force"]
     for attempt in range(1, WIPE_ATTEMPTS + 1):
-        pods = ["pod", "rm", "--all", "--force"]
         done = run_podman(paths, pods, netns=netns)
         if done.returncode != 0:
             raise failed(pods, done)
-        images = ["rmi", "--all", "--force"]
         done = run_podman(paths, images, netns=netns)
         if done.returncode == 0:
             return
