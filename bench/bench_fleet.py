@@ -1,7 +1,7 @@
 """Fleet simulator: N real sync agents against the GCS emulator and mosquitto, push vs poll.
 
     .venv/bin/python bench/bench_fleet.py [--agents 1000] [--workers 4] [--rollouts 5]
-        [--poll 20] [--poll-rollouts 2] [--idle 40]
+        [--poll 20] [--poll-rollouts 2] [--idle 40] [--v1pod-check]
 
 Each simulated device is the real agent code (:class:`sync_pod.agent.Agent`) with its own
 state and manifest directories (on /dev/shm: a device has its own disk, 1,000 devices
@@ -15,11 +15,13 @@ publishes the wake-up through :class:`~edgefleet.cloud.wakeup.WakeupPublisher` a
 tag_monitor does after a tag move (the tag move -> set write part is measured by
 bench_tag_to_manifest.py; here the clock starts when the set write starts).
 
-The V1Pod model check runs in a real child process (:mod:`device.podcheck`); all agents
-share one :class:`device.podcheck.CachedModelCheck` verdict cache (the cache every
-device keeps for itself, keyed by manifest SHA-256; across the worker processes through
-its ``shared`` directory): one child per new set, as one device pays, instead of 1,000
-children costing ~0.75 s of CPU each, which on 2 cores would measure the simulation
+The agents check manifests as devices do by default: the allowlist's walk alone
+(``V1POD_CHECK`` off). With ``--v1pod-check`` they also run the V1Pod model check in a
+real child process (:mod:`device.podcheck`), sharing one
+:class:`device.podcheck.CachedModelCheck` verdict cache (the cache every device keeps
+for itself, keyed by manifest SHA-256; across the worker processes through its
+``shared`` directory): one child per new set, as one device pays, instead of 1,000
+children costing ~0.5 s of CPU each, which on 2 cores would measure the simulation
 host, not the fleet.
 
 Printed, for push (MQTT wake-up + 600 s fallback poll) and poll (``--poll`` s):
@@ -161,8 +163,12 @@ def worker_main(
 
     logs.configure("fleet-sim", "ERROR")
     from device.podcheck import CachedModelCheck, ChildModelCheck
+    from edgefleet.core import policy
+    from sync_pod.config import from_env
 
-    check = CachedModelCheck(ChildModelCheck(timeout=120.0), shared=Path(root) / "verdicts")
+    check: Any = policy.walk_only  # what a device checks by default (V1POD_CHECK off)
+    if from_env({**env, "DEVICE_ID": "sim"}).v1pod_check:
+        check = CachedModelCheck(ChildModelCheck(timeout=120.0), shared=Path(root) / "verdicts")
     devices = [make_device(i, Path(root), env, check, push) for i in indices]
     gate = PollFirstGate(concurrency, fleet_polls)
     for d in devices:
@@ -205,7 +211,7 @@ def worker_main(
                     "cpu": self_usage.ru_utime + self_usage.ru_stime,
                     "child_cpu": children.ru_utime + children.ru_stime,
                     "rss": _rss_bytes(),
-                    "checks": check.misses,
+                    "checks": getattr(check, "misses", 0),
                 }
             )
         elif cmd == "stop":
@@ -638,6 +644,11 @@ def main() -> int:
     parser.add_argument("--poll-rollouts", type=int, default=2)
     parser.add_argument("--idle", type=float, default=40.0, help="idle window (s)")
     parser.add_argument("--skip-poll", action="store_true")
+    parser.add_argument(
+        "--v1pod-check",
+        action="store_true",
+        help="agents also run the V1Pod model check (V1POD_CHECK=on; devices' default: off)",
+    )
     args = parser.parse_args()
 
     from edgefleet.cloud import storage
@@ -674,6 +685,7 @@ def main() -> int:
             "MQTT_URL": broker.url,
             "STATUS_SECONDS": f"{HEARTBEAT:g}",
             "HEALTH_TIMEOUT": "30",
+            "V1POD_CHECK": "on" if args.v1pod_check else "off",
         }
         pids = [gcs.process.pid, broker.process.pid]
         results.append(run_mode(args, True, env, pub, pids))
@@ -684,7 +696,9 @@ def main() -> int:
         gcs_rss = _rss_bytes(gcs.process.pid)
     shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n== {args.agents} simulated devices, {args.workers} worker processes")
+    checks = "allowlist + V1Pod model (child)" if args.v1pod_check else "allowlist"
+    print(f"\n== {args.agents} simulated devices, {args.workers} worker processes; "
+          f"manifest checks: {checks}")  # fmt: skip
     poll_result = results[1] if len(results) > 1 else None
     per_poll = None
     if poll_result is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 import signal
@@ -10,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from edgefleet.core import logs
+from edgefleet.core import logs, policy
 from edgefleet.core.errors import EdgefleetError
 from sync_pod.config import Config, from_env
 from sync_pod.pipeline import Outcome
@@ -22,14 +23,15 @@ RETRY_SECONDS = 5.0
 PODCHECK_SECONDS = 60.0
 JITTER = 0.2
 
+log = logging.getLogger(__name__)
+
 
 def make_agent(config: Config):  # type: ignore[no-untyped-def]
     """The agent with its real adapters (GCS or the emulator, kubelet or podman). Both
     choices keep the long-lived process small (RSS budget 40 MiB, docs/device.md): the
-    lean JSON-API bucket instead of google-cloud-storage, and the kubernetes model check
-    in a child process per new set."""
+    lean JSON-API bucket instead of google-cloud-storage, and no kubernetes client in this
+    process (its V1Pod model check, when on, runs in a child per new set)."""
     from device import gcs_json
-    from device.podcheck import CachedModelCheck, ChildModelCheck
     from device.podman import PodmanRuntime
     from sync_pod.agent import Agent
 
@@ -47,12 +49,19 @@ def make_agent(config: Config):  # type: ignore[no-untyped-def]
     )
     if config.handover_ports:
         runtime = handover_runtime(config, runtime)
-    return Agent(
-        config,
-        bucket,
-        runtime,
-        model_check=CachedModelCheck(ChildModelCheck(timeout=PODCHECK_SECONDS)),
-    )
+    return Agent(config, bucket, runtime, model_check=device_model_check(config))
+
+
+def device_model_check(config: Config) -> policy.ModelCheck:
+    """The allowlist's walk alone (``policy.walk_only``), or with ``V1POD_CHECK=on`` also the
+    V1Pod model in a child per new manifest (docs/device.md, "V1Pod model check")."""
+    from device.podcheck import CachedModelCheck, ChildModelCheck
+
+    checks = "allowlist+v1pod-model" if config.v1pod_check else "allowlist"
+    log.info("manifest checks", extra={"fields": {"checks": checks}})
+    if not config.v1pod_check:
+        return policy.walk_only
+    return CachedModelCheck(ChildModelCheck(timeout=PODCHECK_SECONDS))
 
 
 def handover_runtime(config: Config, runtime: Any) -> Any:

@@ -71,6 +71,7 @@ class Config:
     handover_ports: tuple[int, ...] = ()  # HANDOVER_PORTS: switch these by hand-over
     wake_spread_seconds: float = 0.0  # WAKE_SPREAD_SECONDS: spread the fleet's wake-ups
     heal_seconds: float = 0.0  # HEAL_SECONDS: look for pods down this often (0: off)
+    v1pod_check: bool = False  # V1POD_CHECK: also run the V1Pod model check (a child)
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -171,6 +172,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         handover_ports=_handover_ports(env, runtime),
         wake_spread_seconds=_seconds(env, "WAKE_SPREAD_SECONDS", 0.0, minimum=0.0),
         heal_seconds=_heal_seconds(env, runtime),
+        v1pod_check=_bool(env, "V1POD_CHECK", False),
     )
 
 

@@ -342,9 +342,14 @@ def test_check_manifests_matches_a_loop_of_check_manifest(order: list[str]) -> N
     assert not isinstance(got.get("both"), PolicyViolation)
 
 
-def test_agent_process_keeps_heavy_libraries_out(bucket, gcs, tmp_path) -> None:
+@pytest.mark.parametrize(("v1pod_check", "children"), [("", 0), ("on", 1)])
+def test_agent_process_keeps_heavy_libraries_out(
+    bucket, gcs, tmp_path, v1pod_check, children
+) -> None:
     """The long-lived device process never imports google-cloud-storage or kubernetes
-    (what keeps it within its RSS budget), even after applying a set."""
+    (what keeps it within its RSS budget), even after applying a set. By default its
+    checks are the allowlist's walk alone; ``V1POD_CHECK=on`` adds the V1Pod model, in
+    one child for the new set."""
     SetPublisher(bucket, "x86_64", "beta").publish(entries({"web": pod_yaml("web", IMAGE)}))
     env = {
         **os.environ,
@@ -352,9 +357,12 @@ def test_agent_process_keeps_heavy_libraries_out(bucket, gcs, tmp_path) -> None:
         **agent_env(bucket.name, tmp_path),
         "KUBELET_API": "off",  # no kubelet here; this test is about imports
         "PYTHONPATH": str(REPO),
+        "V1POD_CHECK": v1pod_check,
     }
     code = (
         "import sys\n"
+        "from edgefleet.core import logs\n"
+        "logs.configure('sync_pod')\n"
         "from sync_pod.__main__ import make_agent\n"
         "from sync_pod.config import from_env\n"
         "agent = make_agent(from_env())\n"
@@ -362,9 +370,39 @@ def test_agent_process_keeps_heavy_libraries_out(bucket, gcs, tmp_path) -> None:
         "print(agent.poll_once(), agent.report(force=True))\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('kubernetes', 'requests', 'pydantic') or m.startswith('google.cloud.storage')))\n"
+        "print(getattr(agent.model_check, 'misses', 0))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["applied True", "[]"], proc.stderr
+    assert proc.stdout.splitlines() == ["applied True", "[]", str(children)], proc.stderr
+    said = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    checks = [e["checks"] for e in said if e.get("message") == "manifest checks"]
+    assert checks == ["allowlist+v1pod-model" if v1pod_check else "allowlist"], proc.stderr
+
+
+def test_a_device_with_the_walk_alone_rejects_what_the_model_would(bucket, gcs, tmp_path) -> None:
+    """The default device check (``policy.walk_only`` after the walk): wrong types, missing
+    required fields and policy violations are rejected as with the child, and the current
+    set stays."""
+    pub = SetPublisher(bucket, "x86_64", "beta")
+    agent = _agent(bucket, gcs, tmp_path, policy.walk_only)
+    agent.recover()
+    pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
+    assert agent.poll_once() == APPLIED
+    good = (agent.config.manifest_dir / "web-pod.yaml").read_text()
+    without_port = yaml.safe_load(pod_yaml("web", IMAGE))
+    without_port["spec"]["containers"][0]["readinessProbe"] = {"httpGet": {"path": "/"}}
+    bad = {
+        "image-as-number": (IMAGE_AS_NUMBER, "invalid-manifest", "not a valid v1 Pod"),
+        "container-without-name": (NO_CONTAINER_NAME, "invalid-manifest", "not a valid v1 Pod"),
+        "probe-without-port": (yaml.safe_dump(without_port), "invalid-manifest", "httpGet.port"),
+    }
+    for case, (text, reason, words) in bad.items():
+        assert policy.model_errors({case: text})[case] is not None, case  # the model refuses
+        pub.publish(entries({"web": text}))
+        assert agent.poll_once() == REJECTED, case
+        last = agent.state.last_rejection
+        assert last is not None and last.reason == reason and words in last.detail, case
+        assert (agent.config.manifest_dir / "web-pod.yaml").read_text() == good, case

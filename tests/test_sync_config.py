@@ -26,6 +26,9 @@ def test_defaults_and_track_alias() -> None:
     # Fail closed: no registry is allowed and no key trusted until provisioned.
     assert c.allowed_registries == () and c.trusted_keys == () and c.root_keys == ()
     assert c.insecure_unsigned is False and c.trust().signing_keys() == ()
+    # The allowlist's walk is the device's check; the V1Pod model is opt-in (docs/device.md).
+    assert c.v1pod_check is False
+    assert from_env({**BASE, "V1POD_CHECK": "on"}).v1pod_check is True
 
 
 def test_sync_pod_may_mount_its_own_folders() -> None:
@@ -55,6 +58,7 @@ def test_sync_pod_may_mount_its_own_folders() -> None:
         ({"ROOT_KEYS": "/nonexistent/root.pub"}, "cannot read trusted key"),
         ({"ALLOWED_REGISTRIES": "europe-docker.pkg.dev"}, "admits every repository"),
         ({"EDGEFLEET_INSECURE_ALLOW_UNSIGNED": "maybe"}, "true or false"),
+        ({"V1POD_CHECK": "child"}, "V1POD_CHECK='child' must be true or false"),
     ],
 )
 def test_bad_config_is_one_line(override: dict[str, str], needle: str) -> None:
