@@ -10,8 +10,8 @@ When nothing changed a timed poll is one metadata request (the set object's gene
 a poll woken by a wake-up message downloads at once (one request). A new generation is
 downloaded (bounded), decoded, verified (signatures when keys are trusted,
 expiry, replay, target), reduced to what this device runs (select), and every manifest is
-policy-checked (the kubernetes V1Pod model check through ``model_check``: a child process
-on devices); only then are the images pulled (prefetch) and the set written into the
+policy-checked (the allowlist's walk; on devices with ``V1POD_CHECK=on`` also the
+kubernetes V1Pod model, through ``model_check``, in a child process); only then are the images pulled (prefetch) and the set written into the
 manifest folder (apply). The gate waits until the runtime runs the changed pods, ready;
 if not before the deadline, the previous set is put back (rollback) and the set is never
 retried. Any failure keeps the last good set in force. What each end of a poll makes the
@@ -109,7 +109,8 @@ class Agent:
         model_check: ModelCheck | None = None,
     ) -> None:
         """``model_check``: the V1Pod model check of a new set's manifests (None: in this
-        process; the device's main runs it in a child, see :mod:`device.podcheck`).
+        process; the device's main passes ``policy.walk_only``, or with ``V1POD_CHECK=on``
+        a child per new set, see :func:`sync_pod.__main__.device_model_check`).
         ``sleep`` paces the health gate; the wait between polls is :meth:`run`'s."""
         self.config = config
         self.bucket = bucket

@@ -710,3 +710,27 @@ def test_depth_is_bounded_even_when_the_size_bound_is_raised(
                 f"{url}/predict/", data=deep, headers={"Content-Type": "application/json"}
             )
             assert (r.status_code, r.json()["error"]) == (400, "invalid_json")
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_server_starts_numpy_with_one_openblas_thread_unless_told(
+    tmp_path: Path, coral: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """numpy's OpenBLAS would start a spinning thread per core (CPU spent at every version
+    switch, for BLAS the server never calls): ``python -m model_server`` starts it with
+    one, and an operator's ``OPENBLAS_NUM_THREADS`` still wins."""
+    assert (os.cpu_count() or 1) >= 2, "needs 2 cores to tell 1 OpenBLAS thread from 2"
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    args = ["--model", str(coral / V1), "--labels", str(coral / LABELS)]
+    counts = {}
+    for told in ("", "2"):
+        env = {"EDGEFLEET_TELEMETRY": "off", **({"OPENBLAS_NUM_THREADS": told} if told else {})}
+        with ServerProcess(args, env, tmp_path / f"blas{told}.log") as srv:
+            assert srv.proc is not None
+            time.sleep(0.5)  # the self-test's thread has ended
+            counts[told or "default"] = _threads(srv.proc.pid)
+    # With 2, OpenBLAS runs one thread of its own beside the calling one.
+    assert counts["2"] - counts["default"] == 1, counts
