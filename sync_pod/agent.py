@@ -9,15 +9,15 @@ One poll is the pipeline of :mod:`sync_pod.pipeline`::
 When nothing changed a timed poll is one metadata request (the set object's generation);
 a poll woken by a wake-up message downloads at once (one request). A new generation is
 downloaded (bounded), decoded, verified (signatures when keys are trusted, expiry,
-replay, target), reduced to what this device runs (select), and every manifest is policy-
-checked (the allowlist's walk; on devices with ``V1POD_CHECK=on`` also the kubernetes
-V1Pod model, through ``model_check``, in a child process); only then are the images
-pulled (prefetch) and the set written into the manifest folder (apply). The gate waits
-until the runtime runs the changed pods, ready; if not before the deadline, the previous
-set is put back (rollback) and the set is never retried. Any failure keeps the last good
-set in force. What each end of a poll makes the agent remember is decided in one place
-(:func:`sync_pod.memory.remember`, called from :meth:`Agent.settle`), including the back-
-off on a set that keeps failing.
+replay, target), reduced to what this device runs (select), and every manifest is
+policy-checked (the allowlist's walk; on devices with ``V1POD_CHECK=on`` also the
+kubernetes V1Pod model, through ``model_check``, in a child process); only then are the
+images pulled (prefetch) and the set written into the manifest folder (apply). The gate
+waits until the runtime runs the changed pods, ready; if not before the deadline, the
+previous set is put back (rollback) and the set is never retried. Any failure keeps the
+last good set in force. What each end of a poll makes the agent remember is decided in
+one place (:func:`sync_pod.memory.remember`, called from :meth:`Agent.settle`), including
+the back-off on a set that keeps failing.
 """
 
 from __future__ import annotations
