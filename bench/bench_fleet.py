@@ -162,13 +162,12 @@ def worker_main(
     from edgefleet.core import logs
 
     logs.configure("fleet-sim", "ERROR")
-    from device.podcheck import CachedModelCheck, ChildModelCheck
-    from edgefleet.core import policy
+    from sync_pod.__main__ import device_model_check
     from sync_pod.config import from_env
 
-    check: Any = policy.walk_only  # what a device checks by default (V1POD_CHECK off)
-    if from_env({**env, "DEVICE_ID": "sim"}).v1pod_check:
-        check = CachedModelCheck(ChildModelCheck(timeout=120.0), shared=Path(root) / "verdicts")
+    # As a device chooses, with one verdict cache across the workers (module doc).
+    config = from_env({**env, "DEVICE_ID": "sim"})
+    check = device_model_check(config, shared=Path(root) / "verdicts")
     devices = [make_device(i, Path(root), env, check, push) for i in indices]
     gate = PollFirstGate(concurrency, fleet_polls)
     for d in devices:
@@ -211,7 +210,6 @@ def worker_main(
                     "cpu": self_usage.ru_utime + self_usage.ru_stime,
                     "child_cpu": children.ru_utime + children.ru_stime,
                     "rss": _rss_bytes(),
-                    "checks": getattr(check, "misses", 0),
                 }
             )
         elif cmd == "stop":

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import FrameType
 
 from edgefleet.core import logs
@@ -41,7 +41,7 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
-def limit_blas_threads(environ: MutableMapping[str, str] = os.environ) -> None:
+def limit_blas_threads() -> None:
     """One OpenBLAS thread unless the operator chose otherwise; call before numpy loads.
 
     numpy's OpenBLAS starts a thread per core when it loads, and those threads spin
@@ -51,7 +51,7 @@ def limit_blas_threads(environ: MutableMapping[str, str] = os.environ) -> None:
     and ranks arrays), so the threads buy nothing. ``OPENBLAS_NUM_THREADS`` set by the
     operator wins.
     """
-    environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

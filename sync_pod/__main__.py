@@ -9,6 +9,7 @@ import random
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from edgefleet.core import logs, policy
@@ -52,16 +53,18 @@ def make_agent(config: Config):  # type: ignore[no-untyped-def]
     return Agent(config, bucket, runtime, model_check=device_model_check(config))
 
 
-def device_model_check(config: Config) -> policy.ModelCheck:
+def device_model_check(config: Config, *, shared: Path | None = None) -> policy.ModelCheck:
     """The allowlist's walk alone (``policy.walk_only``), or with ``V1POD_CHECK=on`` also the
-    V1Pod model in a child per new manifest (docs/device.md, "V1Pod model check")."""
+    V1Pod model in a child per new manifest (docs/device.md, "V1Pod model check").
+    ``shared``: the verdict directory of the fleet simulator's processes
+    (:class:`device.podcheck.CachedModelCheck`); a device keeps its verdicts in memory."""
     from device.podcheck import CachedModelCheck, ChildModelCheck
 
     checks = "allowlist+v1pod-model" if config.v1pod_check else "allowlist"
-    log.info("manifest checks", extra={"fields": {"checks": checks}})
+    log.info("manifest checks", extra=logs.fields(checks=checks))
     if not config.v1pod_check:
         return policy.walk_only
-    return CachedModelCheck(ChildModelCheck(timeout=PODCHECK_SECONDS))
+    return CachedModelCheck(ChildModelCheck(timeout=PODCHECK_SECONDS), shared=shared)
 
 
 def handover_runtime(config: Config, runtime: Any) -> Any:

@@ -73,6 +73,18 @@ def _agent(bucket, gcs, tmp_path: Path, check) -> Agent:  # type: ignore[no-unty
     return Agent(from_env(env), _device_bucket(bucket, gcs), KubeletRuntime(), model_check=check)
 
 
+def _assert_rejected_and_kept(agent: Agent, pub: SetPublisher, bad) -> None:  # type: ignore[no-untyped-def]
+    """Each ``bad`` case (name -> manifest text, reason, words of the detail) is published,
+    rejected for that reason, and the folder keeps the set applied before."""
+    good = (agent.config.manifest_dir / "web-pod.yaml").read_text()
+    for case, (text, reason, words) in bad.items():
+        pub.publish(entries({"web": text}))
+        assert agent.poll_once() == REJECTED, case
+        last = agent.state.last_rejection
+        assert last is not None and last.reason == reason and words in last.detail, case
+        assert (agent.config.manifest_dir / "web-pod.yaml").read_text() == good, case
+
+
 def test_device_rejects_invalid_pods_through_the_child(bucket, gcs, tmp_path) -> None:
     pub = SetPublisher(bucket, "x86_64", "beta")
     check = Counting(ChildModelCheck(timeout=60))
@@ -82,19 +94,13 @@ def test_device_rejects_invalid_pods_through_the_child(bucket, gcs, tmp_path) ->
     assert agent.poll_once() == APPLIED
     assert agent.poll_once() == UNCHANGED
     assert check.batches == [["web-pod.yaml"]]  # once per new set, not on no-op polls
-    good = (agent.config.manifest_dir / "web-pod.yaml").read_text()
     privileged = pod_yaml("web", IMAGE, container_extra={"securityContext": {"privileged": True}})
     bad = {
         "image-as-number": (IMAGE_AS_NUMBER, "invalid-manifest", "not a valid v1 Pod"),
         "container-without-name": (NO_CONTAINER_NAME, "invalid-manifest", "not a valid v1 Pod"),
         "privileged": (privileged, "policy", "privileged is not allowed"),
     }
-    for case, (text, reason, words) in bad.items():
-        pub.publish(entries({"web": text}))
-        assert agent.poll_once() == REJECTED, case
-        last = agent.state.last_rejection
-        assert last is not None and last.reason == reason and words in last.detail, case
-        assert (agent.config.manifest_dir / "web-pod.yaml").read_text() == good, case
+    _assert_rejected_and_kept(agent, pub, bad)
     # The strict in-process reading already refuses wrong types and missing fields: the
     # child (the V1Pod model) runs only on manifests that pass it.
     assert len(check.batches) == 1
@@ -391,7 +397,6 @@ def test_a_device_with_the_walk_alone_rejects_what_the_model_would(bucket, gcs, 
     agent.recover()
     pub.publish(entries({"web": pod_yaml("web", IMAGE)}))
     assert agent.poll_once() == APPLIED
-    good = (agent.config.manifest_dir / "web-pod.yaml").read_text()
     without_port = yaml.safe_load(pod_yaml("web", IMAGE))
     without_port["spec"]["containers"][0]["readinessProbe"] = {"httpGet": {"path": "/"}}
     bad = {
@@ -399,10 +404,6 @@ def test_a_device_with_the_walk_alone_rejects_what_the_model_would(bucket, gcs, 
         "container-without-name": (NO_CONTAINER_NAME, "invalid-manifest", "not a valid v1 Pod"),
         "probe-without-port": (yaml.safe_dump(without_port), "invalid-manifest", "httpGet.port"),
     }
-    for case, (text, reason, words) in bad.items():
+    for case, (text, _, _) in bad.items():
         assert policy.model_errors({case: text})[case] is not None, case  # the model refuses
-        pub.publish(entries({"web": text}))
-        assert agent.poll_once() == REJECTED, case
-        last = agent.state.last_rejection
-        assert last is not None and last.reason == reason and words in last.detail, case
-        assert (agent.config.manifest_dir / "web-pod.yaml").read_text() == good, case
+    _assert_rejected_and_kept(agent, pub, bad)
